@@ -1,0 +1,165 @@
+-- Named queries of runsync's store. Each block starts with "-- name --" and a description line;
+-- worker/sqlfiles.py loads them into a dict once, and code refers to them by name.
+
+-- create_migrations_table --
+-- The schema and the ledger of applied migrations; harmless when they exist.
+CREATE SCHEMA IF NOT EXISTS runsync;
+CREATE TABLE IF NOT EXISTS runsync.migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- lock_migrations --
+-- Serialises migrators across replicas until the transaction ends.
+SELECT pg_advisory_xact_lock(hashtextextended('runsync:migrations', 0));
+
+-- applied_migrations --
+-- The versions already applied.
+SELECT version FROM runsync.migrations ORDER BY version;
+
+-- record_migration --
+-- Notes that one migration has been applied.
+INSERT INTO runsync.migrations (version, name) VALUES ($1, $2);
+
+-- try_lock_source --
+-- Takes the session lock of one stream of a source, or says another session holds it.
+SELECT pg_try_advisory_lock(hashtextextended('runsync:source:' || $1 || ':' || $2, 0));
+
+-- unlock_source --
+-- Gives back the session lock taken by try_lock_source.
+SELECT pg_advisory_unlock(hashtextextended('runsync:source:' || $1 || ':' || $2, 0));
+
+-- load_checkpoint --
+-- Where a stream of a source stands.
+SELECT watermark, cursor FROM runsync.checkpoints WHERE source = $1 AND stream = $2;
+
+-- save_checkpoint --
+-- Moves a stream's checkpoint; runs in the same transaction as the page it follows.
+INSERT INTO runsync.checkpoints AS c (source, stream, watermark, cursor)
+VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (source, stream) DO UPDATE
+SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now();
+
+-- delete_checkpoint --
+-- Forgets a stream's checkpoint (a finished backfill).
+DELETE FROM runsync.checkpoints WHERE source = $1 AND stream = $2;
+
+-- upsert_runs --
+-- Stores a batch of runs: a later observation wins, and a run that did not change is not written.
+INSERT INTO runsync.runs AS r (
+    source, upstream, run_id, status, is_terminal, started_at, finished_at,
+    actor_id, task_id, build_id, build_number, origin, usage_total_usd,
+    default_key_value_store_id, default_dataset_id, default_request_queue_id,
+    raw, observed_at, recheck_at)
+SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at,
+       i.actor_id, i.task_id, i.build_id, i.build_number, i.origin, i.usage_total_usd,
+       i.default_key_value_store_id, i.default_dataset_id, i.default_request_queue_id,
+       i.raw::jsonb, i.observed_at, i.recheck_at
+FROM unnest($3::text[], $4::text[], $5::boolean[], $6::timestamptz[], $7::timestamptz[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::numeric[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[],
+            $19::timestamptz[])
+     AS i(run_id, status, is_terminal, started_at, finished_at,
+          actor_id, task_id, build_id, build_number, origin, usage_total_usd,
+          default_key_value_store_id, default_dataset_id, default_request_queue_id,
+          raw, observed_at, recheck_at)
+ON CONFLICT (source, run_id) DO UPDATE SET
+    upstream = EXCLUDED.upstream,
+    status = EXCLUDED.status,
+    is_terminal = EXCLUDED.is_terminal,
+    started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at,
+    actor_id = EXCLUDED.actor_id,
+    task_id = EXCLUDED.task_id,
+    build_id = EXCLUDED.build_id,
+    build_number = EXCLUDED.build_number,
+    origin = EXCLUDED.origin,
+    usage_total_usd = EXCLUDED.usage_total_usd,
+    default_key_value_store_id = EXCLUDED.default_key_value_store_id,
+    default_dataset_id = EXCLUDED.default_dataset_id,
+    default_request_queue_id = EXCLUDED.default_request_queue_id,
+    raw = r.raw || EXCLUDED.raw,
+    observed_at = EXCLUDED.observed_at,
+    recheck_at = EXCLUDED.recheck_at,
+    gone_at = NULL,
+    updated_at = now()
+WHERE r.observed_at <= EXCLUDED.observed_at
+  AND (r.raw || EXCLUDED.raw <> r.raw
+       OR r.recheck_at IS DISTINCT FROM EXCLUDED.recheck_at
+       OR r.gone_at IS NOT NULL)
+RETURNING (xmax = 0) AS inserted;
+
+-- quarantine_items --
+-- Keeps the items that could not be parsed, once each, with the reason.
+INSERT INTO runsync.quarantine AS q (source, upstream, reason, raw, raw_sha256)
+SELECT $1, $2, i.reason, i.raw, i.raw_sha256
+FROM unnest($3::text[], $4::text[], $5::text[]) AS i(reason, raw, raw_sha256)
+ON CONFLICT (source, raw_sha256) DO UPDATE
+SET reason = EXCLUDED.reason, last_seen_at = now(), seen_count = q.seen_count + 1;
+
+-- open_runs --
+-- A batch of runs to read again: not terminal yet, or just finished and due for a second look.
+SELECT run_id
+FROM runsync.runs
+WHERE source = $1
+  AND (NOT is_terminal OR recheck_at <= now())
+  AND (NOT is_terminal OR recheck_at IS NOT NULL)
+  AND gone_at IS NULL
+  AND observed_at < $2
+  AND run_id > $3
+ORDER BY run_id
+LIMIT $4;
+
+-- mark_gone --
+-- Notes runs the upstream no longer has, so they are not read again.
+UPDATE runsync.runs SET gone_at = now(), updated_at = now()
+WHERE source = $1 AND run_id = ANY($2::text[]) AND gone_at IS NULL;
+
+-- start_pass --
+-- Opens the record of one pass.
+INSERT INTO runsync.passes (source, stream) VALUES ($1, $2) RETURNING id;
+
+-- count_page --
+-- Adds one page's figures to its pass.
+UPDATE runsync.passes
+SET pages = pages + $2, items = items + $3, written = written + $4,
+    quarantined = quarantined + $5, refreshed = refreshed + $6
+WHERE id = $1;
+
+-- finish_pass --
+-- Closes the record of one pass.
+UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1;
+
+-- source_status --
+-- Per source: checkpoint, counts, and the last success and failure.
+SELECT s.source,
+       c.watermark,
+       c.cursor,
+       b.cursor AS backfill_cursor,
+       coalesce(counts.runs, 0) AS runs,
+       coalesce(counts.open_runs, 0) AS open_runs,
+       counts.newest_started_at,
+       (SELECT max(p.finished_at) FROM runsync.passes p
+         WHERE p.source = s.source AND p.outcome = 'succeeded') AS last_success_at,
+       failure.finished_at AS last_error_at,
+       failure.error AS last_error
+FROM unnest($1::text[]) AS s(source)
+LEFT JOIN runsync.checkpoints c ON c.source = s.source AND c.stream = 'incremental'
+LEFT JOIN runsync.checkpoints b ON b.source = s.source AND b.stream = 'backfill'
+LEFT JOIN LATERAL (
+    SELECT count(*) AS runs,
+           count(*) FILTER (WHERE NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,
+           max(r.started_at) AS newest_started_at
+    FROM runsync.runs r WHERE r.source = s.source) AS counts ON true
+LEFT JOIN LATERAL (
+    SELECT p.finished_at, p.error FROM runsync.passes p
+    WHERE p.source = s.source AND p.outcome = 'failed'
+    ORDER BY p.id DESC LIMIT 1) AS failure ON true
+ORDER BY s.source;
+
+-- known_sources --
+-- Every source that has rows or a checkpoint, configured or not.
+SELECT source FROM runsync.checkpoints
+UNION
+SELECT DISTINCT source FROM runsync.passes;

@@ -1,0 +1,185 @@
+"""The `runsync` command line: parses arguments and calls into the rest. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import UTC, datetime, time, timedelta
+
+from worker import config, console, database, observability, runtime, scheduler
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _date(value: str, *, end_of_day: bool = False) -> datetime:
+    try:
+        if len(value) == 10:  # a bare date covers the whole day
+            day = datetime.combine(datetime.fromisoformat(value).date(), time(), UTC)
+            return day + timedelta(days=1, milliseconds=-1) if end_of_day else day
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date (YYYY-MM-DD or ISO 8601)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="config file (default: $RUNSYNC_CONFIG, else config/runsync.toml)",
+    )
+    common.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="Postgres URL (default: $RUNSYNC_DATABASE_URL, else [database] url, "
+        "else an embedded Postgres)",
+    )
+    common.add_argument("--log-level", default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR")  # fmt: skip
+
+    top = argparse.ArgumentParser(
+        prog="runsync", parents=[common],
+        description="Keeps a Postgres copy of the job runs of Apify (and more upstreams).",
+    )  # fmt: skip
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="the daemon: every source on its schedule")
+    sync = commands.add_parser("sync", parents=[common], help="one incremental pass, then exit")
+    sync.add_argument("sources", nargs="*", metavar="SOURCE", help="default: all sources")
+    backfill = commands.add_parser("backfill", parents=[common], help="walk a source's history")
+    backfill.add_argument("source", metavar="SOURCE")
+    backfill.add_argument("--since", type=_date, metavar="DATE", help="runs started at or after")
+    backfill.add_argument("--until", type=lambda v: _date(v, end_of_day=True), metavar="DATE",
+                          help="runs started at or before (a bare date: through its end)")  # fmt: skip
+    status = commands.add_parser("status", parents=[common], help="where each source stands")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("migrate", parents=[common], help="apply the sql/ migrations")
+    commands.add_parser("check-config", parents=[common], help="validate config and secrets")
+    simulate = commands.add_parser("simulate", parents=[common], help="serve simulated upstreams")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8765)
+    simulate.add_argument("--runs", type=int, default=1000, help="runs in the simulated account")
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--token", default="sim-token", help="the bearer token it accepts")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet = args.command in ("status", "check-config", "migrate")
+    observability.configure(level=getattr(args, "log_level", "WARNING" if quiet else "INFO"))
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+        settings = config.load(
+            getattr(args, "config", None), database_url=getattr(args, "database_url", None)
+        )
+        observability.redact(settings.secrets())
+        return _COMMANDS[args.command](settings, args)
+    except config.ConfigError as error:
+        console.error(str(error))
+        return EXIT_USAGE
+    except (runtime.DatabaseUnavailable, database.EmbeddedDatabaseError) as error:
+        console.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(settings, _args) -> int:
+    return asyncio.run(scheduler.run_daemon(settings))
+
+
+def _sync(settings, args) -> int:
+    for name in args.sources:
+        settings.source(name)  # an unknown name is a usage error before any work
+    results = asyncio.run(scheduler.run_once(settings, args.sources))
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _backfill(settings, args) -> int:
+    settings.source(args.source)
+    if args.since and args.until and args.since > args.until:
+        raise config.ConfigError("--since is after --until")
+    with console.BackfillProgress(args.source) as progress:
+        if progress.live:
+            observability.configure(level=getattr(args, "log_level", "WARNING"))
+        result = asyncio.run(
+            scheduler.run_backfill(settings, args.source, args.since, args.until, progress)
+        )
+    if not result.ok:
+        console.error(f"backfill of {args.source} {result.outcome}: {result.error or 'stopped'}")
+    elif result.outcome == "skipped":
+        console.error(f"backfill of {args.source} is already running elsewhere")
+    else:
+        print(f"backfill of {args.source} {result.outcome}: {result.items:,} runs read, "
+              f"{result.written:,} written, {result.quarantined:,} quarantined")  # fmt: skip
+    return EXIT_OK if result.outcome == "succeeded" else EXIT_FAILED
+
+
+def _status(settings, args) -> int:
+    async def read():
+        async with runtime.open_store(settings, migrate=True) as db:
+            return await db.status([s.name for s in settings.sources])
+
+    console.print_status(asyncio.run(read()), as_json=args.json)
+    return EXIT_OK
+
+
+def _migrate(settings, _args) -> int:
+    async def apply():
+        async with runtime.open_store(settings, migrate=False) as db:
+            return await db.migrate()
+
+    applied = asyncio.run(apply())
+    print(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
+    return EXIT_OK
+
+
+def _check_config(settings, _args) -> int:
+    from worker import sources
+
+    print(f"config {settings.path}: ok")
+    if settings.database_url is None:
+        print(f"database: embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
+    else:
+        url = config.redact_url(settings.database_url.reveal())
+        print(f"database: {url} (from {settings.database_url_origin})")
+    print(f"http: {settings.listen}")
+    for source in settings.sources:
+        path = sources.build(source).list_path
+        print(f"source {source.name}: {source.kind} {source.base_url}{path}, {source.schedule}, "
+              f"token from ${source.token_env} (set)")  # fmt: skip
+    return EXIT_OK
+
+
+def _simulate(args) -> int:
+    from worker import simulator
+
+    print(f"simulated Apify on http://{args.host}:{args.port} (token {args.token!r}, "
+          f"{args.runs} runs, seed {args.seed}); Ctrl-C stops it", flush=True)  # fmt: skip
+    with suppress(KeyboardInterrupt):
+        asyncio.run(simulator.serve(
+            host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token
+        ))  # fmt: skip
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "run": _run,
+    "sync": _sync,
+    "backfill": _backfill,
+    "status": _status,
+    "migrate": _migrate,
+    "check-config": _check_config,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

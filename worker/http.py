@@ -1,0 +1,217 @@
+"""One aiohttp session per upstream: auth, timeouts, a request rate cap, retries with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import structlog
+
+from worker import __version__
+
+log = structlog.get_logger("runsync.http")
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class UpstreamError(Exception):
+    """A request failed for good. The message names the request and is safe to log: no secrets."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Transient(Exception):
+    """A failure worth another try."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter, bounded per wait and in total."""
+
+    retries: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+    budget: float = 120.0  # seconds of waiting, across all retries of one request
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.budget)
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    body: Any  # the parsed JSON
+    observed_at: datetime  # when the attempt that succeeded was sent
+    status: int
+
+
+class RateLimiter:
+    """Spaces request starts at most `rate` per second."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class Client:
+    """GETs JSON from one upstream. The token goes in the Authorization header, nowhere else."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        name: str,
+        rate: float = 20.0,
+        concurrency: int = 8,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.backoff = backoff or Backoff()
+        self.max_response_bytes = max_response_bytes
+        self._limiter = RateLimiter(rate)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._session = aiohttp.ClientSession(
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": f"runsync/{__version__}",
+            },
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Response:
+        """The parsed body of a 2xx answer; retries what may pass, raises UpstreamError otherwise."""
+        what = f"GET {path}"
+        waited = 0.0
+        for attempt in range(self.backoff.retries + 1):
+            try:
+                return await self._attempt(path, params)
+            except _Transient as failure:
+                delay = self.backoff.delay(attempt, failure.retry_after)
+                if attempt == self.backoff.retries or waited + delay > self.backoff.budget:
+                    raise UpstreamError(
+                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
+                    ) from None
+                log.warning(
+                    "request retry",
+                    request=what,
+                    attempt=attempt + 1,
+                    reason=str(failure),
+                    delay_s=round(delay, 3),
+                )
+                waited += delay
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, path: str, params: Mapping[str, str] | None) -> Response:
+        await self._limiter.wait()
+        async with self._slots:
+            observed_at = datetime.now(UTC)
+            try:
+                async with self._session.get(self.base_url + path, params=params) as response:
+                    body = await self._read(response)
+                    status = response.status
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+            except TimeoutError:
+                raise _Transient("timed out") from None
+            except aiohttp.ClientPayloadError:
+                raise _Transient("response body broken off") from None
+            except aiohttp.ClientError as error:
+                raise _Transient(f"connection failed ({type(error).__name__})") from None
+        if status in RETRY_STATUSES or status >= 500:
+            raise _Transient(f"HTTP {status}{_upstream_message(body)}", retry_after)
+        if status >= 400:
+            raise UpstreamError(
+                f"{self.name}: GET {path} answered HTTP {status}{_upstream_message(body)}",
+                status=status,
+            )
+        try:
+            return Response(json.loads(body), observed_at, status)
+        except (ValueError, UnicodeDecodeError):
+            raise _Transient(f"HTTP {status} with a body that is not JSON") from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        declared = response.content_length
+        if declared is not None and declared > self.max_response_bytes:
+            raise UpstreamError(
+                f"{self.name}: response of {declared} bytes exceeds the {self.max_response_bytes}-byte cap"
+            )
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise UpstreamError(
+                    f"{self.name}: response exceeds the {self.max_response_bytes}-byte cap"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, from either of its two forms."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _upstream_message(body: bytes) -> str:
+    """The upstream's own words about an error, short: Apify nests them, others don't."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return ""
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("type")
+    if not isinstance(error, str) or not error:
+        return ""
+    return f": {error[:300]}"

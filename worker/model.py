@@ -1,0 +1,67 @@
+"""The domain types that sources produce and the store keeps; no I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One observation of one upstream run."""
+
+    run_id: str
+    status: str
+    is_terminal: bool
+    started_at: datetime
+    finished_at: datetime | None
+    raw: str  # the upstream's JSON object, as text
+    observed_at: datetime  # when the request that returned it was sent
+    recheck_at: datetime | None = None  # read again after this: the figures may be preliminary
+    actor_id: str | None = None
+    task_id: str | None = None
+    build_id: str | None = None
+    build_number: str | None = None
+    origin: str | None = None
+    usage_total_usd: float | None = None
+    default_key_value_store_id: str | None = None
+    default_dataset_id: str | None = None
+    default_request_queue_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An item that could not be read as a run, kept in quarantine with the reason."""
+
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a stream of a source stands: runs before `watermark` are stored; `cursor` says where to go on."""
+
+    watermark: datetime | None = None
+    cursor: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A GET against the upstream, relative to its base URL."""
+
+    path: str
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one list page brought, and where the walk stands after it."""
+
+    runs: list[Run]
+    rejected: list[Rejected]
+    checkpoint: Checkpoint
+    items: int  # items on the page, parsed or not
+    total: int | None = None  # items matching the walk's filters, when the upstream says
+    oldest: datetime | None = None
+    newest: datetime | None = None

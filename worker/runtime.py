@@ -1,0 +1,70 @@
+"""Opens what a command needs: the database (URL or embedded), the store, one client per source."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from worker import database, http, sources, store
+from worker.config import Settings, redact_url
+from worker.sync import SourceRuntime
+
+log = structlog.get_logger("runsync.runtime")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; the message carries no password."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: store.Store
+    sources: dict[str, SourceRuntime]
+
+
+def client_for(config) -> http.Client:
+    return http.Client(
+        config.base_url,
+        config.token.reveal(),
+        name=config.name,
+        rate=config.max_requests_per_second,
+        concurrency=config.concurrency,
+        timeout=config.timeout.total_seconds(),
+        backoff=http.Backoff(retries=config.max_retries),
+    )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[store.Store]:
+    with database.database_url(settings) as url:
+        try:
+            db = await store.Store.open(url)
+        except (*store.DatabaseError, TimeoutError) as error:
+            raise DatabaseUnavailable(
+                f"cannot connect to the database at {redact_url(url)}: {error}"
+            ) from None
+        try:
+            if migrate:
+                await db.migrate()
+            yield db
+        finally:
+            await db.close()
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, names: Sequence[str] | None = None
+) -> AsyncIterator[Runtime]:
+    """The store, migrated, and a runtime for each named source (default: all)."""
+    configs = [settings.source(n) for n in names] if names else list(settings.sources)
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_store(settings))
+        runtimes = {}
+        for config in configs:
+            client = await stack.enter_async_context(client_for(config))
+            runtimes[config.name] = SourceRuntime(config, sources.build(config), client)
+        yield Runtime(settings, db, runtimes)

@@ -1,0 +1,148 @@
+"""The daemon: one APScheduler job per source, signals, and a graceful stop.
+
+SIGTERM or SIGINT sets the stop event: no new pass starts, running passes commit the page in flight
+and return; whatever has not returned after the drain timeout is cancelled (its transaction rolls
+back, so at most that page is read again next time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from worker import runtime, sync
+from worker.config import Settings, SourceConfig
+
+log = structlog.get_logger("runsync.scheduler")
+
+DRAIN_TIMEOUT = 30.0
+
+
+@contextmanager
+def _stop_on_signals(stop: asyncio.Event, install: bool):
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install else ()
+    for number in signals:
+        loop.add_signal_handler(number, _request_stop, stop, number)
+    try:
+        yield
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+
+def _request_stop(stop: asyncio.Event, number: int) -> None:
+    if not stop.is_set():
+        log.info("stop requested", signal=signal.Signals(number).name)
+    stop.set()
+
+
+def trigger_for(config: SourceConfig):
+    if config.cron:
+        return CronTrigger.from_crontab(config.cron, timezone=UTC)
+    seconds = config.every.total_seconds()
+    # Jitter spreads replicas and sources over the interval, a tenth of it at most.
+    return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, 30), timezone=UTC)
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+    drain_timeout: float = DRAIN_TIMEOUT,
+) -> int:
+    stop = stop or asyncio.Event()
+    with _stop_on_signals(stop, install_signals):
+        async with runtime.open_runtime(settings) as rt:
+            running: set[asyncio.Task] = set()
+
+            async def job(name: str) -> None:
+                if stop.is_set():
+                    return
+                task = asyncio.current_task()
+                running.add(task)
+                try:
+                    await sync.run_pass(rt.sources[name], rt.store, stop=stop)
+                except Exception:
+                    log.exception("pass crashed", source=name)
+                finally:
+                    running.discard(task)
+
+            scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
+            for config in settings.sources:
+                scheduler.add_job(
+                    job,
+                    trigger_for(config),
+                    args=[config.name],
+                    id=config.name,
+                    max_instances=1,  # a source never overlaps itself
+                    coalesce=True,
+                    misfire_grace_time=None,
+                    next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
+                )
+            scheduler.start()
+            log.info(
+                "daemon started",
+                sources={c.name: c.schedule for c in settings.sources},
+            )
+            try:
+                await stop.wait()
+            finally:
+                scheduler.shutdown(wait=False)
+                await _drain(running, drain_timeout)
+    log.info("daemon stopped")
+    return 0
+
+
+async def _drain(running: set[asyncio.Task], seconds: float) -> None:
+    if not running:
+        return
+    log.info("waiting for passes to commit their page in flight", passes=len(running))
+    _, pending = await asyncio.wait(set(running), timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("passes cancelled after the drain timeout", passes=len(pending))
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def run_once(settings: Settings, names: Sequence[str]) -> list[sync.PassResult]:
+    """One incremental pass of each named source, side by side."""
+    stop = asyncio.Event()
+    with _stop_on_signals(stop, True):
+        async with runtime.open_runtime(settings, names or None) as rt:
+            return list(
+                await asyncio.gather(
+                    *(sync.run_pass(source, rt.store, stop=stop) for source in rt.sources.values())
+                )
+            )
+
+
+async def run_backfill(
+    settings: Settings,
+    name: str,
+    since: datetime | None,
+    until: datetime | None,
+    progress: sync.ProgressCallback | None = None,
+) -> sync.PassResult:
+    stop = asyncio.Event()
+    with _stop_on_signals(stop, True):
+        async with runtime.open_runtime(settings, [name]) as rt:
+            return await sync.run_pass(
+                rt.sources[name],
+                rt.store,
+                stream=sync.BACKFILL,
+                since=since,
+                until=until,
+                stop=stop,
+                progress=progress,
+            )

@@ -1,0 +1,19 @@
+"""One module per upstream: how to page through its runs and how to read an item.
+
+A source knows HTTP paths and the upstream's JSON shape, nothing of Postgres. Its paginators do no
+I/O: they say which request comes next and read the parsed answer; sync.py owns the request loop.
+"""
+
+from __future__ import annotations
+
+from worker.config import SourceConfig
+from worker.sources import apify
+from worker.sources.common import PageError, Paginator, Source
+
+__all__ = ["PageError", "Paginator", "Source", "build"]
+
+
+def build(config: SourceConfig) -> Source:
+    if config.kind == "apify":
+        return apify.ApifySource(config)
+    raise ValueError(f"no source for kind {config.kind!r}")

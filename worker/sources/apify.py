@@ -1,0 +1,280 @@
+"""Apify v2: the runs of a user, of one actor, or of one task.
+
+User and actor lists are read oldest first from the watermark with `startedAfter` (inclusive), and
+paged by seeking on the newest `startedAt` seen: offsets only ever count runs that share that one
+instant, so retention deleting old runs cannot shift them, and ties longer than a page neither stall
+nor skip. The task list has no time filter: it is walked newest first (`desc=1`) down to the watermark.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from worker.config import SourceConfig
+from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.sources.common import (
+    ItemError,
+    PageError,
+    check_not_future,
+    dump,
+    isoformat,
+    number,
+    parse_time,
+    text,
+)
+
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
+# Apify: usage and cost of a just-finished run can be preliminary for about ten seconds.
+SETTLE = timedelta(seconds=15)
+
+
+class ApifySource:
+    upstream = "apify"
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.page_size = config.page_size
+        if config.task:
+            self.list_path = f"/v2/actor-tasks/{quote(config.task, safe='~')}/runs"
+            self.newest_first = True
+        elif config.actor:
+            self.list_path = f"/v2/acts/{quote(config.actor, safe='~')}/runs"
+            self.newest_first = False
+        else:
+            self.list_path = "/v2/actor-runs"
+            self.newest_first = False
+
+    def incremental(self, checkpoint: Checkpoint):
+        if self.newest_first:
+            return NewestFirst(self.list_path, checkpoint, page_size=self.page_size)
+        return OldestFirst(self.list_path, checkpoint, page_size=self.page_size)
+
+    def backfill(
+        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
+    ):
+        walk = {"range": [since and isoformat(since), until and isoformat(until)]}
+        if checkpoint is None or (checkpoint.cursor or {}).get("range") != walk["range"]:
+            checkpoint = Checkpoint(watermark=since, cursor=None)
+        if self.newest_first:
+            return NewestFirst(
+                self.list_path, checkpoint, page_size=self.page_size, until=until, walk=walk
+            )
+        return OldestFirst(
+            self.list_path, checkpoint, page_size=self.page_size, until=until, walk=walk
+        )
+
+    def run_request(self, run_id: str) -> Request:
+        return Request(f"/v2/actor-runs/{quote(run_id, safe='')}", {})
+
+    def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected:
+        if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+            raise PageError("the single-run answer has no data object")
+        return read_item(body["data"], observed_at)
+
+
+def read_item(item: Any, observed_at: datetime) -> Run | Rejected:
+    """One list item (or single-run object) as a Run, or the reason it cannot be one."""
+    try:
+        if not isinstance(item, dict):
+            raise ItemError(f"the item is a {type(item).__name__}, not an object")
+        run_id = text(item, "id", required=True)
+        try:
+            return _read_fields(item, run_id, observed_at)
+        except ItemError as error:
+            raise ItemError(f"run {run_id[:40]}: {error}") from None
+    except ItemError as error:
+        return Rejected(str(error), dump(item))
+
+
+def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Run:
+    status = text(item, "status", required=True)
+    started_at = parse_time(item.get("startedAt"), "startedAt")
+    check_not_future(started_at, observed_at)
+    finished_at = parse_time(item.get("finishedAt"), "finishedAt", required=False)
+    meta = item.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ItemError(f"meta is a {type(meta).__name__}, not an object")
+    build_number = item.get("buildNumber")
+    if isinstance(build_number, int | float) and not isinstance(build_number, bool):
+        build_number = str(build_number)
+    is_terminal = status in TERMINAL_STATUSES
+    recheck_at = None
+    if is_terminal and finished_at is not None and observed_at < finished_at + SETTLE:
+        recheck_at = finished_at + SETTLE
+    return Run(
+        run_id=run_id,
+        status=status,
+        is_terminal=is_terminal,
+        started_at=started_at,
+        finished_at=finished_at,
+        raw=dump(item),
+        observed_at=observed_at,
+        recheck_at=recheck_at,
+        actor_id=text(item, "actId"),
+        task_id=text(item, "actorTaskId"),
+        build_id=text(item, "buildId"),
+        build_number=text({"buildNumber": build_number}, "buildNumber"),
+        origin=text(meta, "origin") if meta else None,
+        usage_total_usd=number(item, "usageTotalUsd"),
+        default_key_value_store_id=text(item, "defaultKeyValueStoreId"),
+        default_dataset_id=text(item, "defaultDatasetId"),
+        default_request_queue_id=text(item, "defaultRequestQueueId"),
+    )
+
+
+def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
+    """The items of a list answer, with its total and served limit when they are numbers."""
+    data = body.get("data") if isinstance(body, dict) else None
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise PageError("the list answer has no data.items array")
+    total, limit = data.get("total"), data.get("limit")
+    return (
+        items,
+        total if isinstance(total, int) and not isinstance(total, bool) else None,
+        limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None,
+    )
+
+
+class _Walk:
+    """What both directions share: reading a page, noticing a page served twice."""
+
+    def __init__(self, path: str, page_size: int, walk: dict[str, Any] | None) -> None:
+        self.path = path
+        self.page_size = page_size
+        self.walk = walk or {}
+        self.done = False
+        self._last_page: tuple[Any, ...] | None = None
+
+    def read(self, body: Any, observed_at: datetime):
+        items, total, served_limit = read_list(body)
+        signature = (len(items), _item_id(items[0]), _item_id(items[-1])) if items else None
+        if signature is not None and signature == self._last_page:
+            raise PageError(f"{self.path} served the same page twice; stopping rather than looping")
+        self._last_page = signature
+        parsed = [read_item(item, observed_at) for item in items]
+        runs = [p for p in parsed if isinstance(p, Run)]
+        rejected = [p for p in parsed if isinstance(p, Rejected)]
+        # A short page is the last one; the server may clamp the limit we asked for.
+        last = len(items) < min(self.page_size, served_limit or self.page_size)
+        return items, parsed, runs, rejected, total, last
+
+
+class OldestFirst(_Walk):
+    """Ascending walk by `startedAfter` = watermark, `offset` = runs already read at that instant."""
+
+    def __init__(
+        self,
+        path: str,
+        checkpoint: Checkpoint,
+        *,
+        page_size: int,
+        until: datetime | None = None,
+        walk: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(path, page_size, walk)
+        self.watermark = checkpoint.watermark
+        self.offset = int((checkpoint.cursor or {}).get("offset", 0))
+        self.until = until
+
+    def __str__(self) -> str:
+        at = isoformat(self.watermark) if self.watermark else "the beginning"
+        return f"{self.path} from {at} +{self.offset}"
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.watermark, {**self.walk, "offset": self.offset})
+
+    def next_request(self) -> Request | None:
+        if self.done:
+            return None
+        params = {"limit": str(self.page_size), "offset": str(self.offset)}
+        if self.watermark is not None:
+            params["startedAfter"] = isoformat(self.watermark)
+        if self.until is not None:
+            params["startedBefore"] = isoformat(self.until)
+        return Request(self.path, params)
+
+    def advance(self, body: Any, observed_at: datetime) -> Page:
+        items, parsed, runs, rejected, total, last = self.read(body, observed_at)
+        newer = [
+            r.started_at for r in runs if self.watermark is None or r.started_at > self.watermark
+        ]
+        if newer:
+            # Seek to the newest instant; the offset counts the runs read at it. Unreadable items
+            # after the last of them are read again next time: that repeats, it never skips.
+            top = max(newer)
+            at_top = [i for i, p in enumerate(parsed) if isinstance(p, Run) and p.started_at == top]
+            self.watermark, self.offset = top, at_top[-1] - at_top[0] + 1
+        else:
+            # Still at the same instant: the offset into the same result set is exact.
+            self.offset += len(items)
+        self.done = last
+        return _page(runs, rejected, self.checkpoint, len(items), total)
+
+
+class NewestFirst(_Walk):
+    """Descending walk by offset from the newest run down to the watermark.
+
+    New runs arriving during the walk push older ones down: a resumed walk reads some runs twice and
+    skips none. The watermark moves to the newest run seen only once the walk reaches the old one.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        checkpoint: Checkpoint,
+        *,
+        page_size: int,
+        until: datetime | None = None,
+        walk: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(path, page_size, walk)
+        self.floor = checkpoint.watermark
+        cursor = checkpoint.cursor or {}
+        self.offset = int(cursor.get("offset", 0))
+        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
+        self.until = until
+
+    def __str__(self) -> str:
+        floor = isoformat(self.floor) if self.floor else "the beginning"
+        return f"{self.path} newest first, offset {self.offset}, down to {floor}"
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        if self.done:
+            newest = max(filter(None, (self.floor, self.top)), default=None)
+            return Checkpoint(newest, None)
+        top = isoformat(self.top) if self.top else None
+        return Checkpoint(self.floor, {**self.walk, "top": top, "offset": self.offset})
+
+    def next_request(self) -> Request | None:
+        if self.done:
+            return None
+        return Request(
+            self.path, {"desc": "1", "limit": str(self.page_size), "offset": str(self.offset)}
+        )
+
+    def advance(self, body: Any, observed_at: datetime) -> Page:
+        items, _, runs, rejected, total, last = self.read(body, observed_at)
+        if self.until is not None:
+            runs = [r for r in runs if r.started_at <= self.until]
+        if runs:
+            newest = max(r.started_at for r in runs)
+            self.top = max(self.top, newest) if self.top else newest
+        self.offset += len(items)
+        reached = self.floor is not None and any(r.started_at < self.floor for r in runs)
+        self.done = last or reached
+        return _page(runs, rejected, self.checkpoint, len(items), total)
+
+
+def _page(runs, rejected, checkpoint, items, total) -> Page:
+    times = [r.started_at for r in runs]
+    return Page(
+        runs, rejected, checkpoint, items, total, min(times, default=None), max(times, default=None)
+    )
+
+
+def _item_id(item: Any) -> Any:
+    return item.get("id") if isinstance(item, dict) else repr(item)[:80]

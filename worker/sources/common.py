@@ -1,0 +1,101 @@
+"""What every source offers, and the helpers for reading upstream JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from worker.model import Checkpoint, Page, Rejected, Request, Run
+
+# A start time this far ahead of our clock is an upstream error; taken as is, it would move the
+# watermark past runs that have not happened yet.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class PageError(Exception):
+    """A list answer does not have the documented shape; the pass fails and its checkpoint stays."""
+
+
+class Paginator(Protocol):
+    """Walks one list endpoint. No I/O: says the next request, reads the answer, keeps the position."""
+
+    def next_request(self) -> Request | None: ...
+
+    def advance(self, body: Any, observed_at: datetime) -> Page: ...
+
+    @property
+    def checkpoint(self) -> Checkpoint: ...
+
+
+class Source(Protocol):
+    upstream: str
+
+    def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
+
+    def backfill(
+        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
+    ) -> Paginator: ...
+
+    def run_request(self, run_id: str) -> Request | None: ...
+
+    def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected: ...
+
+
+class ItemError(ValueError):
+    """Why one item cannot be read as a run."""
+
+
+def parse_time(value: Any, field: str, *, required: bool = True) -> datetime | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ItemError(f"{field} is {_describe(value)}, not an ISO 8601 time")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ItemError(f"{field} {value[:60]!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ItemError(f"{field} {value[:60]!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def text(item: dict[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = item.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise ItemError(f"{field} is {_describe(value)}, not a string")
+    return value
+
+
+def number(item: dict[str, Any], field: str) -> float | None:
+    value = item.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ItemError(f"{field} is {_describe(value)}, not a number")
+    return value
+
+
+def check_not_future(started_at: datetime, observed_at: datetime) -> None:
+    if started_at > observed_at + MAX_CLOCK_SKEW:
+        raise ItemError(f"startedAt {started_at.isoformat()} is in the future")
+
+
+def dump(item: Any) -> str:
+    """An item as JSON text, for the raw column or the quarantine."""
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def isoformat(moment: datetime) -> str:
+    """UTC with milliseconds and Z, the form the upstream documents."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "missing"
+    return f"{type(value).__name__} {str(value)[:40]!r}"

@@ -1,0 +1,207 @@
+"""runsync's Postgres: the pool, migrations, source locks, and the writes of pages and checkpoints.
+
+The store knows Postgres and nothing of HTTP. Every statement comes from sql/queries.sql by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from worker import sqlfiles
+from worker.model import Checkpoint, Rejected, Run
+
+log = structlog.get_logger("runsync.store")
+
+# The run fields that become typed columns, in the order of the upsert_runs query's arrays.
+_RUN_COLUMNS = (
+    "run_id", "status", "is_terminal", "started_at", "finished_at",
+    "actor_id", "task_id", "build_id", "build_number", "origin", "usage_total_usd",
+    "default_key_value_store_id", "default_dataset_id", "default_request_queue_id",
+    "raw", "observed_at", "recheck_at",
+)  # fmt: skip
+
+DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write changed: rows inserted, rows updated, items quarantined."""
+
+    inserted: int = 0
+    updated: int = 0
+    quarantined: int = 0
+
+    @property
+    def runs(self) -> int:
+        return self.inserted + self.updated
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.q = sqlfiles.queries()
+
+    @classmethod
+    async def open(cls, url: str, *, max_size: int = 10) -> Store:
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=300
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def migrate(self) -> list[str]:
+        """Applies the pending migrations in one transaction, one migrator at a time."""
+        applied_now = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(self.q["lock_migrations"])
+            await conn.execute(self.q["create_migrations_table"])
+            done = {row["version"] for row in await conn.fetch(self.q["applied_migrations"])}
+            for migration in sqlfiles.migrations():
+                if migration.version in done:
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(self.q["record_migration"], migration.version, migration.name)
+                applied_now.append(f"{migration.version:04d}_{migration.name}")
+        if applied_now:
+            log.info("migrations applied", migrations=applied_now)
+        return applied_now
+
+    @asynccontextmanager
+    async def lease(self, source: str, stream: str) -> AsyncIterator[Lease | None]:
+        """A connection holding the advisory lock of one stream of a source; None if taken.
+
+        The lock belongs to the session: a replica that dies frees it with its connection.
+        """
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(self.q["try_lock_source"], source, stream):
+                yield None
+                return
+            try:
+                yield Lease(self, conn, source, stream)
+            finally:
+                try:
+                    await conn.fetchval(self.q["unlock_source"], source, stream)
+                except DatabaseError:
+                    conn.terminate()  # the lock goes with the session
+
+    async def status(self, sources: Sequence[str]) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
+            names = list(dict.fromkeys([*sources, *sorted(known)]))
+            rows = await conn.fetch(self.q["source_status"], names)
+        return [dict(row) | {"configured": row["source"] in sources} for row in rows]
+
+
+class Lease:
+    """The writes of one pass, on the connection that holds its source's lock."""
+
+    def __init__(self, store: Store, conn: asyncpg.Connection, source: str, stream: str) -> None:
+        self.q = store.q
+        self.conn = conn
+        self.source = source
+        self.stream = stream
+
+    async def start_pass(self) -> int:
+        return await self.conn.fetchval(self.q["start_pass"], self.source, self.stream)
+
+    async def finish_pass(self, pass_id: int, outcome: str, error: str | None = None) -> None:
+        await self.conn.execute(self.q["finish_pass"], pass_id, outcome, error)
+
+    async def checkpoint(self) -> Checkpoint | None:
+        row = await self.conn.fetchrow(self.q["load_checkpoint"], self.source, self.stream)
+        return Checkpoint(row["watermark"], row["cursor"]) if row else None
+
+    async def save_page(
+        self,
+        pass_id: int,
+        upstream: str,
+        runs: Sequence[Run],
+        rejected: Sequence[Rejected],
+        checkpoint: Checkpoint | None,
+        *,
+        items: int,
+    ) -> Written:
+        """A page's runs and the checkpoint after them, in one transaction. None forgets the checkpoint."""
+        async with self.conn.transaction():
+            written = await self._write(upstream, runs, rejected)
+            if checkpoint is None:
+                await self.conn.execute(self.q["delete_checkpoint"], self.source, self.stream)
+            else:
+                await self.conn.execute(
+                    self.q["save_checkpoint"],
+                    self.source,
+                    self.stream,
+                    checkpoint.watermark,
+                    checkpoint.cursor,
+                )
+            await self.conn.execute(
+                self.q["count_page"], pass_id, 1, items, written.runs, written.quarantined, 0
+            )
+        return written
+
+    async def save_refreshed(
+        self,
+        pass_id: int,
+        upstream: str,
+        runs: Sequence[Run],
+        rejected: Sequence[Rejected],
+        gone: Sequence[str],
+    ) -> Written:
+        """Open runs read again one by one; runs the upstream no longer has are marked gone."""
+        async with self.conn.transaction():
+            written = await self._write(upstream, runs, rejected)
+            if gone:
+                await self.conn.execute(self.q["mark_gone"], self.source, list(gone))
+            refreshed = len(runs) + len(rejected) + len(gone)
+            await self.conn.execute(
+                self.q["count_page"], pass_id, 0, 0, written.runs, written.quarantined, refreshed
+            )
+        return written
+
+    async def open_runs(self, observed_before: datetime, after: str, limit: int) -> list[str]:
+        rows = await self.conn.fetch(
+            self.q["open_runs"], self.source, observed_before, after, limit
+        )
+        return [row["run_id"] for row in rows]
+
+    async def _write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
+        inserted = updated = 0
+        if runs:
+            # One statement cannot touch a row twice: the last item of a run on the page wins.
+            unique = list({run.run_id: run for run in runs}.values())
+            columns = [[getattr(run, name) for run in unique] for name in _RUN_COLUMNS]
+            rows = await self.conn.fetch(self.q["upsert_runs"], self.source, upstream, *columns)
+            inserted = sum(1 for row in rows if row["inserted"])
+            updated = len(rows) - inserted
+        if rejected:
+            unique_rejects = {_sha256(r.raw): r for r in rejected}
+            await self.conn.execute(
+                self.q["quarantine_items"],
+                self.source,
+                upstream,
+                [r.reason for r in unique_rejects.values()],
+                [r.raw for r in unique_rejects.values()],
+                list(unique_rejects),
+            )
+        return Written(inserted, updated, len(rejected))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
