@@ -60,6 +60,7 @@ class SourceConfig:
     concurrency: int = 8
     timeout: timedelta = timedelta(seconds=30)
     max_retries: int = 6
+    overlap: timedelta = timedelta(seconds=5)
 
     @property
     def schedule(self) -> str:
@@ -265,7 +266,13 @@ class _Reader:
             concurrency=self.bounded(table, "concurrency", where, 8, 1, 64),
             timeout=self.duration(table, "timeout", where, "30s"),
             max_retries=self.bounded(table, "max_retries", where, 6, 0, 20),
+            overlap=self.overlap(table, where),
         )
+
+    def overlap(self, table: dict[str, Any], where: str) -> timedelta:
+        if table.get("overlap") in ("0", "0s"):
+            return timedelta(0)
+        return self.duration(table, "overlap", where, "5s")
 
     def bounded(self, table, key, where, default, low, high, kind: type = int):
         value = self.typed(table, key, where, kind, default)

@@ -114,6 +114,8 @@ async def _run_leased(runtime, lease, result, since, until, stop, progress) -> N
         result.outcome = "interrupted" if _stopping(stop) else "succeeded"
     except (http.UpstreamError, PageError) as error:
         result.outcome, result.error = "failed", str(error)
+    except store.DatabaseError as error:
+        result.outcome, result.error = "failed", f"database: {error}"
     except asyncio.CancelledError:
         result.outcome = "interrupted"
         try:
@@ -121,7 +123,10 @@ async def _run_leased(runtime, lease, result, since, until, stop, progress) -> N
         except (*store.DatabaseError, asyncio.CancelledError):
             pass  # the connection was busy or gone; the pass stays marked as running
         raise
-    await lease.finish_pass(result.pass_id, result.outcome, result.error)
+    try:
+        await lease.finish_pass(result.pass_id, result.outcome, result.error)
+    except store.DatabaseError as error:
+        log.warning("could not record the end of the pass", error=str(error))
     fields = {
         "pages": result.pages,
         "runs": result.items,

@@ -35,6 +35,7 @@ class ApifySource:
 
     def __init__(self, config: SourceConfig) -> None:
         self.page_size = config.page_size
+        self.overlap = config.overlap
         if config.task:
             self.list_path = f"/v2/actor-tasks/{quote(config.task, safe='~')}/runs"
             self.newest_first = True
@@ -48,6 +49,10 @@ class ApifySource:
     def incremental(self, checkpoint: Checkpoint):
         if self.newest_first:
             return NewestFirst(self.list_path, checkpoint, page_size=self.page_size)
+        if checkpoint.watermark is not None:
+            # Each pass starts a little before the watermark, so a run that becomes visible late,
+            # even at the watermark's own instant, is still read; unchanged runs cost no write.
+            checkpoint = Checkpoint(checkpoint.watermark - self.overlap, None)
         return OldestFirst(self.list_path, checkpoint, page_size=self.page_size)
 
     def backfill(

@@ -1,0 +1,124 @@
+"""Shared fixtures: a real Postgres (embedded, or RUNSYNC_DATABASE_URL) and the simulator on loopback.
+
+Each test gets its own database, copied from a template that the migrations built once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from worker import config, database, simulator, store
+
+TOKEN = "test-token-4f1c9a"
+TEMPLATE = "runsync_test_template"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    url = os.environ.get("RUNSYNC_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with database.embedded(tmp_path_factory.mktemp("embedded")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url):
+    url = with_database(server_url, TEMPLATE)
+
+    async def build():
+        await _admin(
+            server_url, f"DROP DATABASE IF EXISTS {TEMPLATE}", f"CREATE DATABASE {TEMPLATE}"
+        )
+        db = await store.Store.open(url)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+
+    asyncio.run(build())
+    yield url
+    asyncio.run(_admin(server_url, f"DROP DATABASE IF EXISTS {TEMPLATE}"))
+
+
+@pytest.fixture
+def database_url(server_url, template_url):
+    name = f"runsync_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    yield with_database(server_url, name)
+    asyncio.run(_admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def db(database_url):
+    opened = await store.Store.open(database_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def world():
+    return simulator.ApifyWorld(runs=0, seed=7)
+
+
+@pytest.fixture
+async def sim(world):
+    served = simulator.Simulator(world, token=TOKEN)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+@pytest.fixture
+def write_config(tmp_path, database_url):
+    """Writes a config file of [[sources]] tables and loads it as runsync would."""
+
+    def write(sources: str, *, env: dict[str, str] | None = None) -> config.Settings:
+        path = tmp_path / "runsync.toml"
+        path.write_text(textwrap.dedent(sources))
+        environment = {"APIFY_TOKEN": TOKEN} if env is None else env
+        return config.load(path, database_url=database_url, env=environment)
+
+    return write
+
+
+@pytest.fixture
+def apify_settings(sim, write_config):
+    """One Apify source (all runs of the user) against the simulator, with small pages."""
+
+    def settings(page_size: int = 10, extra: str = "") -> config.Settings:
+        return write_config(
+            f"""
+            [[sources]]
+            name = "apify"
+            kind = "apify"
+            token_env = "APIFY_TOKEN"
+            base_url = "{sim.base_url}"
+            page_size = {page_size}
+            every = "1s"
+            {extra}
+            """
+        )
+
+    return settings

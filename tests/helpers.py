@@ -1,0 +1,31 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import json
+
+from worker import runtime, sync
+
+
+async def one_pass(settings, name: str = "apify", **options) -> sync.PassResult:
+    async with runtime.open_runtime(settings, [name]) as rt:
+        return await sync.run_pass(rt.sources[name], rt.store, **options)
+
+
+async def stored_runs(db, source: str = "apify") -> dict[str, dict]:
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM runsync.runs WHERE source = $1", source)
+    return {row["run_id"]: dict(row) for row in rows}
+
+
+def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
+    """Exactly the upstream's runs, each with the upstream's current list fields."""
+    truth = {item["id"]: item for item in items}
+    missing, extra = truth.keys() - stored.keys(), stored.keys() - truth.keys()
+    assert not missing and not extra, f"missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
+    for run_id, item in truth.items():
+        row = stored[run_id]
+        raw = row["raw"] if isinstance(row["raw"], dict) else json.loads(row["raw"])
+        differing = {k: (raw.get(k), v) for k, v in item.items() if raw.get(k) != v}
+        assert not differing, f"run {run_id} differs from upstream: {differing}"
+        assert row["status"] == item["status"]
