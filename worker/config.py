@@ -216,7 +216,10 @@ class _Reader:
         ):
             if value:
                 if urlsplit(value).scheme not in ("postgres", "postgresql"):
-                    raise ConfigError(f"{origin}: {redact_url(value)!r} is not a postgresql:// URL")
+                    problem = f"{redact_url(value)!r} is not a postgresql:// URL"
+                    if origin == "[database] url":
+                        raise self.error("database.url", problem)
+                    raise ConfigError(f"{origin}: {problem}")
                 return Secret(value), origin
         return None, "embedded"
 

@@ -22,6 +22,7 @@ from worker.sources.common import (
     isoformat,
     number,
     parse_time,
+    storable_json,
     text,
 )
 
@@ -113,7 +114,7 @@ def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Ru
         is_terminal=is_terminal,
         started_at=started_at,
         finished_at=finished_at,
-        raw=dump(item),
+        raw=storable_json(item),
         observed_at=observed_at,
         recheck_at=recheck_at,
         actor_id=text(item, "actId"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -84,8 +85,24 @@ def check_not_future(started_at: datetime, observed_at: datetime) -> None:
 
 
 def dump(item: Any) -> str:
-    """An item as JSON text, for the raw column or the quarantine."""
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str)
+    """An item as JSON text for the quarantine: pure ASCII, so any input can be kept."""
+    return json.dumps(item, separators=(",", ":"), default=str)
+
+
+# An escaped NUL, not an escaped backslash followed by "u0000".
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable_json(item: dict[str, Any]) -> str:
+    """An item as JSON text for the raw jsonb column, which cannot hold NUL or lone surrogates."""
+    raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str)
+    if _NUL.search(raw):
+        raise ItemError("contains a NUL character, which Postgres cannot store")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ItemError("contains text that is not valid Unicode") from None
+    return raw
 
 
 def isoformat(moment: datetime) -> str:

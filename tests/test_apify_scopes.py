@@ -1,0 +1,127 @@
+"""One actor's runs and one task's runs: the other two Apify list endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from helpers import assert_matches_upstream, one_pass, stored_runs
+
+from worker import runtime, sync
+
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def source_settings(write_config, sim, scope: str, page_size: int = 10):
+    return write_config(
+        f"""
+        [[sources]]
+        name = "apify"
+        kind = "apify"
+        token_env = "APIFY_TOKEN"
+        base_url = "{sim.base_url}"
+        page_size = {page_size}
+        {scope}
+        """
+    )
+
+
+@pytest.mark.parametrize("by", ["id", "username~name"])
+async def test_actor_source_stores_that_actors_runs_only(world, sim, db, write_config, by):
+    mine, other = world.actors[0], world.actors[1]
+    for i in range(15):
+        world.add_runs(
+            1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), actor_id=mine["id"]
+        )
+        world.add_runs(
+            1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), actor_id=other["id"]
+        )
+    ref = mine["id"] if by == "id" else f"{mine['username']}~{mine['name']}"
+
+    result = await one_pass(source_settings(write_config, sim, f'actor = "{ref}"'))
+
+    assert result.outcome == "succeeded", result.error
+    expected = [item for item in world.list_items() if item["actId"] == mine["id"]]
+    assert_matches_upstream(await stored_runs(db), expected)
+
+
+async def test_unknown_actor_fails_with_the_upstreams_words(world, sim, db, write_config):
+    result = await one_pass(source_settings(write_config, sim, 'actor = "janedoe~nope"'))
+    assert result.outcome == "failed"
+    assert "HTTP 404" in result.error and "Actor was not found" in result.error
+
+
+def task_runs(world, task) -> list[dict]:
+    return [item for item in world.list_items() if item["actorTaskId"] == task["id"]]
+
+
+async def test_task_source_walks_newest_first_down_to_the_watermark(world, sim, db, write_config):
+    task = world.tasks[0]
+    for i in range(34):
+        world.add_runs(
+            1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), task_id=task["id"]
+        )
+    world.add_runs(5, status="SUCCEEDED", started_at=T0)  # not the task's
+    settings = source_settings(write_config, sim, f'task = "{task["id"]}"')
+
+    await one_pass(settings)
+    assert_matches_upstream(await stored_runs(db), task_runs(world, task))
+
+    world.add_runs(3, status="RUNNING", task_id=task["id"])
+    before = sim.requests["apify.list_task_runs"]
+    await one_pass(settings)
+    assert_matches_upstream(await stored_runs(db), task_runs(world, task))
+    # Three new runs fit the first page, which also reaches the old watermark.
+    assert sim.requests["apify.list_task_runs"] - before == 1
+
+
+async def test_task_walk_killed_midway_while_runs_arrive_skips_nothing(
+    world, sim, db, write_config
+):
+    task = world.tasks[0]
+    for i in range(20):
+        world.add_runs(
+            1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), task_id=task["id"]
+        )
+    settings = source_settings(write_config, sim, f'task = "{task["id"]}"', page_size=5)
+    await one_pass(settings)
+    # Forty new runs: the next walk needs nine pages to get back down to the watermark.
+    for i in range(40):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(hours=1, minutes=i),
+                       task_id=task["id"])  # fmt: skip
+
+    second_page = asyncio.Event()
+
+    def count(_page, _written, pages=[]):  # noqa: B006 - a counter local to this test
+        pages.append(1)
+        if len(pages) == 2:
+            second_page.set()
+
+    async with runtime.open_runtime(settings) as rt:
+        walk = asyncio.create_task(sync.run_pass(rt.sources["apify"], rt.store, progress=count))
+        await second_page.wait()
+        walk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await walk
+
+    async with db.pool.acquire() as conn:
+        checkpoint = await conn.fetchrow("SELECT watermark, cursor FROM runsync.checkpoints")
+    # Mid-walk the watermark has not moved; the walk's cursor is the checkpoint.
+    assert checkpoint["watermark"] == T0 + timedelta(minutes=19)
+    assert checkpoint["cursor"]["offset"] == 10
+
+    arrived = [
+        world.add_runs(1, status="RUNNING", task_id=task["id"],
+                       started_at=datetime.now(UTC) - timedelta(seconds=i))[0]["id"]
+        for i in range(7)
+    ]  # fmt: skip
+    result = await one_pass(settings)  # resumes at offset 10: the newcomers push runs down
+
+    assert result.outcome == "succeeded"
+    missing = {item["id"] for item in task_runs(world, task)} - (await stored_runs(db)).keys()
+    # Every run up to the walk's start is stored; the newcomers are above its top, for next pass.
+    assert missing == set(arrived)
+    await one_pass(settings)
+    assert_matches_upstream(await stored_runs(db), task_runs(world, task))

@@ -1,0 +1,114 @@
+"""Config validation: every mistake is one clear message naming the key, and exit status 2."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+
+import pytest
+
+from worker import cli, config
+
+GOOD = """
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+every = "5m"
+"""
+
+
+def load(tmp_path, text: str, env=None):
+    path = tmp_path / "runsync.toml"
+    path.write_text(textwrap.dedent(text))
+    return config.load(path, env={"APIFY_TOKEN": "secret-abc"} if env is None else env)
+
+
+def test_a_good_config_loads_with_defaults(tmp_path):
+    settings = load(tmp_path, GOOD)
+    (source,) = settings.sources
+    assert source.every == timedelta(minutes=5)
+    assert source.base_url == "https://api.apify.com"
+    assert source.token.reveal() == "secret-abc"
+    assert "secret-abc" not in repr(settings)
+    assert settings.database_url is None and settings.database_url_origin == "embedded"
+    assert settings.listen == "127.0.0.1:9464"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("token_env", "tokn_env"), "sources.apify.tokn_env: unknown key"),
+        (GOOD + "\n[extra]\n", "(top level).extra: unknown key"),
+        (GOOD.replace('"5m"', '"5 minutes"'), "sources.apify.every: '5 minutes' is not a duration"),
+        (GOOD.replace('"5m"', "5"), "sources.apify.every: must be a str"),
+        (GOOD + GOOD, "sources.apify: two sources share this name"),
+        (GOOD.replace('kind = "apify"', 'kind = "zapier"'), "sources.apify.kind: 'zapier' is not a known kind"),
+        (GOOD.replace('"APIFY_TOKEN"', '"NOPE_TOKEN"'), "environment variable NOPE_TOKEN is not set"),
+        (GOOD + 'base_url = "http://api.example.com"', "plain http is only allowed to this machine"),
+        (GOOD + 'actor = "a~b"\ntask = "a~c"', "sources.apify.task: give either actor or task"),
+        (GOOD + 'every = "1m"', "not valid TOML"),
+        (GOOD + 'page_size = 5000', "sources.apify.page_size: must be between 1 and 1000"),
+        (GOOD + 'cron = "*/5 * * * *"', "give either every or cron"),
+        ("[database]\nurl = 'mysql://x'\n" + GOOD, "is not a postgresql:// URL"),
+        ("", "sources: define at least one [[sources]] table"),
+    ],
+)  # fmt: skip
+def test_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as caught:
+        load(tmp_path, text)
+    assert message in str(caught.value)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_database_url_precedence_and_redaction(tmp_path):
+    path = tmp_path / "runsync.toml"
+    path.write_text("[database]\nurl = 'postgresql://u:filepw@db/x'\n" + GOOD)
+    env = {"APIFY_TOKEN": "t0ken", "RUNSYNC_DATABASE_URL": "postgresql://u:envpw@db/x"}
+    assert config.load(path, env=env).database_url_origin == "RUNSYNC_DATABASE_URL"
+    cli_url = config.load(path, env=env, database_url="postgresql://u:clipw@db/x")
+    assert cli_url.database_url_origin == "--database-url"
+    assert "clipw" in cli_url.secrets()
+    assert config.redact_url("postgresql://u:clipw@db:5433/x") == "postgresql://u:***@db:5433/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("250ms", 0.25)],
+)
+def test_durations(text, seconds):
+    assert config.parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "-5m", "0s", "5 minutes", "1h 2x"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        config.parse_duration(text)
+
+
+def test_check_config_exits_2_naming_a_missing_token_variable(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    path.write_text(GOOD)
+    monkeypatch.delenv("APIFY_TOKEN", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    assert "environment variable APIFY_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    path.write_text(GOOD + 'actor = "janedoe~my-actor"\n')
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    url = "postgresql://runsync:dbpassword42@db.internal/analytics"
+
+    assert cli.main(["check-config", "--config", str(path), "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "https://api.apify.com/v2/acts/janedoe~my-actor/runs" in out
+    assert "every 5m" in out and "$APIFY_TOKEN (set)" in out
+    assert "postgresql://runsync:***@db.internal/analytics" in out
+    assert "SECRET123" not in out and "dbpassword42" not in out
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert cli.main(["--config", str(tmp_path / "nope.toml"), "status"]) == 2
+    assert "nope.toml not found" in capsys.readouterr().err

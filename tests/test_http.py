@@ -1,0 +1,142 @@
+"""The upstream client against a real HTTP server on loopback that answers from a script."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from aiohttp import web
+
+from worker import http
+
+TOKEN = "tok-SECRET-9f8e"
+FAST = http.Backoff(retries=4, base=0.01, cap=0.05, budget=5.0)
+
+
+class Scripted:
+    """Serves the queued answers in order; remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.answers: list = []
+        self.seen: list[web.Request] = []
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        answer = self.answers.pop(0) if self.answers else web.json_response({"ok": True})
+        return await answer(request) if callable(answer) else answer
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def upstream():
+    server = Scripted()
+    base = await server.start()
+    client = http.Client(base, TOKEN, name="test", rate=1000, backoff=FAST, timeout=0.5)
+    yield server, client
+    await client.close()
+    await server.runner.cleanup()
+
+
+async def test_token_only_in_the_authorization_header(upstream):
+    server, client = upstream
+    answer = await client.get_json("/v2/actor-runs", {"limit": "10"})
+    assert answer.body == {"ok": True} and answer.status == 200
+    (request,) = server.seen
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in str(request.rel_url)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+async def test_transient_statuses_are_retried(upstream, status):
+    server, client = upstream
+    server.answers = [
+        web.json_response({"error": {"message": "busy"}}, status=status) for _ in "ab"
+    ]
+    answer = await client.get_json("/x")
+    assert answer.body == {"ok": True} and len(server.seen) == 3
+
+
+async def test_retry_after_seconds_and_date_are_honoured(upstream):
+    server, client = upstream
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    server.answers = [
+        web.Response(status=429, headers={"Retry-After": "0.3"}),
+        web.Response(status=503, headers={"Retry-After": later}),
+    ]
+    started = time.monotonic()
+    await client.get_json("/x")
+    # 0.3 s, then until the given second: jittered backoff alone would take some milliseconds.
+    assert time.monotonic() - started >= 0.3 + 0.2
+
+
+async def test_broken_json_truncation_and_stalls_are_retried(upstream):
+    server, client = upstream
+
+    async def truncated(request):
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b'{"data": {"it')
+        request.transport.close()  # the connection drops mid-body
+        return response
+
+    async def stalled(request):
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    server.answers = [web.Response(text="<html>oops</html>"), truncated, stalled]
+    assert (await client.get_json("/x")).body == {"ok": True}
+    assert len(server.seen) == 4
+
+
+async def test_client_errors_fail_at_once_with_the_upstreams_words(upstream):
+    server, client = upstream
+    server.answers = [
+        web.json_response(
+            {"error": {"type": "token-not-valid", "message": "Authentication token is not valid."}},
+            status=401,
+        )
+    ]
+    with pytest.raises(http.UpstreamError) as caught:
+        await client.get_json("/v2/actor-runs")
+    assert caught.value.status == 401
+    assert str(caught.value) == (
+        "test: GET /v2/actor-runs answered HTTP 401: Authentication token is not valid."
+    )
+    assert len(server.seen) == 1
+
+
+async def test_retries_run_out_with_one_clear_error(upstream):
+    server, client = upstream
+    server.answers = [web.Response(status=503) for _ in range(10)]
+    with pytest.raises(http.UpstreamError, match=r"failed after 5 attempts: HTTP 503"):
+        await client.get_json("/x")
+    assert len(server.seen) == 5
+
+
+async def test_a_response_over_the_cap_is_refused(upstream):
+    server, client = upstream
+    client.max_response_bytes = 1000
+    server.answers = [web.json_response({"items": ["x" * 2000]})]
+    with pytest.raises(http.UpstreamError, match="cap"):
+        await client.get_json("/x")
+
+
+async def test_the_rate_cap_spaces_requests():
+    limiter = http.RateLimiter(rate=50)
+    started = time.monotonic()
+    for _ in range(11):
+        await limiter.wait()
+    assert time.monotonic() - started >= 10 / 50 * 0.9

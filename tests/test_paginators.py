@@ -1,0 +1,139 @@
+"""The Apify paginators on hand-made pages: no I/O, so every position rule is checked exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from worker.model import Checkpoint
+from worker.sources.apify import NewestFirst, OldestFirst, read_item
+from worker.sources.common import PageError, isoformat
+
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+T = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def item(run_id: str, minute: int, status: str = "SUCCEEDED") -> dict:
+    return {"id": run_id, "status": status, "startedAt": isoformat(T + timedelta(minutes=minute))}
+
+
+def page(*items, limit: int = 3) -> dict:
+    return {
+        "data": {
+            "total": 99,
+            "offset": 0,
+            "limit": limit,
+            "count": len(items),
+            "items": list(items),
+        }
+    }
+
+
+def at(minute: int) -> datetime:
+    return T + timedelta(minutes=minute)
+
+
+def test_oldest_first_seeks_on_the_newest_instant():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=3)
+    assert walk.next_request().params == {"limit": "3", "offset": "0"}
+    walk.advance(page(item("a", 1), item("b", 2), item("c", 2)), NOW)
+    assert walk.next_request().params == {
+        "limit": "3", "offset": "2", "startedAfter": isoformat(at(2))
+    }  # fmt: skip
+    assert walk.checkpoint == Checkpoint(at(2), {"offset": 2})
+
+
+def test_a_page_of_one_instant_moves_the_offset_not_the_watermark():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(at(2), {"offset": 2}), page_size=3)
+    walk.advance(page(item("d", 2), item("e", 2), item("f", 2)), NOW)
+    assert walk.checkpoint == Checkpoint(at(2), {"offset": 5})
+
+
+def test_unreadable_items_after_the_newest_instant_are_read_again_not_skipped():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=4)
+    walk.advance(page(item("a", 1), item("b", 2), {"oops": 1}, ["x"], limit=4), NOW)
+    assert walk.checkpoint == Checkpoint(at(2), {"offset": 1})
+
+
+def test_unreadable_items_between_runs_of_one_instant_count_for_it():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=4)
+    walk.advance(page(item("a", 1), item("b", 2), {"oops": 1}, item("c", 2), limit=4), NOW)
+    assert walk.checkpoint == Checkpoint(at(2), {"offset": 3})
+
+
+def test_a_page_of_unreadable_items_moves_the_offset_exactly():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(at(2), {"offset": 1}), page_size=3)
+    result = walk.advance(page({"x": 1}, {"x": 2}, {"x": 3}), NOW)
+    assert len(result.rejected) == 3
+    assert walk.checkpoint == Checkpoint(at(2), {"offset": 4})
+    assert walk.next_request() is not None
+
+
+def test_a_short_page_ends_the_walk_even_when_the_server_clamps():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=1000)
+    walk.advance(page(item("a", 1), item("b", 2), limit=1000), NOW)
+    assert walk.next_request() is None
+    clamped = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=1000)
+    clamped.advance(page(item("a", 1), item("b", 2), limit=2), NOW)  # served 2 of at most 2
+    assert clamped.next_request() is not None
+
+
+def test_the_same_page_twice_is_an_error_not_a_loop():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(at(2)), page_size=3)
+    same = page(item("a", 2), item("b", 2), item("c", 2))
+    walk.advance(same, NOW)
+    with pytest.raises(PageError, match="same page twice"):
+        walk.advance(same, NOW)
+
+
+@pytest.mark.parametrize("body", [{}, {"data": {}}, {"data": {"items": "x"}}, [], "text"])
+def test_a_list_answer_without_items_is_a_page_error(body):
+    with pytest.raises(PageError):
+        OldestFirst("/v2/actor-runs", Checkpoint(), page_size=3).advance(body, NOW)
+
+
+def test_newest_first_moves_the_watermark_only_when_it_reaches_it():
+    walk = NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(at(2)), page_size=2)
+    assert walk.next_request().params == {"desc": "1", "limit": "2", "offset": "0"}
+    walk.advance(page(item("z", 9), item("y", 8), limit=2), NOW)
+    assert walk.checkpoint == Checkpoint(at(2), {"top": isoformat(at(9)), "offset": 2})
+    walk.advance(page(item("x", 3), item("w", 1), limit=2), NOW)  # 1 < 2: reached
+    assert walk.next_request() is None
+    assert walk.checkpoint == Checkpoint(at(9), None)
+
+
+def test_newest_first_resumes_from_its_cursor():
+    saved = Checkpoint(at(2), {"top": isoformat(at(9)), "offset": 4})
+    walk = NewestFirst("/v2/actor-tasks/t/runs", saved, page_size=2)
+    assert walk.next_request().params["offset"] == "4"
+    walk.advance(page(item("v", 1), limit=2), NOW)
+    assert walk.checkpoint == Checkpoint(at(9), None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"status": "RUNNING", "startedAt": "2026-01-01T00:00:00Z"}, "id is missing, not a string"),
+        ({"id": 5, "status": "RUNNING"}, "id is int '5', not a string"),
+        ({"id": "r", "startedAt": "2026-01-01T00:00:00Z"}, "run r: status is missing"),
+        ({"id": "r", "status": "RUNNING", "startedAt": "2026-01-01"}, "has no time zone"),
+        ({"id": "r", "status": "RUNNING", "startedAt": "2099-01-01T00:00:00Z"}, "in the future"),
+        ({"id": "r", "status": "SUCCEEDED", "startedAt": "2026-01-01T00:00:00Z", "usageTotalUsd": "1"}, "usageTotalUsd is str"),
+        ({"id": "r", "status": "SUCCEEDED", "startedAt": "2026-01-01T00:00:00Z", "meta": []}, "meta is a list"),
+        ({"id": "r", "status": "RUNNING", "startedAt": "2026-01-01T00:00:00Z", "x": "\x00"}, "NUL"),
+    ],
+)  # fmt: skip
+def test_unreadable_items_say_why(raw, reason):
+    rejected = read_item(raw, NOW)
+    assert reason in rejected.reason
+
+
+def test_a_just_finished_run_is_due_for_another_look():
+    finished = NOW - timedelta(seconds=3)
+    run = read_item({**item("r", 0), "finishedAt": isoformat(finished)}, NOW)
+    assert run.is_terminal and run.recheck_at == finished + timedelta(seconds=15)
+    settled = read_item({**item("r", 0), "finishedAt": isoformat(NOW - timedelta(minutes=1))}, NOW)
+    assert settled.recheck_at is None
+    running = read_item({**item("r", 0, "RUNNING"), "finishedAt": None}, NOW)
+    assert not running.is_terminal and running.recheck_at is None
