@@ -1,0 +1,130 @@
+"""The store's guarantees: migrations, source locks, idempotent upserts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from helpers import one_pass, stored_runs
+
+from worker import runtime, sqlfiles, store
+from worker.model import Run
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def test_migrations_are_idempotent_and_safe_from_several_replicas(server_url):
+    from conftest import _admin, with_database
+
+    name = "runsync_test_migrate_race"
+    await _admin(server_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    url = with_database(server_url, name)
+    stores = [await store.Store.open(url) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(s.migrate() for s in stores))
+        # Exactly one replica applied them; the others waited for it and found nothing to do.
+        assert sorted(map(len, applied)) == [0, 0, 0, len(sqlfiles.migrations())]
+        assert await stores[0].migrate() == []
+    finally:
+        for s in stores:
+            await s.close()
+        await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_a_source_lock_is_held_by_one_session_and_freed_with_it(database_url, db):
+    async with db.lease("apify", "incremental") as first:
+        assert first is not None
+        async with db.lease("apify", "incremental") as second:
+            assert second is None  # another replica: it skips this source
+        async with db.lease("apify", "backfill") as other_stream:
+            assert other_stream is not None  # a backfill may run beside the incremental pass
+        async with db.lease("other", "incremental") as other_source:
+            assert other_source is not None
+
+    # A replica that dies frees the lock with its connection.
+    conn = await asyncpg.connect(database_url)
+    assert await conn.fetchval(db.q["try_lock_source"], "apify", "incremental")
+    conn.terminate()
+    await asyncio.sleep(0.1)
+    async with db.lease("apify", "incremental") as after_death:
+        assert after_death is not None
+
+
+async def test_concurrent_passes_of_one_source_run_once(world, sim, db, apify_settings):
+    world.add_runs(40, status="SUCCEEDED", started_at=T0)
+    settings = apify_settings(page_size=5)
+    results = await asyncio.gather(*(one_pass(settings) for _ in range(3)))
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes.count("succeeded") >= 1
+    assert set(outcomes) <= {"succeeded", "skipped"}
+    assert len(await stored_runs(db)) == 40
+
+
+def observation(status: str, at: datetime, **fields) -> Run:
+    return Run(
+        run_id="r1", status=status, is_terminal=status == "SUCCEEDED", started_at=T0,
+        finished_at=None, raw=f'{{"id": "r1", "status": "{status}"}}', observed_at=at, **fields,
+    )  # fmt: skip
+
+
+async def test_upserts_are_idempotent_and_the_latest_observation_wins(db):
+    async with db.lease("s", "test") as lease:
+        pass_id = await lease.start_pass()
+        first = await lease.save_refreshed(pass_id, "apify", [observation("RUNNING", T0)], [], [])
+        again = await lease.save_refreshed(pass_id, "apify", [observation("RUNNING", T0)], [], [])
+        later = observation("SUCCEEDED", T0 + timedelta(seconds=2))
+        newer = await lease.save_refreshed(pass_id, "apify", [later], [], [])
+        older = observation("RUNNING", T0 + timedelta(seconds=1))
+        stale = await lease.save_refreshed(pass_id, "apify", [older], [], [])
+
+    assert (first.inserted, again.runs, newer.updated, stale.runs) == (1, 0, 1, 0)
+    rows = await stored_runs(db, "s")
+    assert rows["r1"]["status"] == "SUCCEEDED"
+    async with db.pool.acquire() as conn:
+        history = await conn.fetch("SELECT previous_status, status FROM runsync.run_status_history")
+    assert [tuple(h) for h in history] == [(None, "RUNNING"), ("RUNNING", "SUCCEEDED")]
+
+
+async def test_the_daemon_syncs_on_schedule_and_stops_cleanly(world, sim, db, apify_settings):
+    from worker import scheduler
+
+    world.add_runs(12, status="RUNNING", started_at=T0)
+    settings = apify_settings(page_size=5)  # every = "1s"
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(scheduler.run_daemon(settings, stop=stop, install_signals=False))
+
+    async def until(condition):
+        async with asyncio.timeout(10):
+            while not await condition():
+                await asyncio.sleep(0.05)
+
+    async def stored(n):
+        return len(await stored_runs(db)) == n
+
+    await until(lambda: stored(12))
+    world.finish_open()
+    world.add_runs(3, status="SUCCEEDED")
+
+    async def all_terminal():
+        rows = await stored_runs(db)
+        return len(rows) == 15 and all(r["is_terminal"] for r in rows.values())
+
+    await until(all_terminal)  # a later tick picked up the changes
+    stop.set()
+    assert await asyncio.wait_for(daemon, 10) == 0
+    async with db.pool.acquire() as conn:
+        outcomes = {r["outcome"] for r in await conn.fetch("SELECT outcome FROM runsync.passes")}
+    assert outcomes <= {"succeeded", "interrupted"}
+
+
+async def test_status_reports_each_source(world, sim, db, apify_settings):
+    world.add_runs(7, status="SUCCEEDED", started_at=T0)
+    world.add_runs(2, status="RUNNING")
+    settings = apify_settings()
+    await one_pass(settings)
+    async with runtime.open_store(settings) as opened:
+        (row,) = await opened.status(["apify"])
+    assert (row["runs"], row["open_runs"], row["configured"]) == (9, 2, True)
+    assert row["last_success_at"] is not None and row["last_error"] is None
+    assert row["watermark"] == max(r["started_at"] for r in (await stored_runs(db)).values())
