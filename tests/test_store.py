@@ -96,7 +96,7 @@ async def test_the_daemon_syncs_on_schedule_and_stops_cleanly(world, sim, db, ap
 
     async def until(condition):
         async with asyncio.timeout(10):
-            while not await condition():
+            while not await condition():  # noqa: ASYNC110 - the condition lives in Postgres
                 await asyncio.sleep(0.05)
 
     async def stored(n):
