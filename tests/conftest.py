@@ -107,9 +107,14 @@ def write_config(tmp_path, database_url):
 def apify_settings(sim, write_config):
     """One Apify source (all runs of the user) against the simulator, with small pages."""
 
-    def settings(page_size: int = 10, extra: str = "") -> config.Settings:
+    def settings(
+        page_size: int = 10, extra: str = "", listen: str = "127.0.0.1:0"
+    ) -> config.Settings:
         return write_config(
             f"""
+            [http]
+            listen = "{listen}"
+
             [[sources]]
             name = "apify"
             kind = "apify"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import asyncpg
 from helpers import one_pass, stored_runs
 
@@ -90,7 +92,10 @@ async def test_the_daemon_syncs_on_schedule_and_stops_cleanly(world, sim, db, ap
     from worker import scheduler
 
     world.add_runs(12, status="RUNNING", started_at=T0)
-    settings = apify_settings(page_size=5)  # every = "1s"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = apify_settings(page_size=5, listen=f"127.0.0.1:{port}")  # every = "1s"
     stop = asyncio.Event()
     daemon = asyncio.create_task(scheduler.run_daemon(settings, stop=stop, install_signals=False))
 
@@ -111,6 +116,11 @@ async def test_the_daemon_syncs_on_schedule_and_stops_cleanly(world, sim, db, ap
         return len(rows) == 15 and all(r["is_terminal"] for r in rows.values())
 
     await until(all_terminal)  # a later tick picked up the changes
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+        for path in ("/healthz", "/readyz"):
+            async with client.get(path) as response:
+                assert response.status == 200, path
+                assert (await response.json())["status"] == "ok"
     stop.set()
     assert await asyncio.wait_for(daemon, 10) == 0
     async with db.pool.acquire() as conn:

@@ -38,6 +38,18 @@ def _scrub_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
     return _scrub(event) if _secrets else event
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each line, so redirections (rich, tests) are followed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(*, level: str = "INFO", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -71,7 +83,7 @@ def configure(*, level: str = "INFO", json: bool | None = None) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -18,7 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from worker import runtime, sync
+from worker import health, runtime, store, sync
 from worker.config import Settings, SourceConfig
 
 log = structlog.get_logger("runsync.scheduler")
@@ -89,9 +89,22 @@ async def run_daemon(
                     misfire_grace_time=None,
                     next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
                 )
+
+            async def readiness() -> str | None:
+                if not scheduler.running:
+                    return "the scheduler is not running"
+                try:
+                    await rt.store.ping()
+                except (*store.DatabaseError, TimeoutError) as error:
+                    return f"database unreachable: {type(error).__name__}"
+                return None
+
+            endpoint = health.HealthServer(settings.listen, readiness)
             scheduler.start()
+            await endpoint.start()
             log.info(
                 "daemon started",
+                listen=settings.listen,
                 sources={c.name: c.schedule for c in settings.sources},
             )
             try:
@@ -99,6 +112,7 @@ async def run_daemon(
             finally:
                 scheduler.shutdown(wait=False)
                 await _drain(running, drain_timeout)
+                await endpoint.stop()
     log.info("daemon stopped")
     return 0
 

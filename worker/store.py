@@ -101,6 +101,11 @@ class Store:
                 except DatabaseError:
                     conn.terminate()  # the lock goes with the session
 
+    async def ping(self) -> None:
+        """Raises when the database cannot answer."""
+        async with self.pool.acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT 1")
+
     async def status(self, sources: Sequence[str]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
             known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
