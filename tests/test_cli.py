@@ -1,0 +1,147 @@
+"""The real command line as a subprocess, against the simulator and a test database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+
+from conftest import TOKEN
+from helpers import assert_matches_upstream, stored_runs
+
+T0 = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def config_file(tmp_path, sim, extra: str = "") -> str:
+    path = tmp_path / "cli.toml"
+    path.write_text(
+        f"""
+[http]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+page_size = 50
+every = "1s"
+{extra}
+"""
+    )
+    return str(path)
+
+
+async def runsync(database_url, *args, env=None, signal_after=None):
+    environment = {
+        **os.environ,
+        "APIFY_TOKEN": TOKEN,
+        "RUNSYNC_DATABASE_URL": database_url,
+        **(env or {}),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args,
+        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    if signal_after is not None:
+        await signal_after(process)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
+def log_lines(err: str) -> list[dict]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+async def test_sync_then_status(world, sim, db, database_url, tmp_path):
+    for i in range(120):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i))
+    world.add_runs(4, status="RUNNING")
+    path = config_file(tmp_path, sim)
+
+    code, _, err = await runsync(database_url, "--config", path, "sync")
+
+    assert code == 0, err
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+    lines = log_lines(err)
+    finished = [line for line in lines if line["event"] == "pass succeeded"]
+    assert finished and finished[0]["source"] == "apify" and finished[0]["runs"] == 124
+    assert all("pass_id" in line for line in lines if line["logger"] == "runsync.sync")
+    assert TOKEN not in err
+
+    code, out, err = await runsync(database_url, "--config", path, "status", "--json")
+    assert code == 0, err
+    (status,) = json.loads(out)
+    assert (status["source"], status["runs"], status["open_runs"]) == ("apify", 124, 4)
+    assert status["last_success_at"] and status["last_error"] is None
+
+    code, out, _ = await runsync(database_url, "--config", path, "status")
+    assert code == 0 and "apify" in out and "124" in out
+
+
+async def test_backfill_a_range(world, sim, db, database_url, tmp_path):
+    for day in range(10):
+        world.add_runs(3, status="SUCCEEDED", started_at=T0 + timedelta(days=day))
+    path = config_file(tmp_path, sim)
+
+    code, out, err = await runsync(
+        database_url, "--config", path, "backfill", "apify",
+        "--since", "2026-04-03", "--until", "2026-04-05",
+    )  # fmt: skip
+
+    assert code == 0, err
+    assert "backfill of apify succeeded: 9 runs read, 9 written" in out
+    expected = [
+        item for item in world.list_items()
+        if T0 + timedelta(days=2) <= datetime.fromisoformat(item["startedAt"]) < T0 + timedelta(days=5)
+    ]  # fmt: skip
+    assert_matches_upstream(await stored_runs(db), expected)
+    async with db.pool.acquire() as conn:
+        # A finished backfill leaves no checkpoint behind; the incremental one was never touched.
+        assert await conn.fetchval("SELECT count(*) FROM runsync.checkpoints") == 0
+
+
+async def test_the_daemon_stops_cleanly_on_sigterm(world, sim, db, database_url, tmp_path):
+    world.add_runs(300, status="SUCCEEDED", started_at=T0)
+    path = config_file(tmp_path, sim)
+
+    async def terminate_once_synced(process):
+        async with asyncio.timeout(30):
+            while len(await stored_runs(db)) < 300:  # noqa: ASYNC110 - the condition is in Postgres
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+
+    code, _, err = await runsync(
+        database_url, "--config", path, "run", signal_after=terminate_once_synced
+    )
+
+    assert code == 0, err
+    events = [line["event"] for line in log_lines(err)]
+    assert (
+        "daemon started" in events and "stop requested" in events and events[-1] == "daemon stopped"
+    )
+
+
+async def test_a_failing_source_makes_sync_exit_1(world, sim, db, database_url, tmp_path):
+    path = config_file(tmp_path, sim)
+    code, _, err = await runsync(
+        database_url, "--config", path, "sync", env={"APIFY_TOKEN": "wrong-token-xyz"}
+    )
+    assert code == 1
+    failure = [line for line in log_lines(err) if line["event"] == "pass failed"]
+    assert "HTTP 401" in failure[0]["error"]
+    assert "wrong-token-xyz" not in err
+
+
+async def test_unknown_source_and_unreachable_database_exit_2(sim, database_url, tmp_path):
+    path = config_file(tmp_path, sim)
+    code, _, err = await runsync(database_url, "--config", path, "sync", "nope")
+    assert code == 2 and "no source named 'nope'" in err
+
+    unreachable = "postgresql://runsync:hunter2pw@127.0.0.1:9/runsync"
+    code, _, err = await runsync(unreachable, "--config", path, "status")
+    assert code == 2 and "cannot connect to the database" in err
+    assert "hunter2pw" not in err and "runsync:***@127.0.0.1:9" in err
