@@ -396,3 +396,28 @@ async def test_serve_runs_until_cancelled() -> None:
     server.cancel()
     with pytest.raises(asyncio.CancelledError):
         await server
+
+
+async def test_controls_add_runs_and_finish_open_ones_over_http():
+    world = ApifyWorld(runs=0, seed=3)
+    sim = Simulator(world, token="t")
+    base = await sim.start()
+    try:
+        headers = {"Authorization": "Bearer t"}
+        async with aiohttp.ClientSession(base, headers=headers) as client:
+            async with client.post("/_simulator/apify/runs?count=3&status=RUNNING") as response:
+                assert response.status == 201
+                ids = (await response.json())["data"]["ids"]
+            assert {item["id"] for item in world.list_items()} == set(ids)
+            async with client.post("/_simulator/apify/finish?status=FAILED") as response:
+                assert (await response.json())["data"]["finished"] == 3
+            assert {item["status"] for item in world.list_items()} == {"FAILED"}
+            async with client.post("/_simulator/apify/finish?status=RUNNING") as response:
+                assert response.status == 400
+        async with (
+            aiohttp.ClientSession(base) as anonymous,
+            anonymous.post("/_simulator/apify/runs") as response,
+        ):
+            assert response.status == 401
+    finally:
+        await sim.stop()

@@ -521,6 +521,11 @@ class Simulator:
             ("/v2/actor-runs/{runId}", self._get_run, "apify.get_run"),
         ):
             self.app.router.add_get(path, handler, name=name, allow_head=False)
+        # Controls for demos driven from a shell; they take the same bearer token.
+        self.app.router.add_post("/_simulator/apify/runs", self._add_runs, name="control.add_runs")
+        self.app.router.add_post(
+            "/_simulator/apify/finish", self._finish_open, name="control.finish_open"
+        )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listens on host:port (port 0 picks a free one) and returns the base URL."""
@@ -572,6 +577,20 @@ class Simulator:
         if detail is None:
             return _error(404, "record-not-found", "Actor run was not found")
         return web.json_response({"data": detail})
+
+    async def _add_runs(self, request: web.Request) -> web.Response:
+        count = _integer(request.query, "count", 1, 1)
+        status = request.query.get("status", "RUNNING")
+        if status not in ALL_STATUSES:
+            raise _InvalidInput(f"status {status!r} is not an Actor job status")
+        added = self.apify.add_runs(min(count, 100_000), status=status)
+        return web.json_response({"data": {"ids": [item["id"] for item in added]}}, status=201)
+
+    async def _finish_open(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "SUCCEEDED")
+        if status not in TERMINAL_STATUSES:
+            raise _InvalidInput(f"status {status!r} is not a terminal status")
+        return web.json_response({"data": {"finished": self.apify.finish_open(status)}})
 
     def _listing(self, request: web.Request, scope: str, *, time_filter: bool) -> web.Response:
         query = request.query
