@@ -42,7 +42,9 @@ def client_for(config) -> http.Client:
 async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[store.Store]:
     with database.database_url(settings) as url:
         try:
-            db = await store.Store.open(url)
+            # A pass holds one connection for its whole length (it carries the source's lock);
+            # the rest serve status, readiness and the backfill beside them.
+            db = await store.Store.open(url, max_size=len(settings.sources) + 4)
         except (*store.DatabaseError, TimeoutError) as error:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {redact_url(url)}: {error}"
