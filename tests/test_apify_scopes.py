@@ -14,22 +14,8 @@ from worker import runtime, sync
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
-def source_settings(write_config, sim, scope: str, page_size: int = 10):
-    return write_config(
-        f"""
-        [[sources]]
-        name = "apify"
-        kind = "apify"
-        token_env = "APIFY_TOKEN"
-        base_url = "{sim.base_url}"
-        page_size = {page_size}
-        {scope}
-        """
-    )
-
-
 @pytest.mark.parametrize("by", ["id", "username~name"])
-async def test_actor_source_stores_that_actors_runs_only(world, sim, db, write_config, by):
+async def test_actor_source_stores_that_actors_runs_only(world, sim, db, apify_settings, by):
     mine, other = world.actors[0], world.actors[1]
     for i in range(15):
         world.add_runs(
@@ -40,15 +26,15 @@ async def test_actor_source_stores_that_actors_runs_only(world, sim, db, write_c
         )
     ref = mine["id"] if by == "id" else f"{mine['username']}~{mine['name']}"
 
-    result = await one_pass(source_settings(write_config, sim, f'actor = "{ref}"'))
+    result = await one_pass(apify_settings(extra=f'actor = "{ref}"'))
 
     assert result.outcome == "succeeded", result.error
     expected = [item for item in world.list_items() if item["actId"] == mine["id"]]
     assert_matches_upstream(await stored_runs(db), expected)
 
 
-async def test_unknown_actor_fails_with_the_upstreams_words(world, sim, db, write_config):
-    result = await one_pass(source_settings(write_config, sim, 'actor = "janedoe~nope"'))
+async def test_unknown_actor_fails_with_the_upstreams_words(world, sim, db, apify_settings):
+    result = await one_pass(apify_settings(extra='actor = "janedoe~nope"'))
     assert result.outcome == "failed"
     assert "HTTP 404" in result.error and "Actor was not found" in result.error
 
@@ -57,14 +43,14 @@ def task_runs(world, task) -> list[dict]:
     return [item for item in world.list_items() if item["actorTaskId"] == task["id"]]
 
 
-async def test_task_source_walks_newest_first_down_to_the_watermark(world, sim, db, write_config):
+async def test_task_source_walks_newest_first_down_to_the_watermark(world, sim, db, apify_settings):
     task = world.tasks[0]
     for i in range(34):
         world.add_runs(
             1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), task_id=task["id"]
         )
     world.add_runs(5, status="SUCCEEDED", started_at=T0)  # not the task's
-    settings = source_settings(write_config, sim, f'task = "{task["id"]}"')
+    settings = apify_settings(extra=f'task = "{task["id"]}"')
 
     await one_pass(settings)
     assert_matches_upstream(await stored_runs(db), task_runs(world, task))
@@ -78,14 +64,14 @@ async def test_task_source_walks_newest_first_down_to_the_watermark(world, sim, 
 
 
 async def test_task_walk_killed_midway_while_runs_arrive_skips_nothing(
-    world, sim, db, write_config
+    world, sim, db, apify_settings
 ):
     task = world.tasks[0]
     for i in range(20):
         world.add_runs(
             1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i), task_id=task["id"]
         )
-    settings = source_settings(write_config, sim, f'task = "{task["id"]}"', page_size=5)
+    settings = apify_settings(page_size=5, extra=f'task = "{task["id"]}"')
     await one_pass(settings)
     # Forty new runs: the next walk needs nine pages to get back down to the watermark.
     for i in range(40):

@@ -146,10 +146,18 @@ def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
 class _Walk:
     """What both directions share: reading a page, noticing a page served twice."""
 
-    def __init__(self, path: str, page_size: int, walk: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        page_size: int,
+        until: datetime | None = None,
+        walk: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.page_size = page_size
-        self.walk = walk or {}
+        self.until = until  # a backfill's upper bound
+        self.walk = walk or {}  # kept in the cursor: a backfill resumes only the same range
         self.done = False
         self._last_page: tuple[Any, ...] | None = None
 
@@ -170,19 +178,10 @@ class _Walk:
 class OldestFirst(_Walk):
     """Ascending walk by `startedAfter` = watermark, `offset` = runs already read at that instant."""
 
-    def __init__(
-        self,
-        path: str,
-        checkpoint: Checkpoint,
-        *,
-        page_size: int,
-        until: datetime | None = None,
-        walk: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(path, page_size, walk)
+    def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
+        super().__init__(path, **options)
         self.watermark = checkpoint.watermark
         self.offset = int((checkpoint.cursor or {}).get("offset", 0))
-        self.until = until
 
     def __str__(self) -> str:
         at = isoformat(self.watermark) if self.watermark else "the beginning"
@@ -227,21 +226,12 @@ class NewestFirst(_Walk):
     skips none. The watermark moves to the newest run seen only once the walk reaches the old one.
     """
 
-    def __init__(
-        self,
-        path: str,
-        checkpoint: Checkpoint,
-        *,
-        page_size: int,
-        until: datetime | None = None,
-        walk: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(path, page_size, walk)
+    def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
+        super().__init__(path, **options)
         self.floor = checkpoint.watermark
         cursor = checkpoint.cursor or {}
         self.offset = int(cursor.get("offset", 0))
         self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
-        self.until = until
 
     def __str__(self) -> str:
         floor = isoformat(self.floor) if self.floor else "the beginning"
