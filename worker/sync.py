@@ -81,7 +81,6 @@ async def run_pass(
 ) -> PassResult:
     """One pass; never raises for upstream or database trouble: the result says what happened."""
     result = PassResult(runtime.name, stream)
-    started = time.monotonic()
     try:
         async with db.lease(runtime.name, stream) as lease:
             if lease is None:
@@ -97,12 +96,11 @@ async def run_pass(
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
         log.error("pass failed", source=runtime.name, stream=stream, error=result.error)
-    result.duration_ms = int((time.monotonic() - started) * 1000)
     return result
 
 
 async def _run_leased(runtime, lease, result, since, until, stop, progress) -> None:
-    started_at = datetime.now(UTC)
+    started_at, started = datetime.now(UTC), time.monotonic()
     log.info("pass started")
     try:
         paginator = _paginator(
@@ -127,13 +125,14 @@ async def _run_leased(runtime, lease, result, since, until, stop, progress) -> N
         await lease.finish_pass(result.pass_id, result.outcome, result.error)
     except store.DatabaseError as error:
         log.warning("could not record the end of the pass", error=str(error))
+    result.duration_ms = int((time.monotonic() - started) * 1000)
     fields = {
         "pages": result.pages,
         "runs": result.items,
         "written": result.written,
         "quarantined": result.quarantined,
         "refreshed": result.refreshed,
-        "duration_ms": int((datetime.now(UTC) - started_at).total_seconds() * 1000),
+        "duration_ms": result.duration_ms,
     }
     if result.outcome == "failed":
         log.error("pass failed", error=result.error, **fields)
@@ -208,7 +207,12 @@ async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | Non
         if error.status == 404:
             return None
         raise
-    return runtime.source.read_run(response.body, response.observed_at)
+    observed = runtime.source.read_run(response.body, response.observed_at)
+    if isinstance(observed, Run) and observed.run_id != run_id:
+        return Rejected(
+            f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
+        )
+    return observed
 
 
 def _log_rejected(rejected: list[Rejected]) -> None:
