@@ -51,18 +51,22 @@ INSERT INTO runsync.runs AS r (
     source, upstream, run_id, status, is_terminal, started_at, finished_at,
     actor_id, task_id, build_id, build_number, origin, usage_total_usd,
     default_key_value_store_id, default_dataset_id, default_request_queue_id,
+    project, triggered_by, result,
     raw, observed_at, recheck_at)
 SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at,
        i.actor_id, i.task_id, i.build_id, i.build_number, i.origin, i.usage_total_usd,
        i.default_key_value_store_id, i.default_dataset_id, i.default_request_queue_id,
+       i.project, i.triggered_by, i.result::jsonb,
        i.raw::jsonb, i.observed_at, i.recheck_at
 FROM unnest($3::text[], $4::text[], $5::boolean[], $6::timestamptz[], $7::timestamptz[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::numeric[],
-            $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[],
-            $19::timestamptz[])
+            $14::text[], $15::text[], $16::text[],
+            $17::text[], $18::text[], $19::text[],
+            $20::text[], $21::timestamptz[], $22::timestamptz[])
      AS i(run_id, status, is_terminal, started_at, finished_at,
           actor_id, task_id, build_id, build_number, origin, usage_total_usd,
           default_key_value_store_id, default_dataset_id, default_request_queue_id,
+          project, triggered_by, result,
           raw, observed_at, recheck_at)
 ON CONFLICT (source, run_id) DO UPDATE SET
     upstream = EXCLUDED.upstream,
@@ -79,6 +83,9 @@ ON CONFLICT (source, run_id) DO UPDATE SET
     default_key_value_store_id = EXCLUDED.default_key_value_store_id,
     default_dataset_id = EXCLUDED.default_dataset_id,
     default_request_queue_id = EXCLUDED.default_request_queue_id,
+    project = EXCLUDED.project,
+    triggered_by = EXCLUDED.triggered_by,
+    result = EXCLUDED.result,
     raw = r.raw || EXCLUDED.raw,
     observed_at = EXCLUDED.observed_at,
     recheck_at = EXCLUDED.recheck_at,
@@ -106,10 +113,21 @@ WHERE source = $1
   AND (NOT is_terminal OR recheck_at <= now())
   AND (NOT is_terminal OR recheck_at IS NOT NULL)
   AND gone_at IS NULL
+  AND project IS NOT DISTINCT FROM $5
   AND observed_at < $2
   AND run_id > $3
 ORDER BY run_id
 LIMIT $4;
+
+-- open_snapshot --
+-- Every open run of one project of a source, as it stood before this pass read anything.
+SELECT run_id, status, started_at
+FROM runsync.runs
+WHERE source = $1
+  AND project IS NOT DISTINCT FROM $2
+  AND NOT is_terminal
+  AND gone_at IS NULL
+  AND observed_at < $3;
 
 -- mark_gone --
 -- Notes runs the upstream no longer has, so they are not read again.
@@ -132,11 +150,11 @@ WHERE id = $1;
 UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1;
 
 -- source_status --
--- Per source: checkpoint, counts, and the last success and failure.
+-- Per source: checkpoint (the laggiest of its projects), counts, the last success and failure.
 SELECT s.source,
        c.watermark,
-       c.cursor,
-       b.cursor AS backfill_cursor,
+       c.walks_in_flight,
+       c.backfills_in_flight,
        coalesce(counts.runs, 0) AS runs,
        coalesce(counts.open_runs, 0) AS open_runs,
        counts.newest_started_at,
@@ -145,8 +163,12 @@ SELECT s.source,
        failure.finished_at AS last_error_at,
        failure.error AS last_error
 FROM unnest($1::text[]) AS s(source)
-LEFT JOIN runsync.checkpoints c ON c.source = s.source AND c.stream = 'incremental'
-LEFT JOIN runsync.checkpoints b ON b.source = s.source AND b.stream = 'backfill'
+LEFT JOIN LATERAL (
+    SELECT min(k.watermark) FILTER (WHERE k.stream LIKE 'incremental%') AS watermark,
+           count(*) FILTER (WHERE k.stream LIKE 'incremental%' AND k.cursor ? 'top')
+               AS walks_in_flight,
+           count(*) FILTER (WHERE k.stream LIKE 'backfill%') AS backfills_in_flight
+    FROM runsync.checkpoints k WHERE k.source = s.source) AS c ON true
 LEFT JOIN LATERAL (
     SELECT count(*) AS runs,
            count(*) FILTER (WHERE NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,

@@ -83,8 +83,13 @@ def world():
 
 
 @pytest.fixture
-async def sim(world):
-    served = simulator.Simulator(world, token=TOKEN)
+def raker():
+    return simulator.RakerWorld(projects={"proj_a": 0, "proj_b": 0}, seed=5, max_limit=100)
+
+
+@pytest.fixture
+async def sim(world, raker):
+    served = simulator.Simulator(world, rakerone=raker, token=TOKEN)
     await served.start()
     yield served
     await served.stop()
@@ -97,7 +102,7 @@ def write_config(tmp_path, database_url):
     def write(sources: str, *, env: dict[str, str] | None = None) -> config.Settings:
         path = tmp_path / "runsync.toml"
         path.write_text(textwrap.dedent(sources))
-        environment = {"APIFY_TOKEN": TOKEN} if env is None else env
+        environment = {"APIFY_TOKEN": TOKEN, "RAKER_TOKEN": TOKEN} if env is None else env
         return config.load(path, database_url=database_url, env=environment)
 
     return write
@@ -121,6 +126,31 @@ def apify_settings(sim, write_config):
             token_env = "APIFY_TOKEN"
             base_url = "{sim.base_url}"
             page_size = {page_size}
+            every = "1s"
+            {extra}
+            """
+        )
+
+    return settings
+
+
+@pytest.fixture
+def raker_settings(sim, write_config):
+    """One RakerOne source against the simulator: a project, or several."""
+
+    def settings(projects=("proj_a",), extra: str = "") -> config.Settings:
+        listed = ", ".join(f'"{p}"' for p in projects)
+        return write_config(
+            f"""
+            [http]
+            listen = "127.0.0.1:0"
+
+            [[sources]]
+            name = "raker"
+            kind = "rakerone"
+            token_env = "RAKER_TOKEN"
+            base_url = "{sim.base_url}"
+            projects = [{listed}]
             every = "1s"
             {extra}
             """

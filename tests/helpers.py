@@ -9,7 +9,13 @@ from worker import runtime, sync
 
 async def one_pass(settings, name: str = "apify", **options) -> sync.PassResult:
     async with runtime.open_runtime(settings, [name]) as rt:
-        return await sync.run_pass(rt.sources[name], rt.store, **options)
+        return await sync.run_pass(rt.stream(name), rt.store, **options)
+
+
+async def passes(settings, name: str = "raker", **options) -> list[sync.PassResult]:
+    """One pass of every stream (project) of a source, side by side."""
+    async with runtime.open_runtime(settings, [name]) as rt:
+        return [await sync.run_pass(stream, rt.store, **options) for stream in rt.streams[name]]
 
 
 async def stored_runs(db, source: str = "apify") -> dict[str, dict]:

@@ -86,7 +86,7 @@ async def test_task_walk_killed_midway_while_runs_arrive_skips_nothing(
             second_page.set()
 
     async with runtime.open_runtime(settings) as rt:
-        walk = asyncio.create_task(sync.run_pass(rt.sources["apify"], rt.store, progress=count))
+        walk = asyncio.create_task(sync.run_pass(rt.stream("apify"), rt.store, progress=count))
         await second_page.wait()
         walk.cancel()
         with contextlib.suppress(asyncio.CancelledError):

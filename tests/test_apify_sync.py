@@ -89,7 +89,7 @@ async def test_killed_pass_resumes_without_losing_or_duplicating(world, sim, db,
             third_page.set()
 
     async with runtime.open_runtime(settings) as rt:
-        killed = asyncio.create_task(sync.run_pass(rt.sources["apify"], rt.store, progress=count))
+        killed = asyncio.create_task(sync.run_pass(rt.stream("apify"), rt.store, progress=count))
         await third_page.wait()
         killed.cancel()  # mid-flight: the fourth page's request or write is under way
         with contextlib.suppress(asyncio.CancelledError):
@@ -192,8 +192,8 @@ async def test_an_earlier_observation_never_replaces_a_later_one(world, sim, db,
     (run,) = world.add_runs(1, status="RUNNING", started_at=T0)
     settings = apify_settings()
     async with runtime.open_runtime(settings) as rt:
-        source = rt.sources["apify"]
-        early = await rt.sources["apify"].client.get_json(f"/v2/actor-runs/{run['id']}")
+        source = rt.stream("apify")
+        early = await rt.stream("apify").client.get_json(f"/v2/actor-runs/{run['id']}")
         world.set_status(run["id"], "SUCCEEDED")
         await sync.run_pass(source, rt.store)  # stores the later observation: SUCCEEDED
         stale = source.source.read_run(early.body, early.observed_at)

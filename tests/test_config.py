@@ -112,3 +112,37 @@ def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, cap
 def test_missing_config_file_exits_2(tmp_path, capsys):
     assert cli.main(["--config", str(tmp_path / "nope.toml"), "status"]) == 2
     assert "nope.toml not found" in capsys.readouterr().err
+
+
+RAKER = """
+[[sources]]
+name = "raker"
+kind = "rakerone"
+token_env = "APIFY_TOKEN"
+"""
+
+
+def test_rakerone_sources(tmp_path):
+    one = load(tmp_path, RAKER + 'project = "proj_1"\n').sources[0]
+    assert one.projects == ("proj_1",) and one.base_url == "https://app.raker.one"
+    assert one.terminal_statuses == {"completed", "failed", "cancelled"}
+    many = load(tmp_path, RAKER + 'projects = ["a", "b"]\nterminal_statuses = ["Done"]\n').sources[
+        0
+    ]
+    assert many.projects == ("a", "b") and many.terminal_statuses == {"done"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (RAKER, "sources.raker.project: required for kind 'rakerone'"),
+        (RAKER + 'project = "a"\nprojects = ["b"]', "give either project or projects"),
+        (RAKER + 'projects = ["a", "a"]', "lists a project twice"),
+        (RAKER + 'projects = "a"', "must be a list of non-empty strings"),
+        (RAKER + 'project = "a"\nactor = "x~y"', "sources.raker.actor: not a key of kind 'rakerone'"),
+        (GOOD + 'project = "a"', "sources.apify.project: not a key of kind 'apify'"),
+    ],
+)  # fmt: skip
+def test_rakerone_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(config.ConfigError, match=message):
+        load(tmp_path, text)

@@ -137,3 +137,63 @@ def test_a_just_finished_run_is_due_for_another_look():
     assert settled.recheck_at is None
     running = read_item({**item("r", 0, "RUNNING"), "finishedAt": None}, NOW)
     assert not running.is_terminal and running.recheck_at is None
+
+
+def raker_page(*items, next_cursor=None) -> dict:
+    return {"runs": list(items), "nextCursor": next_cursor}
+
+
+def keyset(checkpoint: Checkpoint | None = None, **options):
+    from worker.sources.rakerone import KeysetWalk, read_item
+
+    def reader(item, observed_at):
+        return read_item(item, observed_at, project="p", terminal=frozenset({"completed"}))
+
+    path = "/api/projects/p/action-runs"
+    return KeysetWalk(path, checkpoint or Checkpoint(), reader, page_size=2, **options)
+
+
+def test_keyset_walk_keeps_the_watermark_until_it_reaches_it():
+    walk = keyset(Checkpoint(at(2)), floor=at(2) - timedelta(seconds=5))
+    assert walk.next_request().params == {"limit": "2"}
+    walk.advance(raker_page(item("z", 9), item("y", 8), next_cursor="c1"), NOW)
+    assert walk.checkpoint == Checkpoint(at(2), {"cursor": "c1", "top": isoformat(at(9))})
+    assert walk.next_request().params == {"limit": "2", "cursor": "c1"}
+    walk.advance(raker_page(item("x", 2), item("w", 1), next_cursor="c2"), NOW)  # below the floor
+    assert walk.next_request() is None
+    assert walk.checkpoint == Checkpoint(at(9), None)
+
+
+def test_keyset_walk_resumes_from_its_cursor_and_restarts_a_bounded_number_of_times():
+    walk = keyset(Checkpoint(at(2), {"cursor": "c7", "top": isoformat(at(9))}), floor=at(2))
+    assert walk.next_request().params["cursor"] == "c7"
+    for _ in range(3):
+        assert walk.restart() and "cursor" not in walk.next_request().params
+        walk.advance(raker_page(item("z", 9), item("y", 8), next_cursor="c1"), NOW)
+    assert not walk.restart()  # a server refusing every cursor fails the pass instead
+    assert walk.checkpoint.cursor["top"] == isoformat(at(9))
+
+
+def test_keyset_walk_refuses_a_cursor_that_comes_back():
+    walk = keyset()
+    walk.advance(raker_page(item("z", 9), item("y", 8), next_cursor="c1"), NOW)
+    walk.advance(raker_page(item("x", 7), item("w", 6), next_cursor="c2"), NOW)
+    with pytest.raises(PageError, match="same cursor twice"):
+        walk.advance(raker_page(item("v", 5), item("u", 4), next_cursor="c1"), NOW)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"runs": {}}, {"runs": [], "nextCursor": 5}, {"runs": [], "nextCursor": ""}, []]
+)
+def test_a_keyset_answer_of_the_wrong_shape_is_a_page_error(body):
+    with pytest.raises(PageError):
+        keyset().advance(body, NOW)
+
+
+def test_rakerone_statuses_are_kept_as_received_and_terminal_in_any_case():
+    from worker.sources.rakerone import read_item
+
+    terminal = frozenset({"completed", "failed", "cancelled"})
+    for status, done in (("Completed", True), ("FAILED", True), ("Needs review", False)):
+        run = read_item({**item("r", 0), "status": status}, NOW, project="p", terminal=terminal)
+        assert (run.status, run.is_terminal) == (status, done)

@@ -111,17 +111,19 @@ def _backfill(settings, args) -> int:
     with console.BackfillProgress(args.source) as progress:
         if progress.live:
             observability.configure(level=getattr(args, "log_level", "WARNING"))
-        result = asyncio.run(
+        results = asyncio.run(
             scheduler.run_backfill(settings, args.source, args.since, args.until, progress)
         )
-    if not result.ok:
-        console.error(f"backfill of {args.source} {result.outcome}: {result.error or 'stopped'}")
-    elif result.outcome == "skipped":
-        console.error(f"backfill of {args.source} is already running elsewhere")
-    else:
-        print(f"backfill of {args.source} {result.outcome}: {result.items:,} runs read, "
-              f"{result.written:,} written, {result.quarantined:,} quarantined")  # fmt: skip
-    return EXIT_OK if result.outcome == "succeeded" else EXIT_FAILED
+    for result in results:
+        if result.outcome == "succeeded":
+            print(f"backfill of {result.label} succeeded: {result.items:,} runs "
+                  f"read, {result.written:,} written, {result.quarantined:,} quarantined")  # fmt: skip
+        elif result.outcome == "skipped":
+            console.error(f"backfill of {result.label} is already running elsewhere")
+        else:
+            console.error(f"backfill of {result.label} {result.outcome}: "
+                          f"{result.error or 'stopped'}")  # fmt: skip
+    return EXIT_OK if all(r.outcome == "succeeded" for r in results) else EXIT_FAILED
 
 
 def _status(settings, args) -> int:
@@ -154,8 +156,8 @@ def _check_config(settings, _args) -> int:
         print(f"database: {url} (from {settings.database_url_origin})")
     print(f"http: {settings.listen}")
     for source in settings.sources:
-        path = sources.build(source).list_path
-        print(f"source {source.name}: {source.kind} {source.base_url}{path}, {source.schedule}, "
+        paths = ", ".join(source.base_url + stream.list_path for stream in sources.build(source))
+        print(f"source {source.name}: {source.kind} {paths}, {source.schedule}, "
               f"token from ${source.token_env} (set)")  # fmt: skip
     return EXIT_OK
 

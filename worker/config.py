@@ -15,7 +15,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_CONFIG = Path("config/runsync.toml")
 DEFAULT_LISTEN = "127.0.0.1:9464"
-KINDS = {"apify": "https://api.apify.com"}
+KINDS = {"apify": "https://api.apify.com", "rakerone": "https://app.raker.one"}
+# Keys that only make sense for one kind of upstream.
+KIND_KEYS = {
+    "apify": {"actor", "task"},
+    "rakerone": {"project", "projects", "terminal_statuses"},
+}
+RAKERONE_TERMINAL = ("completed", "failed", "cancelled")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -61,6 +67,8 @@ class SourceConfig:
     timeout: timedelta = timedelta(seconds=30)
     max_retries: int = 6
     overlap: timedelta = timedelta(seconds=5)
+    projects: tuple[str, ...] = ()  # RakerOne: one stream of runs per project
+    terminal_statuses: frozenset[str] = frozenset()  # RakerOne: casefolded
 
     @property
     def schedule(self) -> str:
@@ -227,7 +235,9 @@ class _Reader:
         where = f"sources[{index}]"
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
             where = f"sources.{raw['name']}"
-        table = self.table(raw, where, set(SourceConfig.__dataclass_fields__) - {"token"})
+        table = self.table(
+            raw, where, set(SourceConfig.__dataclass_fields__) - {"token"} | {"project"}
+        )
         name = self.typed(table, "name", where, str)
         if not name or not _NAME.match(name):
             raise self.error(f"{where}.name", "required: letters, digits, '.', '_' or '-'")
@@ -248,10 +258,17 @@ class _Reader:
             raise self.error(f"{where}.cron", "give either every or cron, not both")
         if not every and not cron:
             every = parse_duration("1m")
+        foreign = {key for other, keys in KIND_KEYS.items() if other != kind for key in keys}
+        if misplaced := sorted(foreign & table.keys()):
+            raise self.error(f"{where}.{misplaced[0]}", f"not a key of kind {kind!r}")
         actor = self.typed(table, "actor", where, str)
         task = self.typed(table, "task", where, str)
         if actor and task:
             raise self.error(f"{where}.task", "give either actor or task, not both")
+        projects, terminal = (), ()
+        if kind == "rakerone":
+            projects = self.projects(table, where)
+            terminal = self.strings(table, "terminal_statuses", where, RAKERONE_TERMINAL)
         return SourceConfig(
             name=name,
             kind=kind,
@@ -270,7 +287,28 @@ class _Reader:
             timeout=self.duration(table, "timeout", where, "30s"),
             max_retries=self.bounded(table, "max_retries", where, 6, 0, 20),
             overlap=self.overlap(table, where),
+            projects=projects,
+            terminal_statuses=frozenset(status.casefold() for status in terminal),
         )
+
+    def strings(self, table: dict[str, Any], key: str, where: str, default=()) -> tuple[str, ...]:
+        value = table.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(f"{where}.{key}", "must be a list of non-empty strings")
+        return tuple(value)
+
+    def projects(self, table: dict[str, Any], where: str) -> tuple[str, ...]:
+        if "project" in table and "projects" in table:
+            raise self.error(f"{where}.projects", "give either project or projects, not both")
+        if "project" in table:
+            projects = (self.typed(table, "project", where, str),)
+        else:
+            projects = self.strings(table, "projects", where)
+        if not projects or not all(projects):
+            raise self.error(f"{where}.project", "required for kind 'rakerone'")
+        if len(set(projects)) != len(projects):
+            raise self.error(f"{where}.projects", "lists a project twice")
+        return projects
 
     def overlap(self, table: dict[str, Any], where: str) -> timedelta:
         if table.get("overlap") in ("0", "0s"):

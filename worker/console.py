@@ -53,8 +53,8 @@ def status_records(rows: list[dict[str, Any]], now: datetime) -> list[dict[str, 
                 "last_success_at": _iso(row["last_success_at"]),
                 "last_error_at": _iso(row["last_error_at"]),
                 "last_error": row["last_error"],
-                "walk_in_flight": row["cursor"] is not None and "top" in (row["cursor"] or {}),
-                "backfill_in_flight": row["backfill_cursor"] is not None,
+                "walks_in_flight": row["walks_in_flight"] or 0,
+                "backfills_in_flight": row["backfills_in_flight"] or 0,
             }
         )
     return records

@@ -28,6 +28,9 @@ class Run:
     default_key_value_store_id: str | None = None
     default_dataset_id: str | None = None
     default_request_queue_id: str | None = None
+    project: str | None = None  # RakerOne's fields from here on
+    triggered_by: str | None = None
+    result: str | None = None  # JSON text
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import structlog
 
 from worker import database, http, sources, store
 from worker.config import Settings, redact_url
-from worker.sync import SourceRuntime
+from worker.walk import SourceRuntime
 
 log = structlog.get_logger("runsync.runtime")
 
@@ -23,7 +23,12 @@ class DatabaseUnavailable(Exception):
 class Runtime:
     settings: Settings
     store: store.Store
-    sources: dict[str, SourceRuntime]
+    streams: dict[str, list[SourceRuntime]]  # per configured source: one per project, or one
+
+    def stream(self, name: str) -> SourceRuntime:
+        """The only stream of a source that has one (an Apify source)."""
+        (only,) = self.streams[name]
+        return only
 
 
 def client_for(config) -> http.Client:
@@ -42,9 +47,10 @@ def client_for(config) -> http.Client:
 async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[store.Store]:
     with database.database_url(settings) as url:
         try:
-            # A pass holds one connection for its whole length (it carries the source's lock);
+            # A pass holds one connection for its whole length (it carries the stream's lock);
             # the rest serve status, readiness and the backfill beside them.
-            db = await store.Store.open(url, max_size=len(settings.sources) + 4)
+            streams = sum(max(len(s.projects), 1) for s in settings.sources)
+            db = await store.Store.open(url, max_size=streams + 4)
         except (*store.DatabaseError, TimeoutError) as error:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {redact_url(url)}: {error}"
@@ -65,8 +71,10 @@ async def open_runtime(
     configs = [settings.source(n) for n in names] if names else list(settings.sources)
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(open_store(settings))
-        runtimes = {}
+        streams = {}
         for config in configs:
             client = await stack.enter_async_context(client_for(config))
-            runtimes[config.name] = SourceRuntime(config, sources.build(config), client)
-        yield Runtime(settings, db, runtimes)
+            streams[config.name] = [
+                SourceRuntime(config, source, client) for source in sources.build(config)
+            ]
+        yield Runtime(settings, db, streams)

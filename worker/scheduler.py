@@ -71,7 +71,7 @@ async def run_daemon(
                 task = asyncio.current_task()
                 running.add(task)
                 try:
-                    await sync.run_pass(rt.sources[name], rt.store, stop=stop)
+                    await _side_by_side(rt.streams[name], rt.store, stop=stop)
                 except Exception:
                     log.exception("pass crashed", source=name)
                 finally:
@@ -134,11 +134,8 @@ async def run_once(settings: Settings, names: Sequence[str]) -> list[sync.PassRe
     stop = asyncio.Event()
     with _stop_on_signals(stop, True):
         async with runtime.open_runtime(settings, names or None) as rt:
-            return list(
-                await asyncio.gather(
-                    *(sync.run_pass(source, rt.store, stop=stop) for source in rt.sources.values())
-                )
-            )
+            streams = [stream for streams in rt.streams.values() for stream in streams]
+            return await _side_by_side(streams, rt.store, stop=stop)
 
 
 async def run_backfill(
@@ -147,16 +144,16 @@ async def run_backfill(
     since: datetime | None,
     until: datetime | None,
     progress: sync.ProgressCallback | None = None,
-) -> sync.PassResult:
+) -> list[sync.PassResult]:
+    """A backfill of each stream of a source (each project), side by side."""
     stop = asyncio.Event()
     with _stop_on_signals(stop, True):
         async with runtime.open_runtime(settings, [name]) as rt:
-            return await sync.run_pass(
-                rt.sources[name],
-                rt.store,
-                stream=sync.BACKFILL,
-                since=since,
-                until=until,
-                stop=stop,
-                progress=progress,
-            )
+            return await _side_by_side(
+                rt.streams[name], rt.store, stream=sync.BACKFILL, since=since, until=until,
+                stop=stop, progress=progress,
+            )  # fmt: skip
+
+
+async def _side_by_side(streams, db, **options) -> list[sync.PassResult]:
+    return list(await asyncio.gather(*(sync.run_pass(s, db, **options) for s in streams)))

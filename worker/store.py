@@ -26,10 +26,13 @@ _RUN_COLUMNS = (
     "run_id", "status", "is_terminal", "started_at", "finished_at",
     "actor_id", "task_id", "build_id", "build_number", "origin", "usage_total_usd",
     "default_key_value_store_id", "default_dataset_id", "default_request_queue_id",
+    "project", "triggered_by", "result",
     "raw", "observed_at", "recheck_at",
 )  # fmt: skip
 
 DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+KEEP = object()  # save_page: leave the stream's checkpoint as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +142,20 @@ class Lease:
         upstream: str,
         runs: Sequence[Run],
         rejected: Sequence[Rejected],
-        checkpoint: Checkpoint | None,
         *,
-        items: int,
+        checkpoint: Checkpoint | object | None = KEEP,
+        items: int = 0,
+        refreshed: int = 0,
     ) -> Written:
-        """A page's runs and the checkpoint after them, in one transaction. None forgets the checkpoint."""
+        """A page's runs and the checkpoint after them, in one transaction.
+
+        `checkpoint` None forgets the stream's checkpoint; KEEP leaves it as it is.
+        """
         async with self.conn.transaction():
             written = await self._write(upstream, runs, rejected)
             if checkpoint is None:
                 await self.conn.execute(self.q["delete_checkpoint"], self.source, self.stream)
-            else:
+            elif checkpoint is not KEEP:
                 await self.conn.execute(
                     self.q["save_checkpoint"],
                     self.source,
@@ -157,7 +164,13 @@ class Lease:
                     checkpoint.cursor,
                 )
             await self.conn.execute(
-                self.q["count_page"], pass_id, 1, items, written.runs, written.quarantined, 0
+                self.q["count_page"],
+                pass_id,
+                1,
+                items,
+                written.runs,
+                written.quarantined,
+                refreshed,
             )
         return written
 
@@ -180,11 +193,21 @@ class Lease:
             )
         return written
 
-    async def open_runs(self, observed_before: datetime, after: str, limit: int) -> list[str]:
+    async def open_runs(
+        self, project: str | None, observed_before: datetime, after: str, limit: int
+    ) -> list[str]:
+        """A batch of run ids to read again, in id order after `after`."""
         rows = await self.conn.fetch(
-            self.q["open_runs"], self.source, observed_before, after, limit
+            self.q["open_runs"], self.source, observed_before, after, limit, project
         )
         return [row["run_id"] for row in rows]
+
+    async def open_snapshot(
+        self, project: str | None, observed_before: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """(run id, status, started at) of every open run of a project, before this pass."""
+        rows = await self.conn.fetch(self.q["open_snapshot"], self.source, project, observed_before)
+        return [(row["run_id"], row["status"], row["started_at"]) for row in rows]
 
     async def _write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
         inserted = updated = 0

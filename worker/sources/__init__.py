@@ -7,13 +7,16 @@ I/O: they say which request comes next and read the parsed answer; sync.py owns 
 from __future__ import annotations
 
 from worker.config import SourceConfig
-from worker.sources import apify
+from worker.sources import apify, rakerone
 from worker.sources.common import PageError, Paginator, Source
 
 __all__ = ["PageError", "Paginator", "Source", "build"]
 
 
-def build(config: SourceConfig) -> Source:
+def build(config: SourceConfig) -> list[Source]:
+    """The streams of runs a configured source reads: one per RakerOne project, one for Apify."""
     if config.kind == "apify":
-        return apify.ApifySource(config)
+        return [apify.ApifySource(config)]
+    if config.kind == "rakerone":
+        return [rakerone.RakerOneSource(config, project) for project in config.projects]
     raise ValueError(f"no source for kind {config.kind!r}")

@@ -33,6 +33,8 @@ SETTLE = timedelta(seconds=15)
 
 class ApifySource:
     upstream = "apify"
+    partition = None
+    refresh = "one_by_one"
 
     def __init__(self, config: SourceConfig) -> None:
         self.page_size = config.page_size
@@ -160,6 +162,9 @@ class _Walk:
         self.walk = walk or {}  # kept in the cursor: a backfill resumes only the same range
         self.done = False
         self._last_page: tuple[Any, ...] | None = None
+
+    def restart(self) -> bool:
+        return False  # offsets cannot be refused; a 400 here is a real error
 
     def read(self, body: Any, observed_at: datetime):
         items, total, served_limit = read_list(body)

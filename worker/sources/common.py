@@ -25,12 +25,22 @@ class Paginator(Protocol):
 
     def advance(self, body: Any, observed_at: datetime) -> Page: ...
 
+    def restart(self) -> bool:
+        """The upstream refused the position (400); True if the walk can start over from the top."""
+        ...
+
     @property
     def checkpoint(self) -> Checkpoint: ...
 
 
 class Source(Protocol):
+    """One stream of runs: a whole upstream account or scope, or one RakerOne project."""
+
     upstream: str
+    partition: str | None  # the project, where the upstream has them
+    # How runs stored as open are read again: "one_by_one" (a single-run endpoint) or "walks"
+    # (status-filtered list walks, for upstreams without one).
+    refresh: str
 
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
 
@@ -38,9 +48,17 @@ class Source(Protocol):
         self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
     ) -> Paginator: ...
 
-    def run_request(self, run_id: str) -> Request | None: ...
+
+class OneByOne(Source, Protocol):
+    def run_request(self, run_id: str) -> Request: ...
 
     def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected: ...
+
+
+class ByWalks(Source, Protocol):
+    def status_walk(self, status: str, floor: datetime) -> Paginator: ...
+
+    def search_walk(self, floor: datetime) -> Paginator: ...
 
 
 class ItemError(ValueError):

@@ -1,12 +1,11 @@
-"""A simulated Apify API v2 (run listings and single runs) served by aiohttp on loopback.
+"""The simulated Apify API v2: an in-memory account (ApifyWorld) and its run endpoints.
 
-Used by tests, demos and benchmarks. It follows Apify's "Get user runs list" and "Get list of
-runs" docs, and everything it generates is deterministic given the seed.
+It follows Apify's "Get user runs list" and "Get list of runs" docs, and everything it generates
+is deterministic given the seed. worker.simulator.Simulator serves it over HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import gc
 import heapq
@@ -14,12 +13,11 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, wraps
 from itertools import accumulate, islice
 from operator import attrgetter
-from typing import Any
 
 from aiohttp import web
 
@@ -504,76 +502,75 @@ def _instant_us(query: Mapping[str, str], name: str) -> int | None:
         ) from None
 
 
-class Simulator:
-    """Serves an ApifyWorld over HTTP like api.apify.com/v2 (GET run endpoints only)."""
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-    def __init__(self, apify: ApifyWorld, *, token: str = "sim-token") -> None:
-        self.apify = apify
-        self.token = token
-        self.requests: Counter[str] = Counter()
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-        self.app = web.Application(middlewares=[self._guard])
-        for path, handler, name in (
-            ("/v2/actor-runs", self._list_user_runs, "apify.list_user_runs"),
-            ("/v2/acts/{actorId}/runs", self._list_actor_runs, "apify.list_actor_runs"),
-            ("/v2/actor-tasks/{taskId}/runs", self._list_task_runs, "apify.list_task_runs"),
-            ("/v2/actor-runs/{runId}", self._get_run, "apify.get_run"),
-        ):
-            self.app.router.add_get(path, handler, name=name, allow_head=False)
-        # Controls for demos driven from a shell; they take the same bearer token.
-        self.app.router.add_post("/_simulator/apify/runs", self._add_runs, name="control.add_runs")
-        self.app.router.add_post(
-            "/_simulator/apify/finish", self._finish_open, name="control.finish_open"
-        )
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listens on host:port (port 0 picks a free one) and returns the base URL."""
-        self._runner = web.AppRunner(self.app, access_log=None)  # logging would skew benchmarks
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound_port = self._runner.addresses[0][1]
-        self.base_url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
-        return self.base_url
+def _answering_invalid_input(handler: _Handler) -> _Handler:
+    """Turns a rejected query parameter into Apify's 400 invalid-input answer."""
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Counts routed requests, enforces the bearer token and turns bad input into 400s."""
-        unrouted = request.match_info.http_exception
-        if unrouted is not None:
-            kind = "page-not-found" if unrouted.status == 404 else "method-not-allowed"
-            return _error(unrouted.status, kind, unrouted.reason)
-        self.requests[request.match_info.route.name or ""] += 1
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return _error(401, "token-not-valid", "Authentication token is not valid.")
+    @wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except _InvalidInput as exc:
             return _error(400, "invalid-input", str(exc))
 
+    return answer
+
+
+class ApifyEndpoints:
+    """Apify's run endpoints (GET only) and the demo controls, served over an ApifyWorld."""
+
+    def __init__(self, world: ApifyWorld) -> None:
+        self.world = world
+
+    def routes(self) -> list[tuple[str, str, _Handler, str]]:
+        """(method, path, handler, route name) of every endpoint."""
+        return [
+            (method, path, _answering_invalid_input(handler), name)
+            for method, path, handler, name in (
+                ("GET", "/v2/actor-runs", self._list_user_runs, "apify.list_user_runs"),
+                ("GET", "/v2/acts/{actorId}/runs", self._list_actor_runs, "apify.list_actor_runs"),
+                (
+                    "GET",
+                    "/v2/actor-tasks/{taskId}/runs",
+                    self._list_task_runs,
+                    "apify.list_task_runs",
+                ),
+                ("GET", "/v2/actor-runs/{runId}", self._get_run, "apify.get_run"),
+                # Controls for demos driven from a shell; they take the same bearer token.
+                ("POST", "/_simulator/apify/runs", self._add_runs, "control.add_runs"),
+                ("POST", "/_simulator/apify/finish", self._finish_open, "control.finish_open"),
+            )
+        ]
+
+    @staticmethod
+    def unauthorized() -> web.Response:
+        return _error(401, "token-not-valid", "Authentication token is not valid.")
+
+    @staticmethod
+    def unrouted(exc: web.HTTPException) -> web.Response:
+        kind = "page-not-found" if exc.status == 404 else "method-not-allowed"
+        return _error(exc.status, kind, exc.reason)
+
     async def _list_user_runs(self, request: web.Request) -> web.Response:
         return self._listing(request, "", time_filter=True)
 
     async def _list_actor_runs(self, request: web.Request) -> web.Response:
-        actor = self.apify._lookup(self.apify.actors, request.match_info["actorId"])
+        actor = self.world._lookup(self.world.actors, request.match_info["actorId"])
         if actor is None:
             return _error(404, "record-not-found", "Actor was not found")
         return self._listing(request, actor["id"], time_filter=True)
 
     async def _list_task_runs(self, request: web.Request) -> web.Response:
-        task = self.apify._lookup(self.apify.tasks, request.match_info["taskId"])
+        task = self.world._lookup(self.world.tasks, request.match_info["taskId"])
         if task is None:
             return _error(404, "record-not-found", "Actor task was not found")
         # This endpoint has no startedAfter/startedBefore, so they are ignored like unknown params.
         return self._listing(request, task["id"], time_filter=False)
 
     async def _get_run(self, request: web.Request) -> web.Response:
-        detail = self.apify.get(request.match_info["runId"])
+        detail = self.world.get(request.match_info["runId"])
         if detail is None:
             return _error(404, "record-not-found", "Actor run was not found")
         return web.json_response({"data": detail})
@@ -583,14 +580,14 @@ class Simulator:
         status = request.query.get("status", "RUNNING")
         if status not in ALL_STATUSES:
             raise _InvalidInput(f"status {status!r} is not an Actor job status")
-        added = self.apify.add_runs(min(count, 100_000), status=status)
+        added = self.world.add_runs(min(count, 100_000), status=status)
         return web.json_response({"data": {"ids": [item["id"] for item in added]}}, status=201)
 
     async def _finish_open(self, request: web.Request) -> web.Response:
         status = request.query.get("status", "SUCCEEDED")
         if status not in TERMINAL_STATUSES:
             raise _InvalidInput(f"status {status!r} is not a terminal status")
-        return web.json_response({"data": {"finished": self.apify.finish_open(status)}})
+        return web.json_response({"data": {"finished": self.world.finish_open(status)}})
 
     def _listing(self, request: web.Request, scope: str, *, time_filter: bool) -> web.Response:
         query = request.query
@@ -603,20 +600,9 @@ class Simulator:
         # Runs start on whole milliseconds, so inclusive sub-millisecond bounds round inwards.
         after_ms = None if after_us is None else -(-after_us // 1000)
         before_ms = None if before_us is None else before_us // 1000
-        total, records = self.apify._page(scope, statuses, after_ms, before_ms, desc, offset, limit)
-        items = b",".join(self.apify._item_json(r) for r in records)
+        total, records = self.world._page(scope, statuses, after_ms, before_ms, desc, offset, limit)
+        items = b",".join(self.world._item_json(r) for r in records)
         body = b'{"data":{"total":%d,"offset":%d,"limit":%d,"desc":%s,"count":%d,"items":[%s]}}' % (
             total, offset, limit, b"true" if desc else b"false", len(records), items,
         )  # fmt: skip
         return web.Response(body=body, content_type="application/json")
-
-
-async def serve(*, host: str, port: int, runs: int, seed: int, token: str) -> None:
-    """Runs a Simulator over a freshly generated world until cancelled."""
-    world = await asyncio.to_thread(ApifyWorld, runs=runs, seed=seed)  # keeps the loop responsive
-    simulator = Simulator(world, token=token)
-    await simulator.start(host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await simulator.stop()

@@ -1,0 +1,135 @@
+"""Reading again the runs stored as open, until they are terminal.
+
+Two ways, by what the upstream offers:
+- one by one, where there is an endpoint for one run (Apify), a bounded number at a time;
+- by walks, where there is none (RakerOne). The open runs as they stood before the pass are the
+  pending set; the pass's own list walk crosses some off. Then, for each status pending runs are
+  in, a walk of the list filtered by that status, down to the oldest of them, crosses off those
+  still in it: about one request per open status. Runs left over have changed status: one walk
+  of the unfiltered list down to the oldest of them finds their new state. That walk is long only
+  when a long-open run changes, and it happens once for that change. Runs not even there are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime
+
+import structlog
+
+from worker import http, store
+from worker.model import Rejected, Run
+from worker.walk import PassResult, SourceRuntime, log_rejected, stopping, walk_pages
+
+log = structlog.get_logger("runsync.refresh")
+
+BATCH = 200  # open runs read one by one per transaction
+
+
+async def one_by_one(
+    runtime: SourceRuntime,
+    lease: store.Lease,
+    result: PassResult,
+    pass_started: datetime,
+    stop: asyncio.Event | None,
+) -> None:
+    """Reads each open run the pass's list did not update, at most `concurrency` at a time."""
+    after = ""
+    while not stopping(stop):
+        run_ids = await lease.open_runs(runtime.source.partition, pass_started, after, BATCH)
+        if not run_ids:
+            return
+        after = run_ids[-1]
+        try:
+            async with asyncio.TaskGroup() as group:
+                reads = [group.create_task(_read_run(runtime, run_id)) for run_id in run_ids]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None  # the others were cancelled with it
+        observations = [read.result() for read in reads]
+        runs = [o for o in observations if isinstance(o, Run)]
+        rejected = [o for o in observations if isinstance(o, Rejected)]
+        gone = [run_id for run_id, o in zip(run_ids, observations, strict=True) if o is None]
+        written = await lease.save_refreshed(
+            result.pass_id, runtime.source.upstream, runs, rejected, gone
+        )
+        result.count(written, refreshed=len(run_ids))
+        log_rejected(rejected)
+        if gone:
+            log.info("runs gone upstream", count=len(gone), example=gone[0])
+
+
+async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | None:
+    """The run as the upstream has it now; None when the upstream no longer has it."""
+    request = runtime.source.run_request(run_id)
+    try:
+        response = await runtime.client.get_json(request.path, request.params)
+    except http.UpstreamError as error:
+        if error.status == 404:
+            return None
+        raise
+    observed = runtime.source.read_run(response.body, response.observed_at)
+    if isinstance(observed, Run) and observed.run_id != run_id:
+        return Rejected(
+            f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
+        )
+    return observed
+
+
+class Pending:
+    """Open runs as they stood before the pass, crossed off as the pass sees them again."""
+
+    def __init__(self, snapshot: Iterable[tuple[str, str, datetime]]) -> None:
+        self._runs = {run_id: (status, started_at) for run_id, status, started_at in snapshot}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def see(self, runs: Iterable[Run]) -> None:
+        for run in runs:
+            self._runs.pop(run.run_id, None)
+
+    def statuses(self) -> list[str]:
+        return sorted({status for status, _ in self._runs.values()})
+
+    def oldest(self, status: str | None = None) -> datetime | None:
+        return min(
+            (started for s, started in self._runs.values() if status is None or s == status),
+            default=None,
+        )
+
+    def ids(self) -> list[str]:
+        return list(self._runs)
+
+
+async def by_walks(
+    runtime: SourceRuntime,
+    lease: store.Lease,
+    result: PassResult,
+    pending: Pending,
+    stop: asyncio.Event | None,
+) -> None:
+    source, overlap = runtime.source, runtime.config.overlap
+    for status in pending.statuses():
+        oldest = pending.oldest(status)
+        if oldest is None:  # crossed off by an earlier status walk
+            continue
+        if stopping(stop):
+            return
+        await walk_pages(
+            runtime, lease, result, source.status_walk(status, oldest - overlap),
+            checkpointed=False, stop=stop, observe=pending.see,
+            enough=lambda status=status: pending.oldest(status) is None,
+        )  # fmt: skip
+    if not pending or stopping(stop):
+        return
+    log.info("open runs changed status; searching the list for them", runs=len(pending))
+    complete = await walk_pages(
+        runtime, lease, result, source.search_walk(pending.oldest() - overlap),
+        checkpointed=False, stop=stop, observe=pending.see, enough=lambda: not pending,
+    )  # fmt: skip
+    if complete and pending:
+        # The walk went past every one of them: the upstream no longer has these runs.
+        gone = pending.ids()
+        await lease.save_refreshed(result.pass_id, source.upstream, [], [], gone)
+        log.info("runs gone upstream", count=len(gone), example=gone[0])

@@ -1,0 +1,198 @@
+"""RakerOne: the action runs of a project, newest first, keyset paged with an opaque cursor.
+
+There is no time filter and no endpoint for one run. An incremental walk goes from the newest run
+down to the watermark (less a small overlap); the watermark moves only once a walk reaches it, and
+until then the walk's cursor, committed with each page, is the checkpoint. Open runs are found
+again with the `status` filter (see worker/refresh.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from worker.config import SourceConfig
+from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.sources.common import (
+    ItemError,
+    PageError,
+    check_not_future,
+    dump,
+    isoformat,
+    parse_time,
+    storable_json,
+    text,
+)
+
+MAX_RESTARTS = 3  # refused cursors in one walk before the pass gives up
+REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the history's size
+
+
+class RakerOneSource:
+    upstream = "rakerone"
+    refresh = "walks"
+
+    def __init__(self, config: SourceConfig, project: str) -> None:
+        self.partition = project
+        self.page_size = config.page_size
+        self.overlap = config.overlap
+        self.terminal = config.terminal_statuses
+        self.list_path = f"/api/projects/{quote(project, safe='')}/action-runs"
+
+    def _walk(self, checkpoint: Checkpoint, **options: Any) -> KeysetWalk:
+        return KeysetWalk(
+            self.list_path, checkpoint, self._reader, page_size=self.page_size, **options
+        )
+
+    def incremental(self, checkpoint: Checkpoint) -> KeysetWalk:
+        floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
+        return self._walk(checkpoint, floor=floor)
+
+    def backfill(
+        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
+    ):
+        walk = {"range": [since and isoformat(since), until and isoformat(until)]}
+        if checkpoint is None or (checkpoint.cursor or {}).get("range") != walk["range"]:
+            checkpoint = Checkpoint()
+        return self._walk(checkpoint, floor=since, until=until, walk=walk)
+
+    def status_walk(self, status: str, floor: datetime) -> KeysetWalk:
+        """The runs that are in `status` now, newest first, down to `floor`."""
+        return self._walk(Checkpoint(), floor=floor, status=status)
+
+    def search_walk(self, floor: datetime) -> KeysetWalk:
+        """Every run, newest first, down to `floor`: finds runs that left their status."""
+        return self._walk(Checkpoint(), floor=floor)
+
+    def _reader(self, item: Any, observed_at: datetime) -> Run | Rejected:
+        return read_item(item, observed_at, project=self.partition, terminal=self.terminal)
+
+
+def read_item(
+    item: Any, observed_at: datetime, *, project: str, terminal: frozenset[str]
+) -> Run | Rejected:
+    """One action run, or the reason it cannot be one. Statuses are kept as received."""
+    try:
+        if not isinstance(item, dict):
+            raise ItemError(f"the item is a {type(item).__name__}, not an object")
+        run_id = text(item, "id", required=True)
+        try:
+            status = text(item, "status", required=True)
+            started_at = parse_time(item.get("startedAt"), "startedAt")
+            check_not_future(started_at, observed_at)
+            result = item.get("result")
+            return Run(
+                run_id=run_id,
+                status=status,
+                is_terminal=status.casefold() in terminal,
+                started_at=started_at,
+                finished_at=parse_time(item.get("finishedAt"), "finishedAt", required=False),
+                raw=storable_json(item),
+                observed_at=observed_at,
+                project=project,
+                triggered_by=text(item, "triggeredBy"),
+                result=None if result is None else json.dumps(result, separators=(",", ":")),
+            )
+        except ItemError as error:
+            raise ItemError(f"run {run_id[:40]}: {error}") from None
+    except ItemError as error:
+        return Rejected(str(error), dump(item))
+
+
+class KeysetWalk:
+    """Newest first by cursor, down to `floor` (or the end), optionally filtered by status.
+
+    No I/O. A refused cursor restarts the walk from the top (upserts make the repeat harmless);
+    a cursor that comes back is an error, not an endless loop.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        checkpoint: Checkpoint,
+        reader,
+        *,
+        page_size: int,
+        floor: datetime | None = None,
+        until: datetime | None = None,
+        status: str | None = None,
+        walk: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.read = reader
+        self.page_size = page_size
+        self.floor, self.until, self.status = floor, until, status
+        self.walk = walk or {}
+        self.watermark = checkpoint.watermark
+        cursor = checkpoint.cursor or {}
+        self.cursor: str | None = cursor.get("cursor")
+        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
+        self.done = False
+        self.restarts = 0
+        self._seen_cursors: deque[str] = deque(maxlen=REMEMBERED_CURSORS)
+
+    def __str__(self) -> str:
+        where = f"cursor {self.cursor[:16]}…" if self.cursor else "the top"
+        floor = isoformat(self.floor) if self.floor else "the end"
+        status = f" status={self.status}" if self.status else ""
+        return f"{self.path}{status} from {where} down to {floor}"
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        if self.done:
+            newest = max(filter(None, (self.watermark, self.top)), default=None)
+            return Checkpoint(newest, None)
+        top = isoformat(self.top) if self.top else None
+        return Checkpoint(self.watermark, {**self.walk, "cursor": self.cursor, "top": top})
+
+    def next_request(self) -> Request | None:
+        if self.done:
+            return None
+        params = {"limit": str(self.page_size)}
+        if self.cursor:
+            params["cursor"] = self.cursor
+        if self.status is not None:
+            params["status"] = self.status
+        return Request(self.path, params)
+
+    def restart(self) -> bool:
+        """After the server refused our cursor: from the top again, if we have not done so too often."""
+        if self.cursor is None or self.restarts >= MAX_RESTARTS:
+            return False
+        self.restarts += 1
+        self.cursor = None
+        self._seen_cursors.clear()
+        return True
+
+    def advance(self, body: Any, observed_at: datetime) -> Page:
+        if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
+            raise PageError("the answer has no runs array")
+        following = body.get("nextCursor")
+        if following is not None and (not isinstance(following, str) or not following):
+            raise PageError("nextCursor is neither a string nor null")
+        items = body["runs"]
+        parsed = [self.read(item, observed_at) for item in items]
+        runs = [p for p in parsed if isinstance(p, Run)]
+        rejected = [p for p in parsed if isinstance(p, Rejected)]
+        if self.until is not None:
+            runs = [r for r in runs if r.started_at <= self.until]
+        if runs:
+            newest = max(r.started_at for r in runs)
+            self.top = max(self.top, newest) if self.top else newest
+        reached = self.floor is not None and any(r.started_at < self.floor for r in runs)
+        if following is not None:
+            if following in self._seen_cursors or following == self.cursor:
+                raise PageError(
+                    f"{self.path} handed out the same cursor twice; stopping rather than looping"
+                )
+            self._seen_cursors.append(following)
+        self.cursor = following
+        self.done = following is None or reached
+        times = [r.started_at for r in runs]
+        return Page(
+            runs, rejected, self.checkpoint, len(items), None,
+            min(times, default=None), max(times, default=None),
+        )  # fmt: skip

@@ -1,0 +1,142 @@
+"""The request loop: a paginator's pages, fetched and stored one after the other.
+
+Every walk of a pass goes through here: the checkpointed list walk, and the walks that look for
+open runs again. A page's runs (and, for a checkpointed walk, the checkpoint after them) commit
+in one transaction before the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from worker import http, store
+from worker.config import SourceConfig
+from worker.model import Page, Rejected, Run
+from worker.sources import Paginator, Source
+
+log = structlog.get_logger("runsync.walk")
+
+ProgressCallback = Callable[[Page, store.Written], None]
+
+
+@dataclass
+class SourceRuntime:
+    """One stream of runs of a configured source, with the source's upstream client."""
+
+    config: SourceConfig
+    source: Source
+    client: http.Client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def stream(self, kind: str) -> str:
+        """The key of this stream's checkpoint, lock and passes: per project where there are some."""
+        partition = self.source.partition
+        return f"{kind}/{partition}" if partition else kind
+
+
+@dataclass
+class PassResult:
+    source: str
+    stream: str
+    outcome: str = "running"  # succeeded | failed | interrupted | skipped
+    pass_id: int | None = None
+    pages: int = 0
+    items: int = 0
+    written: int = 0
+    quarantined: int = 0
+    refreshed: int = 0
+    error: str | None = None
+    duration_ms: int = 0
+
+    @property
+    def label(self) -> str:
+        """The source, and its project where it has several streams."""
+        _, _, project = self.stream.partition("/")
+        return f"{self.source} project {project}" if project else self.source
+
+    @property
+    def ok(self) -> bool:
+        # Skipped means another replica is running this stream right now: not a failure.
+        return self.outcome in ("succeeded", "skipped")
+
+    def count(self, written: store.Written, *, items: int = 0, pages: int = 0, refreshed: int = 0):
+        self.pages += pages
+        self.items += items
+        self.written += written.runs
+        self.quarantined += written.quarantined
+        self.refreshed += refreshed
+
+
+def stopping(stop: asyncio.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def log_rejected(rejected: list[Rejected]) -> None:
+    if rejected:
+        log.warning("items quarantined", count=len(rejected), reason=rejected[0].reason)
+
+
+async def walk_pages(
+    runtime: SourceRuntime,
+    lease: store.Lease,
+    result: PassResult,
+    paginator: Paginator,
+    *,
+    checkpointed: bool,
+    forget_when_done: bool = False,
+    stop: asyncio.Event | None = None,
+    progress: ProgressCallback | None = None,
+    observe: Callable[[list[Run]], None] | None = None,
+    enough: Callable[[], bool] | None = None,
+) -> bool:
+    """Fetches and stores pages until the paginator is done; False if `stop` cut it short.
+
+    `observe` hears each page's runs; `enough` ends the walk early when what it looked for is
+    found. A walk that is not checkpointed counts its items as refreshed.
+    """
+    log.info("walk", position=str(paginator))
+    while (request := paginator.next_request()) is not None:
+        try:
+            response = await runtime.client.get_json(request.path, request.params)
+        except http.UpstreamError as error:
+            if error.status == 400 and paginator.restart():
+                log.warning("position refused; walking again from the top", error=str(error))
+                continue
+            raise
+        page = paginator.advance(response.body, response.observed_at)
+        if not checkpointed:
+            checkpoint = store.KEEP
+        elif paginator.next_request() is None and forget_when_done:
+            checkpoint = None  # a finished backfill leaves nothing to resume
+        else:
+            checkpoint = page.checkpoint
+        refreshed = 0 if checkpointed else page.items
+        written = await lease.save_page(
+            result.pass_id,
+            runtime.source.upstream,
+            page.runs,
+            page.rejected,
+            checkpoint=checkpoint,
+            items=page.items if checkpointed else 0,
+            refreshed=refreshed,
+        )
+        result.count(written, items=page.items, pages=1, refreshed=refreshed)
+        log_rejected(page.rejected)
+        log.debug("page stored", position=str(paginator), items=page.items, written=written.runs)
+        if progress is not None:
+            progress(page, written)
+        if observe is not None:
+            observe(page.runs)
+        if enough is not None and enough():
+            return True
+        if stopping(stop):
+            log.info("stopping after the page in flight", position=str(paginator))
+            return False
+    return True
