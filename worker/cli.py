@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
     top = argparse.ArgumentParser(
         prog="runsync", parents=[common],
-        description="Keeps a Postgres copy of the job runs of Apify (and more upstreams).",
+        description="Keeps a Postgres copy of the job runs of Apify and RakerOne.",
     )  # fmt: skip
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="the daemon: every source on its schedule")
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", parents=[common], help="serve simulated upstreams")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
-    simulate.add_argument("--runs", type=int, default=1000, help="runs in the simulated account")
+    simulate.add_argument("--runs", type=int, default=1000, help="Apify runs; each RakerOne project gets half as many")
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--token", default="sim-token", help="the bearer token it accepts")
     return top
@@ -165,8 +165,9 @@ def _check_config(settings, _args) -> int:
 def _simulate(args) -> int:
     from worker import simulator
 
-    print(f"simulated Apify on http://{args.host}:{args.port} (token {args.token!r}, "
-          f"{args.runs} runs, seed {args.seed}); Ctrl-C stops it", flush=True)  # fmt: skip
+    print(f"simulated Apify and RakerOne on http://{args.host}:{args.port} (token {args.token!r}, "
+          f"seed {args.seed}): {args.runs} Apify runs, RakerOne projects proj_alpha and proj_beta "
+          f"with {args.runs // 2} runs each; Ctrl-C stops it", flush=True)  # fmt: skip
     with suppress(KeyboardInterrupt):
         asyncio.run(simulator.serve(
             host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token
