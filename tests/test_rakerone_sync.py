@@ -89,7 +89,11 @@ async def test_a_run_open_for_30_days_that_then_completes_is_updated(
         assert requests(sim) - before == 2
 
     raker.set_status("proj_a", review["id"], "completed", result={"success": True, "details": "ok"})
+    before = requests(sim)
     (result,) = await passes(settings)
+
+    # The newest page; needs_review, now empty; then one walk of the 901 runs down to it, once.
+    assert requests(sim) - before == 1 + 1 + 10
 
     assert result.outcome == "succeeded"
     row = (await stored_runs(db, "raker"))[review["id"]]
