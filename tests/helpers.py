@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from worker import runtime, sync
@@ -35,3 +37,21 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
         differing = {k: (raw.get(k), v) for k, v in item.items() if raw.get(k) != v}
         assert not differing, f"run {run_id} differs from upstream: {differing}"
         assert row["status"] == item["status"]
+
+
+async def interrupted_pass(settings, name: str, *, after_pages: int) -> None:
+    """A pass cancelled while it fetches or writes the page after `after_pages` committed ones."""
+    committed = asyncio.Event()
+    pages = []
+
+    def count(page, _written):
+        pages.append(page)
+        if len(pages) == after_pages:
+            committed.set()
+
+    async with runtime.open_runtime(settings, [name]) as rt:
+        task = asyncio.create_task(sync.run_pass(rt.stream(name), rt.store, progress=count))
+        await committed.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

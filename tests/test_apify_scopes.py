@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import assert_matches_upstream, one_pass, stored_runs
-
-from worker import runtime, sync
+from helpers import assert_matches_upstream, interrupted_pass, one_pass, stored_runs
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -78,19 +74,7 @@ async def test_task_walk_killed_midway_while_runs_arrive_skips_nothing(
         world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(hours=1, minutes=i),
                        task_id=task["id"])  # fmt: skip
 
-    second_page = asyncio.Event()
-
-    def count(_page, _written, pages=[]):  # noqa: B006 - a counter local to this test
-        pages.append(1)
-        if len(pages) == 2:
-            second_page.set()
-
-    async with runtime.open_runtime(settings) as rt:
-        walk = asyncio.create_task(sync.run_pass(rt.stream("apify"), rt.store, progress=count))
-        await second_page.wait()
-        walk.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await walk
+    await interrupted_pass(settings, "apify", after_pages=2)
 
     async with db.pool.acquire() as conn:
         checkpoint = await conn.fetchrow("SELECT watermark, cursor FROM runsync.checkpoints")

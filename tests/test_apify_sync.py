@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
-from helpers import assert_matches_upstream, one_pass, stored_runs
+from helpers import assert_matches_upstream, interrupted_pass, one_pass, stored_runs
 
 from worker import runtime, sync
 
@@ -80,20 +79,8 @@ async def test_pass_with_nothing_new_costs_one_request_and_writes_nothing(
 async def test_killed_pass_resumes_without_losing_or_duplicating(world, sim, db, apify_settings):
     seed_history(world, 100)
     settings = apify_settings(page_size=10)
-    pages: list[object] = []
-    third_page = asyncio.Event()
-
-    def count(page, _written):
-        pages.append(page)
-        if len(pages) == 3:
-            third_page.set()
-
-    async with runtime.open_runtime(settings) as rt:
-        killed = asyncio.create_task(sync.run_pass(rt.stream("apify"), rt.store, progress=count))
-        await third_page.wait()
-        killed.cancel()  # mid-flight: the fourth page's request or write is under way
-        with contextlib.suppress(asyncio.CancelledError):
-            await killed
+    # Cancelled mid-flight: the fourth page's request or write is under way.
+    await interrupted_pass(settings, "apify", after_pages=3)
 
     stored = await stored_runs(db)
     assert 30 <= len(stored) <= 40

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
-from helpers import assert_matches_upstream, passes, stored_runs
+from helpers import assert_matches_upstream, interrupted_pass, passes, stored_runs
 
-from worker import runtime, sync
+from worker import sync
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -141,15 +139,7 @@ async def test_a_killed_walk_resumes_and_misses_none_of_the_new_runs(
         watermark = await conn.fetchval("SELECT watermark FROM runsync.checkpoints")
     raker.add_runs("proj_a", 450, status="completed")  # five pages down to the watermark
 
-    first_page = asyncio.Event()
-    async with runtime.open_runtime(settings) as rt:
-        walk = asyncio.create_task(
-            sync.run_pass(rt.stream("raker"), rt.store, progress=lambda *_: first_page.set())
-        )
-        await first_page.wait()
-        walk.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await walk
+    await interrupted_pass(settings, "raker", after_pages=1)
 
     async with db.pool.acquire() as conn:
         checkpoint = await conn.fetchrow("SELECT watermark, cursor FROM runsync.checkpoints")
@@ -173,15 +163,7 @@ async def test_an_expired_cursor_restarts_the_walk_from_the_top(raker, sim, db, 
     settings = raker_settings()
     await passes(settings)
     raker.add_runs("proj_a", 350, status="completed")
-    first_page = asyncio.Event()
-    async with runtime.open_runtime(settings) as rt:
-        walk = asyncio.create_task(
-            sync.run_pass(rt.stream("raker"), rt.store, progress=lambda *_: first_page.set())
-        )
-        await first_page.wait()
-        walk.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await walk
+    await interrupted_pass(settings, "raker", after_pages=1)
 
     raker.expire_cursors()
     (result,) = await passes(settings)

@@ -65,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", parents=[common], help="serve simulated upstreams")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
-    simulate.add_argument("--runs", type=int, default=1000, help="Apify runs; each RakerOne project gets half as many")
+    simulate.add_argument(
+        "--runs", type=int, default=1000, help="Apify runs; each RakerOne project gets half as many"
+    )
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--token", default="sim-token", help="the bearer token it accepts")
     return top

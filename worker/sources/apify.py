@@ -20,6 +20,7 @@ from worker.sources.common import (
     check_not_future,
     dump,
     isoformat,
+    newest_first_checkpoint,
     number,
     parse_time,
     storable_json,
@@ -244,11 +245,8 @@ class NewestFirst(_Walk):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        if self.done:
-            newest = max(filter(None, (self.floor, self.top)), default=None)
-            return Checkpoint(newest, None)
-        top = isoformat(self.top) if self.top else None
-        return Checkpoint(self.floor, {**self.walk, "top": top, "offset": self.offset})
+        position = {**self.walk, "offset": self.offset}
+        return newest_first_checkpoint(self.floor, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
         if self.done:

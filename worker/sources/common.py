@@ -102,6 +102,16 @@ def check_not_future(started_at: datetime, observed_at: datetime) -> None:
         raise ItemError(f"startedAt {started_at.isoformat()} is in the future")
 
 
+def newest_first_checkpoint(
+    watermark: datetime | None, top: datetime | None, done: bool, position: dict[str, Any]
+) -> Checkpoint:
+    """Where a newest-first walk stands. The watermark moves to the newest run the walk saw only
+    once the walk is done; until then the walk's position (and that newest run) is the cursor."""
+    if done:
+        return Checkpoint(max(filter(None, (watermark, top)), default=None), None)
+    return Checkpoint(watermark, {**position, "top": isoformat(top) if top else None})
+
+
 def dump(item: Any) -> str:
     """An item as JSON text for the quarantine: pure ASCII, so any input can be kept."""
     return json.dumps(item, separators=(",", ":"), default=str)

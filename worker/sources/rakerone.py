@@ -22,6 +22,7 @@ from worker.sources.common import (
     check_not_future,
     dump,
     isoformat,
+    newest_first_checkpoint,
     parse_time,
     storable_json,
     text,
@@ -142,11 +143,8 @@ class KeysetWalk:
 
     @property
     def checkpoint(self) -> Checkpoint:
-        if self.done:
-            newest = max(filter(None, (self.watermark, self.top)), default=None)
-            return Checkpoint(newest, None)
-        top = isoformat(self.top) if self.top else None
-        return Checkpoint(self.watermark, {**self.walk, "cursor": self.cursor, "top": top})
+        position = {**self.walk, "cursor": self.cursor}
+        return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
         if self.done:
