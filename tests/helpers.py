@@ -39,7 +39,7 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
         assert row["status"] == item["status"]
 
 
-async def interrupted_pass(settings, name: str, *, after_pages: int) -> None:
+async def interrupted_pass(settings, name: str, *, after_pages: int, **options) -> None:
     """A pass cancelled while it fetches or writes the page after `after_pages` committed ones."""
     committed = asyncio.Event()
     pages = []
@@ -50,7 +50,9 @@ async def interrupted_pass(settings, name: str, *, after_pages: int) -> None:
             committed.set()
 
     async with runtime.open_runtime(settings, [name]) as rt:
-        task = asyncio.create_task(sync.run_pass(rt.stream(name), rt.store, progress=count))
+        task = asyncio.create_task(
+            sync.run_pass(rt.stream(name), rt.store, progress=count, **options)
+        )
         await committed.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -39,6 +39,24 @@ async def test_backfill_stores_exactly_the_upstreams_runs(raker, sim, db, raker_
         assert await conn.fetchval("SELECT count(*) FROM runsync.checkpoints") == 0
 
 
+async def test_an_interrupted_backfill_resumes_from_its_cursor(raker, sim, db, raker_settings):
+    history(raker, "proj_a", 500)
+    settings = raker_settings()
+    await interrupted_pass(settings, "raker", after_pages=2, stream=sync.BACKFILL)
+    async with db.pool.acquire() as conn:
+        cursor = await conn.fetchval(
+            "SELECT cursor FROM runsync.checkpoints WHERE stream = 'backfill/proj_a'"
+        )
+    assert cursor["cursor"] and cursor["range"] == [None, None]
+
+    before = requests(sim)
+    (result,) = await passes(settings, stream=sync.BACKFILL)
+
+    assert result.outcome == "succeeded"
+    assert requests(sim) - before == 3  # pages three to five, not the whole walk again
+    assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
+
+
 async def test_incremental_walks_down_to_the_watermark_only(raker, sim, db, raker_settings):
     history(raker, "proj_a", 250)
     settings = raker_settings()
