@@ -68,6 +68,8 @@ FROM unnest($3::text[], $4::text[], $5::boolean[], $6::timestamptz[], $7::timest
           default_key_value_store_id, default_dataset_id, default_request_queue_id,
           project, triggered_by, result,
           raw, observed_at, recheck_at)
+-- Rows are locked in one order by every writer, so a backfill beside a pass cannot deadlock.
+ORDER BY i.run_id
 ON CONFLICT (source, run_id) DO UPDATE SET
     upstream = EXCLUDED.upstream,
     status = EXCLUDED.status,
@@ -102,6 +104,7 @@ RETURNING (xmax = 0) AS inserted;
 INSERT INTO runsync.quarantine AS q (source, upstream, reason, raw, raw_sha256)
 SELECT $1, $2, i.reason, i.raw, i.raw_sha256
 FROM unnest($3::text[], $4::text[], $5::text[]) AS i(reason, raw, raw_sha256)
+ORDER BY i.raw_sha256
 ON CONFLICT (source, raw_sha256) DO UPDATE
 SET reason = EXCLUDED.reason, last_seen_at = now(), seen_count = q.seen_count + 1;
 

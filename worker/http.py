@@ -20,7 +20,7 @@ from worker import __version__
 log = structlog.get_logger("runsync.http")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a page of 1000 Apify runs is about 1 MB
 
 
 class UpstreamError(Exception):
@@ -156,6 +156,9 @@ class Client:
                 raise _Transient("timed out") from None
             except aiohttp.ClientPayloadError:
                 raise _Transient("response body broken off") from None
+            except aiohttp.ClientSSLError as error:
+                # A certificate that is not trusted stays untrusted: no retry, and no way around it.
+                raise UpstreamError(f"{self.name}: GET {path}: TLS failed: {error}") from None
             except aiohttp.ClientError as error:
                 raise _Transient(f"connection failed ({type(error).__name__})") from None
         if status in RETRY_STATUSES or status >= 500:
@@ -169,6 +172,8 @@ class Client:
             return Response(json.loads(body), observed_at, status)
         except (ValueError, UnicodeDecodeError):
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
+        except RecursionError:
+            raise _Transient(f"HTTP {status} with JSON nested too deeply to read") from None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         declared = response.content_length

@@ -15,12 +15,16 @@ import structlog
 
 from worker import http, store
 from worker.config import SourceConfig
-from worker.model import Page, Rejected, Run
+from worker.model import Page, Rejected, Request, Run
 from worker.sources import Paginator, Source
 
 log = structlog.get_logger("runsync.walk")
 
 ProgressCallback = Callable[[Page, store.Written], None]
+
+# Reads of one page with unreadable items: an item garbled on the way reads well next time,
+# and only what stays unreadable is quarantined, so a flaky upstream loses no run.
+PAGE_READS = 3
 
 
 @dataclass
@@ -104,13 +108,12 @@ async def walk_pages(
     log.info("walk", position=str(paginator))
     while (request := paginator.next_request()) is not None:
         try:
-            response = await runtime.client.get_json(request.path, request.params)
+            page = await _read_page(runtime, paginator, request)
         except http.UpstreamError as error:
             if error.status == 400 and paginator.restart():
                 log.warning("position refused; walking again from the top", error=str(error))
                 continue
             raise
-        page = paginator.advance(response.body, response.observed_at)
         if not checkpointed:
             checkpoint = store.KEEP
         elif paginator.next_request() is None and forget_when_done:
@@ -140,3 +143,20 @@ async def walk_pages(
             log.info("stopping after the page in flight", position=str(paginator))
             return False
     return True
+
+
+async def _read_page(runtime: SourceRuntime, paginator: Paginator, request: Request) -> Page:
+    """One page of the walk, read again while its unreadable items differ from one read to the next."""
+    earlier: list[str] | None = None
+    for attempt in range(1, PAGE_READS + 1):
+        response = await runtime.client.get_json(request.path, request.params)
+        page = paginator.advance(response.body, response.observed_at)
+        unreadable = sorted(item.raw for item in page.rejected)
+        if not unreadable or unreadable == earlier or attempt == PAGE_READS:
+            return page
+        earlier = unreadable
+        paginator.undo()
+        log.info(
+            "page has unreadable items; reading it again", items=len(unreadable), attempt=attempt
+        )
+    raise AssertionError("unreachable")

@@ -1,13 +1,16 @@
 """Simulated upstreams (Apify API v2, RakerOne) served by aiohttp on loopback.
 
 Used by tests, demos and benchmarks. Each upstream is an in-memory world (apify.ApifyWorld,
-rakerone.RakerWorld) plus its endpoints; the Simulator serves the worlds it is given.
+rakerone.RakerWorld) plus its endpoints; the Simulator serves the worlds it is given, optionally
+slowed down (latency) and with seeded, replayable faults (faults.Faults).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
@@ -20,16 +23,30 @@ from worker.simulator.apify import (
     ApifyEndpoints,
     ApifyWorld,
 )
+from worker.simulator.faults import (
+    FAULT_KINDS,
+    STATUS_FAULTS,
+    Faults,
+    bad_json,
+    body_of,
+    replaced,
+    request_key,
+    reset,
+    truncated,
+    wrong_types,
+)
 from worker.simulator.rakerone import RAKER_OPEN, RAKER_TERMINAL, RakerEndpoints, RakerWorld
 
 __all__ = [
     "ALL_STATUSES",
+    "FAULT_KINDS",
     "OPEN_STATUSES",
     "RAKER_OPEN",
     "RAKER_TERMINAL",
     "TERMINAL_STATUSES",
     "USERNAME",
     "ApifyWorld",
+    "Faults",
     "RakerWorld",
     "Simulator",
     "serve",
@@ -41,6 +58,10 @@ def _dialect(path: str) -> type[ApifyEndpoints] | type[RakerEndpoints]:
     return RakerEndpoints if path.startswith(RakerEndpoints.paths) else ApifyEndpoints
 
 
+# The demo controls' paths: never slowed down or faulted, so tests can always shape the world.
+_CONTROLS = "/_simulator/"
+
+
 class Simulator:
     """Serves an ApifyWorld and/or a RakerWorld over HTTP, like their real APIs (reads only)."""
 
@@ -50,10 +71,17 @@ class Simulator:
         *,
         rakerone: RakerWorld | None = None,
         token: str = "sim-token",
+        faults: Faults | None = None,
+        latency: float = 0.0,
     ) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must not be negative, got {latency!r}")
         self.apify = apify
         self.rakerone = rakerone
         self.token = token
+        self.faults = faults
+        self.latency = latency
+        self._stopping = asyncio.Event()
         self.requests: Counter[str] = Counter()
         self.base_url = ""
         self._runner: web.AppRunner | None = None
@@ -68,6 +96,7 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listens on host:port (port 0 picks a free one) and returns the base URL."""
+        self._stopping = asyncio.Event()
         self._runner = web.AppRunner(self.app, access_log=None)  # logging would skew benchmarks
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -76,29 +105,94 @@ class Simulator:
         return self.base_url
 
     async def stop(self) -> None:
+        self._stopping.set()  # cuts stalls and latency short, so stopping never waits for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Counts routed requests and enforces the bearer token, in each upstream's error format."""
+        """Counts routed requests, adds latency, enforces the bearer token and injects faults."""
+        upstream = not request.path.startswith(_CONTROLS)
         unrouted = request.match_info.http_exception
+        if unrouted is None:
+            self.requests[request.match_info.route.name or ""] += 1
+        if upstream and self.latency > 0:
+            await self._pause(self.latency)
         if unrouted is not None:
             return _dialect(request.path).unrouted(unrouted)
-        self.requests[request.match_info.route.name or ""] += 1
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _dialect(request.path).unauthorized()
+        if upstream and self.faults is not None:
+            return await self._faulty(request, handler, self.faults)
         return await handler(request)
 
+    async def _faulty(
+        self, request: web.Request, handler: Any, faults: Faults
+    ) -> web.StreamResponse:
+        """The answer to an upstream request, spoilt as the faults decide."""
+        kind, draw = faults.draw(request_key(request))
+        if kind is None:
+            return await handler(request)
+        if kind in STATUS_FAULTS:  # a rate limiter or proxy answers before the API does
+            faults.injected[kind] += 1
+            response = _dialect(request.path).failure(STATUS_FAULTS[kind])
+            if kind == "429-retry-after":
+                response.headers["Retry-After"] = f"{faults.retry_after:g}"
+            return response
+        if kind == "reset":
+            faults.injected[kind] += 1
+            return reset(request)
+        if kind == "stall":
+            faults.injected[kind] += 1
+            await self._pause(faults.stall_seconds)
+            return await handler(request)
+        response = await handler(request)
+        body = body_of(response)
+        if body is None:
+            return response
+        if kind == "wrong-types":
+            spoilt = wrong_types(body, draw)
+            if spoilt is None:  # an error or an empty page has no items to mistype
+                return response
+            faults.injected[kind] += 1
+            return replaced(response, spoilt)
+        faults.injected[kind] += 1
+        if kind == "bad-json":
+            return replaced(response, bad_json(body))
+        return await truncated(request, response, body)
 
-async def serve(*, host: str, port: int, runs: int, seed: int, token: str) -> None:
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less if the simulator stops meanwhile."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+async def serve(
+    *,
+    host: str,
+    port: int,
+    runs: int,
+    seed: int,
+    token: str,
+    fault_rate: float = 0.0,
+    fault_kinds: Iterable[str] = FAULT_KINDS,
+    fault_seed: int = 0,
+    latency: float = 0.0,
+) -> None:
     """Runs a Simulator of both upstreams over freshly generated worlds until cancelled."""
+    faults = Faults(fault_rate, fault_kinds, seed=fault_seed)  # built anyway: rejects bad kinds
     # Generating in a thread keeps the loop responsive.
     apify = await asyncio.to_thread(ApifyWorld, runs=runs, seed=seed)
     projects = {"proj_alpha": runs // 2, "proj_beta": runs // 2}
     rakerone = await asyncio.to_thread(RakerWorld, projects=projects, seed=seed)
-    simulator = Simulator(apify, rakerone=rakerone, token=token)
+    simulator = Simulator(
+        apify,
+        rakerone=rakerone,
+        token=token,
+        faults=faults if fault_rate > 0 else None,
+        latency=latency,
+    )
     await simulator.start(host, port)
     try:
         await asyncio.Event().wait()

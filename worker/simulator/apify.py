@@ -453,6 +453,15 @@ class ApifyWorld:
         return None if run is None else self._detail(run)
 
 
+# Injected failures by status: Apify's error type and message.
+_FAILURES = {
+    429: ("rate-limit-exceeded", "You have exceeded the rate limit. Please slow down."),
+    500: ("internal-server-error", "Internal server error. Please try again later."),
+    502: ("bad-gateway", "Bad gateway. Please try again later."),
+    503: ("service-unavailable", "Service is temporarily unavailable. Please try again later."),
+}
+
+
 class _InvalidInput(Exception):
     """A query parameter the real API would reject with 400 invalid-input."""
 
@@ -552,6 +561,12 @@ class ApifyEndpoints:
     def unrouted(exc: web.HTTPException) -> web.Response:
         kind = "page-not-found" if exc.status == 404 else "method-not-allowed"
         return _error(exc.status, kind, exc.reason)
+
+    @staticmethod
+    def failure(status: int) -> web.Response:
+        """An injected rate-limit or server error (worker.simulator.faults)."""
+        kind, message = _FAILURES[status]
+        return _error(status, kind, message)
 
     async def _list_user_runs(self, request: web.Request) -> web.Response:
         return self._listing(request, "", time_filter=True)

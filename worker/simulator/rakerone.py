@@ -39,6 +39,8 @@ _RESULTS = {
     ),
     "cancelled": ({"success": False, "details": "Cancelled by user"},),
 }
+# Injected failures by status: RakerOne's error code.
+_FAILURES = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
 _CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _CURSOR_FIELDS = {"project", "status", "after", "epoch"}
 
@@ -462,6 +464,11 @@ class RakerEndpoints:
     @staticmethod
     def unrouted(exc: web.HTTPException) -> web.Response:
         return _error(exc.status, "not_found" if exc.status == 404 else "method_not_allowed")
+
+    @staticmethod
+    def failure(status: int) -> web.Response:
+        """An injected rate-limit or server error (worker.simulator.faults)."""
+        return _error(status, _FAILURES[status])
 
     def _existing(self, request: web.Request) -> str:
         project = request.match_info["projectId"]

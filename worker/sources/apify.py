@@ -17,6 +17,8 @@ from worker.model import Checkpoint, Page, Rejected, Request, Run
 from worker.sources.common import (
     ItemError,
     PageError,
+    Rewindable,
+    check_count,
     check_not_future,
     dump,
     isoformat,
@@ -146,8 +148,10 @@ def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
     )
 
 
-class _Walk:
+class _Walk(Rewindable):
     """What both directions share: reading a page, noticing a page served twice."""
+
+    _position = ("done", "_last_page")
 
     def __init__(
         self,
@@ -168,7 +172,9 @@ class _Walk:
         return False  # offsets cannot be refused; a 400 here is a real error
 
     def read(self, body: Any, observed_at: datetime):
+        self._save()
         items, total, served_limit = read_list(body)
+        check_count(items, self.page_size, self.path)
         signature = (len(items), _item_id(items[0]), _item_id(items[-1])) if items else None
         if signature is not None and signature == self._last_page:
             raise PageError(f"{self.path} served the same page twice; stopping rather than looping")
@@ -183,6 +189,8 @@ class _Walk:
 
 class OldestFirst(_Walk):
     """Ascending walk by `startedAfter` = watermark, `offset` = runs already read at that instant."""
+
+    _position = (*_Walk._position, "watermark", "offset")
 
     def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
         super().__init__(path, **options)
@@ -231,6 +239,8 @@ class NewestFirst(_Walk):
     New runs arriving during the walk push older ones down: a resumed walk reads some runs twice and
     skips none. The watermark moves to the newest run seen only once the walk reaches the old one.
     """
+
+    _position = (*_Walk._position, "top", "offset")
 
     def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
         super().__init__(path, **options)

@@ -29,6 +29,10 @@ class Paginator(Protocol):
         """The upstream refused the position (400); True if the walk can start over from the top."""
         ...
 
+    def undo(self) -> None:
+        """Forgets the last advance, so the same page can be read again."""
+        ...
+
     @property
     def checkpoint(self) -> Checkpoint: ...
 
@@ -59,6 +63,24 @@ class ByWalks(Source, Protocol):
     def status_walk(self, status: str, floor: datetime) -> Paginator: ...
 
     def search_walk(self, floor: datetime) -> Paginator: ...
+
+
+class Rewindable:
+    """A paginator whose position is a few attributes, saved before each advance for undo()."""
+
+    _position: tuple[str, ...] = ()
+
+    def _save(self) -> None:
+        self._saved = tuple(getattr(self, name) for name in self._position)
+
+    def undo(self) -> None:
+        for name, value in zip(self._position, self._saved, strict=True):
+            setattr(self, name, value)
+
+
+def check_count(items: list[Any], asked: int, path: str) -> None:
+    if len(items) > asked:
+        raise PageError(f"{path} answered {len(items):,} items, more than the {asked} asked for")
 
 
 class ItemError(ValueError):

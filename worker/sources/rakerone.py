@@ -19,6 +19,8 @@ from worker.model import Checkpoint, Page, Rejected, Request, Run
 from worker.sources.common import (
     ItemError,
     PageError,
+    Rewindable,
+    check_count,
     check_not_future,
     dump,
     isoformat,
@@ -103,12 +105,14 @@ def read_item(
         return Rejected(str(error), dump(item))
 
 
-class KeysetWalk:
+class KeysetWalk(Rewindable):
     """Newest first by cursor, down to `floor` (or the end), optionally filtered by status.
 
     No I/O. A refused cursor restarts the walk from the top (upserts make the repeat harmless);
     a cursor that comes back is an error, not an endless loop.
     """
+
+    _position = ("cursor", "top", "done", "_remembered")
 
     def __init__(
         self,
@@ -134,6 +138,13 @@ class KeysetWalk:
         self.done = False
         self.restarts = 0
         self._seen_cursors: deque[str] = deque(maxlen=REMEMBERED_CURSORS)
+        self._remembered = 0  # cursors appended so far: undo() takes the last one back
+
+    def undo(self) -> None:
+        appended = self._remembered - self._saved[-1]
+        super().undo()
+        for _ in range(appended):
+            self._seen_cursors.pop()
 
     def __str__(self) -> str:
         where = f"cursor {self.cursor[:16]}…" if self.cursor else "the top"
@@ -166,12 +177,14 @@ class KeysetWalk:
         return True
 
     def advance(self, body: Any, observed_at: datetime) -> Page:
+        self._save()
         if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
             raise PageError("the answer has no runs array")
         following = body.get("nextCursor")
         if following is not None and (not isinstance(following, str) or not following):
             raise PageError("nextCursor is neither a string nor null")
         items = body["runs"]
+        check_count(items, self.page_size, self.path)
         parsed = [self.read(item, observed_at) for item in items]
         runs = [p for p in parsed if isinstance(p, Run)]
         rejected = [p for p in parsed if isinstance(p, Rejected)]
@@ -187,6 +200,7 @@ class KeysetWalk:
                     f"{self.path} handed out the same cursor twice; stopping rather than looping"
                 )
             self._seen_cursors.append(following)
+            self._remembered += 1
         self.cursor = following
         self.done = following is None or reached
         times = [r.started_at for r in runs]
