@@ -95,18 +95,31 @@ def test_check_config_exits_2_naming_a_missing_token_variable(tmp_path, monkeypa
     assert "environment variable APIFY_TOKEN is not set" in capsys.readouterr().err
 
 
-def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, capsys):
+def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, capsys, database_url):
     path = tmp_path / "runsync.toml"
     path.write_text(GOOD + 'actor = "janedoe~my-actor"\n')
     monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
-    url = "postgresql://runsync:dbpassword42@db.internal/analytics"
+    # The test server trusts every password, so the URL can carry one.
+    url = database_url.replace("postgresql://postgres:@", "postgresql://postgres:dbpassword42@")
 
     assert cli.main(["check-config", "--config", str(path), "--database-url", url]) == 0
     out = capsys.readouterr().out
     assert "https://api.apify.com/v2/acts/janedoe~my-actor/runs" in out
     assert "every 5m" in out and "$APIFY_TOKEN (set)" in out
-    assert "postgresql://runsync:***@db.internal/analytics" in out
+    assert "postgresql://postgres:***@" in out and "reachable" in out
     assert "SECRET123" not in out and "dbpassword42" not in out
+
+
+def test_check_config_exits_2_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    url = "postgresql://runsync:dbpassword42@127.0.0.1:9/analytics"
+
+    assert cli.main(["check-config", "--config", str(path), "--database-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the database at postgresql://runsync:***@127.0.0.1:9/analytics" in err
+    assert "dbpassword42" not in err
 
 
 def test_missing_config_file_exits_2(tmp_path, capsys):

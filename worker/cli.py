@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import UTC, datetime, time, timedelta
 
 from worker import config, console, database, observability, runtime, scheduler
@@ -70,6 +69,28 @@ def parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--token", default="sim-token", help="the bearer token it accepts")
+    simulate.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="added before every upstream answer",
+    )
+    simulate.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of upstream answers that go wrong, e.g. 0.1",
+    )
+    simulate.add_argument(
+        "--fault-kinds",
+        default=None,
+        metavar="KIND,...",
+        help="which faults (default: all): 429, 429-retry-after, 500, 502, "
+        "503, stall, truncate, reset, bad-json, wrong-types",
+    )
+    simulate.add_argument("--fault-seed", type=int, default=0, help="replays the same faults")
     return top
 
 
@@ -154,8 +175,9 @@ def _check_config(settings, _args) -> int:
     if settings.database_url is None:
         print(f"database: embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
     else:
+        asyncio.run(_reach_database(settings))  # unreachable: DatabaseUnavailable, exit 2
         url = config.redact_url(settings.database_url.reveal())
-        print(f"database: {url} (from {settings.database_url_origin})")
+        print(f"database: {url} (from {settings.database_url_origin}), reachable")
     print(f"http: {settings.listen}")
     for source in settings.sources:
         paths = ", ".join(source.base_url + stream.list_path for stream in sources.build(source))
@@ -164,16 +186,31 @@ def _check_config(settings, _args) -> int:
     return EXIT_OK
 
 
+async def _reach_database(settings) -> None:
+    async with runtime.open_store(settings, migrate=False):
+        pass
+
+
 def _simulate(args) -> int:
     from worker import simulator
 
+    kinds = tuple(args.fault_kinds.split(",")) if args.fault_kinds else simulator.FAULT_KINDS
+    faults = f", {args.fault_rate:.0%} faults (seed {args.fault_seed})" if args.fault_rate else ""
+    latency = f", {args.latency * 1000:g} ms latency" if args.latency else ""
     print(f"simulated Apify and RakerOne on http://{args.host}:{args.port} (token {args.token!r}, "
           f"seed {args.seed}): {args.runs} Apify runs, RakerOne projects proj_alpha and proj_beta "
-          f"with {args.runs // 2} runs each; Ctrl-C stops it", flush=True)  # fmt: skip
-    with suppress(KeyboardInterrupt):
+          f"with {args.runs // 2} runs each{faults}{latency}; Ctrl-C stops it", flush=True)  # fmt: skip
+    try:
         asyncio.run(simulator.serve(
-            host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token
+            host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token,
+            fault_rate=args.fault_rate, fault_kinds=kinds, fault_seed=args.fault_seed,
+            latency=args.latency,
         ))  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    except ValueError as error:  # a bad fault kind or rate
+        console.error(str(error))
+        return EXIT_USAGE
     return EXIT_OK
 
 

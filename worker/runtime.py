@@ -40,6 +40,7 @@ def client_for(config) -> http.Client:
         concurrency=config.concurrency,
         timeout=config.timeout.total_seconds(),
         backoff=http.Backoff(retries=config.max_retries),
+        max_response_bytes=config.max_response_mb * 1024 * 1024,
     )
 
 
