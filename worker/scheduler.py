@@ -53,6 +53,15 @@ def trigger_for(config: SourceConfig):
     return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, 30), timezone=UTC)
 
 
+def tick(trigger) -> timedelta:
+    """The time between two fire times of a trigger, without jitter."""
+    if isinstance(trigger, IntervalTrigger):
+        return trigger.interval
+    first = trigger.get_next_fire_time(None, datetime.now(UTC))
+    second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
+    return second - first
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -65,13 +74,15 @@ async def run_daemon(
         async with runtime.open_runtime(settings) as rt:
             running: set[asyncio.Task] = set()
 
-            async def job(name: str) -> None:
+            async def job(name: str, not_within: timedelta) -> None:
                 if stop.is_set():
                     return
                 task = asyncio.current_task()
                 running.add(task)
                 try:
-                    await _side_by_side(rt.streams[name], rt.store, stop=stop)
+                    await _side_by_side(
+                        rt.streams[name], rt.store, stop=stop, not_within=not_within
+                    )
                 except Exception:
                     log.exception("pass crashed", source=name)
                 finally:
@@ -79,10 +90,14 @@ async def run_daemon(
 
             scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
             for config in settings.sources:
+                trigger = trigger_for(config)
+                # A pass another replica started within most of a tick counts for this tick too;
+                # the margin absorbs the jitter between the replicas' ticks.
+                not_within = tick(trigger) * 0.8
                 scheduler.add_job(
                     job,
-                    trigger_for(config),
-                    args=[config.name],
+                    trigger,
+                    args=[config.name, not_within],
                     id=config.name,
                     max_instances=1,  # a source never overlaps itself
                     coalesce=True,

@@ -126,6 +126,9 @@ class Lease:
         self.source = source
         self.stream = stream
 
+    async def last_pass_started(self) -> datetime | None:
+        return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)
+
     async def start_pass(self) -> int:
         return await self.conn.fetchval(self.q["start_pass"], self.source, self.stream)
 

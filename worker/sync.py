@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -36,16 +36,22 @@ async def run_pass(
     until: datetime | None = None,
     stop: asyncio.Event | None = None,
     progress: ProgressCallback | None = None,
+    not_within: timedelta | None = None,
 ) -> PassResult:
-    """One pass; never raises for upstream or database trouble: the result says what happened."""
+    """One pass; never raises for upstream or database trouble: the result says what happened.
+
+    `not_within`: skip the pass if any replica started one of this stream that recently, so
+    replicas on one schedule run each stream once per tick between them.
+    """
     result = PassResult(runtime.name, runtime.stream(stream))
     try:
         async with db.lease(runtime.name, result.stream) as lease:
             if lease is None:
-                result.outcome = "skipped"
-                log.info("pass skipped", source=runtime.name, stream=result.stream,
-                         reason="another process holds this stream's lock")  # fmt: skip
-                return result
+                return _skipped(result, "another process holds this stream's lock")
+            if not_within is not None:
+                last = await lease.last_pass_started()
+                if last is not None and datetime.now(UTC) - last < not_within:
+                    return _skipped(result, "another replica ran this stream this tick")
             result.pass_id = await lease.start_pass()
             with structlog.contextvars.bound_contextvars(
                 source=runtime.name, pass_id=result.pass_id, stream=result.stream
@@ -54,6 +60,12 @@ async def run_pass(
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
         log.error("pass failed", source=runtime.name, stream=result.stream, error=result.error)
+    return result
+
+
+def _skipped(result: PassResult, reason: str) -> PassResult:
+    result.outcome = "skipped"
+    log.info("pass skipped", source=result.source, stream=result.stream, reason=reason)
     return result
 
 
