@@ -141,3 +141,12 @@ async def test_the_rate_cap_spaces_requests():
     for _ in range(11):
         await limiter.wait()
     assert time.monotonic() - started >= 10 / 50 * 0.9
+
+
+async def test_a_retry_after_beyond_the_budget_fails_at_once(upstream):
+    server, client = upstream
+    server.answers = [web.Response(status=429, headers={"Retry-After": "3600"})]
+    started = time.monotonic()
+    with pytest.raises(http.UpstreamError, match="would exceed the 5 s retry budget"):
+        await client.get_json("/x")
+    assert time.monotonic() - started < 1 and len(server.seen) == 1

@@ -50,7 +50,7 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.budget)
+            return max(retry_after, 0.0)  # the upstream knows best; the budget still bounds it
         return random.uniform(0, min(self.cap, self.base * 2**attempt))
 
 
@@ -128,9 +128,15 @@ class Client:
                 return await self._attempt(path, params)
             except _Transient as failure:
                 delay = self.backoff.delay(attempt, failure.retry_after)
-                if attempt == self.backoff.retries or waited + delay > self.backoff.budget:
+                if attempt == self.backoff.retries:
                     raise UpstreamError(
                         f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
+                    ) from None
+                if waited + delay > self.backoff.budget:
+                    raise UpstreamError(
+                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}; "
+                        f"waiting {delay:.0f} s more would exceed the {self.backoff.budget:.0f} s "
+                        "retry budget"
                     ) from None
                 log.warning(
                     "request retry",

@@ -20,7 +20,14 @@ import structlog
 
 from worker import http, store
 from worker.model import Rejected, Run
-from worker.walk import PassResult, SourceRuntime, log_rejected, stopping, walk_pages
+from worker.walk import (
+    PAGE_READS,
+    PassResult,
+    SourceRuntime,
+    log_rejected,
+    stopping,
+    walk_pages,
+)
 
 log = structlog.get_logger("runsync.refresh")
 
@@ -60,20 +67,29 @@ async def one_by_one(
 
 
 async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | None:
-    """The run as the upstream has it now; None when the upstream no longer has it."""
+    """The run as the upstream has it now; None when the upstream no longer has it.
+
+    An answer that cannot be read is asked again, like a list page (walk.PAGE_READS), so a run
+    garbled on the way is not mistaken for a broken one.
+    """
     request = runtime.source.run_request(run_id)
-    try:
-        response = await runtime.client.get_json(request.path, request.params)
-    except http.UpstreamError as error:
-        if error.status == 404:
-            return None
-        raise
-    observed = runtime.source.read_run(response.body, response.observed_at)
-    if isinstance(observed, Run) and observed.run_id != run_id:
-        return Rejected(
-            f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
-        )
-    return observed
+    earlier: Rejected | None = None
+    for attempt in range(1, PAGE_READS + 1):
+        try:
+            response = await runtime.client.get_json(request.path, request.params)
+        except http.UpstreamError as error:
+            if error.status == 404:
+                return None
+            raise
+        observed = runtime.source.read_run(response.body, response.observed_at)
+        if isinstance(observed, Run) and observed.run_id != run_id:
+            observed = Rejected(
+                f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
+            )
+        if isinstance(observed, Run) or observed == earlier or attempt == PAGE_READS:
+            return observed
+        earlier = observed
+    raise AssertionError("unreachable")
 
 
 class Pending:
