@@ -100,8 +100,19 @@ async def test_backfill_a_range(world, sim, db, database_url, tmp_path):
     ]  # fmt: skip
     assert_matches_upstream(await stored_runs(db), expected)
     async with db.pool.acquire() as conn:
-        # A finished backfill leaves no checkpoint behind; the incremental one was never touched.
-        assert await conn.fetchval("SELECT count(*) FROM runsync.checkpoints") == 0
+        # A finished backfill leaves a mark for its range; the incremental stream was not touched.
+        (mark,) = await conn.fetch("SELECT stream, watermark, cursor FROM runsync.checkpoints")
+    assert mark["stream"] == "backfill" and mark["cursor"]["done"] is True
+    assert mark["cursor"]["range"] == ["2026-04-03T00:00:00.000Z", "2026-04-05T23:59:59.999Z"]
+
+    requests = sim.requests["apify.list_user_runs"]
+    args = ("--config", path, "backfill", "apify", "--since", "2026-04-03", "--until", "2026-04-05")
+    code, out, _ = await runsync(database_url, *args)
+    assert code == 0 and "backfill of apify: already complete" in out
+    assert sim.requests["apify.list_user_runs"] == requests  # a restarted job does nothing
+
+    code, out, _ = await runsync(database_url, *args, "--restart")
+    assert code == 0 and "succeeded: 9 runs read, 0 written" in out
 
 
 async def test_the_daemon_stops_cleanly_on_sigterm(world, sim, db, database_url, tmp_path):

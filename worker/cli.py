@@ -55,8 +55,14 @@ def parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", parents=[common], help="walk a source's history")
     backfill.add_argument("source", metavar="SOURCE")
     backfill.add_argument("--since", type=_date, metavar="DATE", help="runs started at or after")
-    backfill.add_argument("--until", type=lambda v: _date(v, end_of_day=True), metavar="DATE",
-                          help="runs started at or before (a bare date: through its end)")  # fmt: skip
+    backfill.add_argument(
+        "--until",
+        type=lambda v: _date(v, end_of_day=True),
+        metavar="DATE",
+        help="runs started at or before (a bare date: through its end)",
+    )
+    backfill.add_argument("--restart", action="store_true",
+                          help="walk the range again even if a backfill of it finished")  # fmt: skip
     status = commands.add_parser("status", parents=[common], help="where each source stands")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("migrate", parents=[common], help="apply the sql/ migrations")
@@ -135,10 +141,14 @@ def _backfill(settings, args) -> int:
         if progress.live:
             observability.configure(level=getattr(args, "log_level", "WARNING"))
         results = asyncio.run(
-            scheduler.run_backfill(settings, args.source, args.since, args.until, progress)
+            scheduler.run_backfill(
+                settings, args.source, args.since, args.until, progress, restart=args.restart
+            )
         )
     for result in results:
-        if result.outcome == "succeeded":
+        if result.note:
+            print(f"backfill of {result.label}: {result.note}")
+        elif result.outcome == "succeeded":
             print(f"backfill of {result.label} succeeded: {result.items:,} runs "
                   f"read, {result.written:,} written, {result.quarantined:,} quarantined")  # fmt: skip
         elif result.outcome == "skipped":

@@ -159,6 +159,8 @@ async def run_backfill(
     since: datetime | None,
     until: datetime | None,
     progress: sync.ProgressCallback | None = None,
+    *,
+    restart: bool = False,
 ) -> list[sync.PassResult]:
     """A backfill of each stream of a source (each project), side by side."""
     stop = asyncio.Event()
@@ -166,7 +168,7 @@ async def run_backfill(
         async with runtime.open_runtime(settings, [name]) as rt:
             return await _side_by_side(
                 rt.streams[name], rt.store, stream=sync.BACKFILL, since=since, until=until,
-                stop=stop, progress=progress,
+                stop=stop, progress=progress, restart=restart,
             )  # fmt: skip
 
 

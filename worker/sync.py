@@ -17,6 +17,7 @@ import structlog
 from worker import http, refresh, store
 from worker.model import Checkpoint
 from worker.sources import PageError, Paginator, Source
+from worker.sources.common import isoformat
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
 log = structlog.get_logger("runsync.sync")
@@ -37,6 +38,7 @@ async def run_pass(
     stop: asyncio.Event | None = None,
     progress: ProgressCallback | None = None,
     not_within: timedelta | None = None,
+    restart: bool = False,
 ) -> PassResult:
     """One pass; never raises for upstream or database trouble: the result says what happened.
 
@@ -56,7 +58,9 @@ async def run_pass(
             with structlog.contextvars.bound_contextvars(
                 source=runtime.name, pass_id=result.pass_id, stream=result.stream
             ):
-                await _run_leased(runtime, lease, result, stream, since, until, stop, progress)
+                await _run_leased(
+                    runtime, lease, result, stream, since, until, stop, progress, restart
+                )
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
         log.error("pass failed", source=runtime.name, stream=result.stream, error=result.error)
@@ -69,13 +73,12 @@ def _skipped(result: PassResult, reason: str) -> PassResult:
     return result
 
 
-async def _run_leased(runtime, lease, result, stream, since, until, stop, progress) -> None:
+async def _run_leased(runtime, lease, result, stream, since, until, stop, progress, restart):
     started_at, started = datetime.now(UTC), time.monotonic()
     log.info("pass started")
     try:
         if stream == BACKFILL:
-            paginator = runtime.source.backfill(await lease.checkpoint(), since, until)
-            await _list(runtime, lease, result, paginator, stop, progress, forget_when_done=True)
+            await _backfill(runtime, lease, result, since, until, restart, stop, progress)
         else:
             await _incremental(runtime, lease, result, started_at, stop, progress)
         result.outcome = "interrupted" if stopping(stop) else "succeeded"
@@ -124,6 +127,26 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
         await refresh.by_walks(runtime, lease, result, pending, stop)
 
 
+async def _backfill(runtime, lease, result, since, until, restart, stop, progress) -> None:
+    """A walk of [since, until], resumed where an interrupted one of the same range stopped.
+
+    A finished one leaves a mark, so running it again (a restarted job) does nothing unless asked.
+    """
+    walk = {"range": [since and isoformat(since), until and isoformat(until)]}
+    saved = await lease.checkpoint()
+    same_range = saved is not None and (saved.cursor or {}).get("range") == walk["range"]
+    if same_range and saved.cursor.get("done") and not restart:
+        result.note = (
+            f"already complete (pass {saved.cursor.get('pass_id')}); --restart walks it again"
+        )
+        log.info("backfill already complete", completed_by_pass=saved.cursor.get("pass_id"))
+        return
+    resume = saved if same_range and not saved.cursor.get("done") and not restart else None
+    paginator = runtime.source.backfill(resume, since, until, walk)
+    done = Checkpoint(None, {**walk, "done": True, "pass_id": result.pass_id})
+    await _list(runtime, lease, result, paginator, stop, progress, done_checkpoint=done)
+
+
 async def _list(
     runtime,
     lease,
@@ -132,10 +155,10 @@ async def _list(
     stop,
     progress,
     *,
-    forget_when_done=False,
+    done_checkpoint=None,
     observe=None,
 ) -> None:
     await walk_pages(
-        runtime, lease, result, paginator, checkpointed=True, forget_when_done=forget_when_done,
+        runtime, lease, result, paginator, checkpointed=True, done_checkpoint=done_checkpoint,
         stop=stop, progress=progress, observe=observe,
     )  # fmt: skip

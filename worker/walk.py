@@ -15,7 +15,7 @@ import structlog
 
 from worker import http, store
 from worker.config import SourceConfig
-from worker.model import Page, Rejected, Request, Run
+from worker.model import Checkpoint, Page, Rejected, Request, Run
 from worker.sources import Paginator, Source
 
 log = structlog.get_logger("runsync.walk")
@@ -58,6 +58,7 @@ class PassResult:
     refreshed: int = 0
     error: str | None = None
     duration_ms: int = 0
+    note: str | None = None  # what a person should know about an uneventful pass
 
     @property
     def label(self) -> str:
@@ -94,7 +95,7 @@ async def walk_pages(
     paginator: Paginator,
     *,
     checkpointed: bool,
-    forget_when_done: bool = False,
+    done_checkpoint: Checkpoint | None = None,
     stop: asyncio.Event | None = None,
     progress: ProgressCallback | None = None,
     observe: Callable[[list[Run]], None] | None = None,
@@ -116,8 +117,8 @@ async def walk_pages(
             raise
         if not checkpointed:
             checkpoint = store.KEEP
-        elif paginator.next_request() is None and forget_when_done:
-            checkpoint = None  # a finished backfill leaves nothing to resume
+        elif paginator.next_request() is None and done_checkpoint is not None:
+            checkpoint = done_checkpoint  # a finished backfill says so, for the range it walked
         else:
             checkpoint = page.checkpoint
         refreshed = 0 if checkpointed else page.items

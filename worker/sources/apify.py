@@ -61,12 +61,8 @@ class ApifySource:
             checkpoint = Checkpoint(checkpoint.watermark - self.overlap, None)
         return OldestFirst(self.list_path, checkpoint, page_size=self.page_size)
 
-    def backfill(
-        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
-    ):
-        walk = {"range": [since and isoformat(since), until and isoformat(until)]}
-        if checkpoint is None or (checkpoint.cursor or {}).get("range") != walk["range"]:
-            checkpoint = Checkpoint(watermark=since, cursor=None)
+    def backfill(self, checkpoint, since, until, walk):
+        checkpoint = checkpoint or Checkpoint(watermark=since)
         if self.newest_first:
             return NewestFirst(
                 self.list_path, checkpoint, page_size=self.page_size, until=until, walk=walk

@@ -49,8 +49,15 @@ class Source(Protocol):
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
 
     def backfill(
-        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
-    ) -> Paginator: ...
+        self,
+        checkpoint: Checkpoint | None,
+        since: datetime | None,
+        until: datetime | None,
+        walk: dict[str, Any],
+    ) -> Paginator:
+        """A walk of [since, until]: resumed from `checkpoint`, or from the start when None.
+        `walk` goes into every checkpoint of it, so a resume can tell the range it was for."""
+        ...
 
 
 class OneByOne(Source, Protocol):

@@ -54,13 +54,8 @@ class RakerOneSource:
         floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
         return self._walk(checkpoint, floor=floor)
 
-    def backfill(
-        self, checkpoint: Checkpoint | None, since: datetime | None, until: datetime | None
-    ):
-        walk = {"range": [since and isoformat(since), until and isoformat(until)]}
-        if checkpoint is None or (checkpoint.cursor or {}).get("range") != walk["range"]:
-            checkpoint = Checkpoint()
-        return self._walk(checkpoint, floor=since, until=until, walk=walk)
+    def backfill(self, checkpoint, since, until, walk):
+        return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
     def status_walk(self, status: str, floor: datetime) -> KeysetWalk:
         """The runs that are in `status` now, newest first, down to `floor`."""

@@ -1,0 +1,121 @@
+"""SIGKILL at random instants, many times: the table ends equal to the upstream, nothing twice.
+
+The random instants come from a fixed seed, so a failure replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+from datetime import UTC, datetime, timedelta
+
+from conftest import TOKEN
+from helpers import assert_matches_upstream, stored_runs
+
+T0 = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+def config_file(tmp_path, sim, *, page_size: int = 50) -> str:
+    path = tmp_path / "crash.toml"
+    path.write_text(
+        f"""
+[http]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+page_size = {page_size}
+every = "1s"
+"""
+    )
+    return str(path)
+
+
+async def start(database_url: str, *args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def run_to_the_end(database_url: str, *args: str) -> None:
+    """Runs a command until it exits 0; a lock a killed process held may linger a moment."""
+    for _ in range(10):
+        process = await start(database_url, *args)
+        if await process.wait() == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"runsync {' '.join(args)} kept failing")
+
+
+async def assert_nothing_twice(db) -> None:
+    async with db.pool.acquire() as conn:
+        # Every run has exactly one first status, and no status follows itself.
+        twice = await conn.fetchval(
+            """SELECT count(*) FROM (SELECT run_id FROM runsync.run_status_history
+               WHERE previous_status IS NULL GROUP BY source, run_id HAVING count(*) > 1) AS t"""
+        )
+        repeated = await conn.fetchval(
+            "SELECT count(*) FROM runsync.run_status_history WHERE previous_status = status"
+        )
+    assert (twice, repeated) == (0, 0)
+
+
+async def test_backfill_killed_at_random_instants(world, sim, db, database_url, tmp_path):
+    for i in range(3000):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(seconds=i))
+    sim.latency = 0.05  # 60 pages of 50: several seconds of walking, cut into pieces
+    path = config_file(tmp_path, sim)
+    rng = random.Random(20261122)
+    kills = 0
+
+    for _ in range(12):
+        process = await start(database_url, "--config", path, "backfill", "apify")
+        try:
+            code = await asyncio.wait_for(process.wait(), rng.uniform(0.4, 1.2))
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            kills += 1
+            continue
+        if code == 0:
+            break  # finished; a finished backfill run again does nothing
+    else:
+        await run_to_the_end(database_url, "--config", path, "backfill", "apify")
+
+    assert kills >= 4
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+    await assert_nothing_twice(db)
+    # 61 requests are needed (60 full pages, then the empty one that ends the walk); each kill
+    # repeats at most the page that was in flight.
+    assert sim.requests["apify.list_user_runs"] <= 61 + kills
+
+
+async def test_daemon_killed_at_random_instants_while_the_upstream_changes(
+    world, sim, db, database_url, tmp_path
+):
+    for i in range(1200):
+        status = "RUNNING" if i % 40 == 0 else "SUCCEEDED"
+        world.add_runs(1, status=status, started_at=T0 + timedelta(seconds=i))
+    sim.latency = 0.01
+    path = config_file(tmp_path, sim)
+    rng = random.Random(7)
+
+    for round_ in range(6):
+        daemon = await start(database_url, "--config", path, "run")
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        daemon.kill()
+        await daemon.wait()
+        world.add_runs(25, status="RUNNING", started_at=T0 + timedelta(hours=1, minutes=round_))
+        if round_ % 2:
+            world.finish_open("FAILED")
+
+    await run_to_the_end(database_url, "--config", path, "sync")
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+    await assert_nothing_twice(db)
