@@ -83,6 +83,8 @@ async def run_daemon(
                     await _side_by_side(
                         rt.streams[name], rt.store, stop=stop, not_within=not_within
                     )
+                except asyncio.CancelledError:
+                    log.warning("pass cancelled after the drain timeout", source=name)
                 except Exception:
                     log.exception("pass crashed", source=name)
                 finally:
@@ -125,8 +127,11 @@ async def run_daemon(
             try:
                 await stop.wait()
             finally:
-                scheduler.shutdown(wait=False)
+                # No new pass starts; running ones commit their page in flight. Only then is the
+                # scheduler shut down: its executor cancels the jobs still running.
+                scheduler.pause()
                 await _drain(running, drain_timeout)
+                scheduler.shutdown(wait=False)
                 await endpoint.stop()
     log.info("daemon stopped")
     return 0
@@ -140,7 +145,6 @@ async def _drain(running: set[asyncio.Task], seconds: float) -> None:
     for task in pending:
         task.cancel()
     if pending:
-        log.warning("passes cancelled after the drain timeout", passes=len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
 
 

@@ -1,0 +1,124 @@
+"""Several daemons on one database share the streams, never a stream, once per tick between them."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from conftest import TOKEN
+from helpers import assert_matches_upstream, stored_runs
+
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+RUN_FOR = 6.0  # seconds of three replicas on a one-second schedule
+
+
+async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database_url, tmp_path):
+    task = world.tasks[0]
+    for i in range(400):
+        world.add_runs(1, status="RUNNING" if i % 50 == 0 else "SUCCEEDED",
+                       started_at=T0 + timedelta(minutes=i), task_id=task["id"] if i % 2 else None)  # fmt: skip
+    for project in ("proj_a", "proj_b"):
+        raker.add_runs(project, 150, status="completed", started_at=T0)
+    sim.latency = 0.005
+    path = tmp_path / "replicas.toml"
+    path.write_text(
+        f"""
+[http]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+page_size = 50
+every = "1s"
+
+[[sources]]
+name = "task"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+task = "{task["id"]}"
+page_size = 50
+every = "1s"
+
+[[sources]]
+name = "raker"
+kind = "rakerone"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+projects = ["proj_a", "proj_b"]
+every = "1s"
+"""
+    )
+    env = {**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url}
+    replicas = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "--config",
+            str(path),
+            "run",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    started = datetime.now(UTC)
+    await asyncio.sleep(RUN_FOR / 2)
+    replicas[0].kill()  # it may hold locks right now: they go with its connections
+    killed_at = datetime.now(UTC)
+    world.finish_open("SUCCEEDED")
+    world.add_runs(20, status="RUNNING", task_id=task["id"])
+    raker.add_runs("proj_b", 10, status="processing")
+    await asyncio.sleep(RUN_FOR / 2)
+    for replica in replicas[1:]:
+        replica.send_signal(signal.SIGTERM)
+    errors = [(await replica.communicate())[1].decode() for replica in replicas]
+    assert [replica.returncode for replica in replicas[1:]] == [0, 0]
+    problems = [
+        line for log in errors[1:] for line in log.splitlines() if '"level": "error"' in line
+    ]
+    assert not problems, problems[:3]
+
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT source, stream, started_at, finished_at, outcome FROM runsync.passes"
+            " ORDER BY started_at"
+        )
+    passes = defaultdict(list)
+    for row in rows:
+        passes[(row["source"], row["stream"])].append(row)
+    assert set(passes) == {
+        ("apify", "incremental"), ("task", "incremental"),
+        ("raker", "incremental/proj_a"), ("raker", "incremental/proj_b"),
+    }  # fmt: skip
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    for stream, runs in passes.items():
+        finished = [r for r in runs if r["finished_at"] is not None]
+        # Never two passes of one stream at once, and none failed (no deadlock, no lost lock).
+        for earlier, later in itertools.pairwise(finished):
+            assert later["started_at"] >= earlier["finished_at"], stream
+        # (interrupted: stopped by SIGTERM after committing the page in flight)
+        assert {r["outcome"] for r in finished} <= {"succeeded", "interrupted"}, stream
+        # Once per tick between the three replicas, not three times.
+        assert len(runs) <= seconds + 2, (stream, len(runs), seconds)
+        # The killed replica's locks were freed: the stream went on after it died.
+        assert any(r["started_at"] > killed_at for r in finished), stream
+
+    items = world.list_items()
+    assert_matches_upstream(await stored_runs(db, "apify"), items)
+    assert_matches_upstream(
+        await stored_runs(db, "task"), [i for i in items if i["actorTaskId"] == task["id"]]
+    )
+    assert_matches_upstream(
+        await stored_runs(db, "raker"), raker.list_items("proj_a") + raker.list_items("proj_b")
+    )
