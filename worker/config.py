@@ -67,7 +67,7 @@ class SourceConfig:
     timeout: timedelta = timedelta(seconds=30)
     max_retries: int = 6
     overlap: timedelta = timedelta(seconds=5)
-    max_response_mb: int = 32  # a larger answer is refused, not read into memory
+    max_response_mb: int = 8  # a larger answer is refused, not read into memory
     projects: tuple[str, ...] = ()  # RakerOne: one stream of runs per project
     terminal_statuses: frozenset[str] = frozenset()  # RakerOne: casefolded
 
@@ -288,7 +288,7 @@ class _Reader:
             timeout=self.duration(table, "timeout", where, "30s"),
             max_retries=self.bounded(table, "max_retries", where, 6, 0, 20),
             overlap=self.overlap(table, where),
-            max_response_mb=self.bounded(table, "max_response_mb", where, 32, 1, 1024),
+            max_response_mb=self.bounded(table, "max_response_mb", where, 8, 1, 1024),
             projects=projects,
             terminal_statuses=frozenset(status.casefold() for status in terminal),
         )

@@ -20,7 +20,9 @@ from worker import __version__
 log = structlog.get_logger("runsync.http")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a page of 1000 Apify runs is about 1 MB
+# A page of 1000 Apify runs is about 1 MB. Parsed JSON can take 25 times its size in memory
+# (a body of empty objects), so the cap is what bounds memory against a hostile upstream.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 class UpstreamError(Exception):
