@@ -9,6 +9,7 @@ import signal
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from conftest import TOKEN
 from helpers import assert_matches_upstream, stored_runs
 
@@ -156,3 +157,43 @@ async def test_unknown_source_and_unreachable_database_exit_2(sim, database_url,
     code, _, err = await runsync(unreachable, "--config", path, "status")
     assert code == 2 and "cannot connect to the database" in err
     assert "hunter2pw" not in err and "runsync:***@127.0.0.1:9" in err
+
+
+BASE = """
+[http]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{base_url}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        (lambda c: c.replace('kind = "apify"', 'kind = "zapier"'), "sources.apify.kind: 'zapier' is not a known kind"),
+        (lambda c: c.replace('kind = "apify"', 'kind = "rakerone"'), "sources.apify.project: required for kind 'rakerone'"),
+        (lambda c: c + 'every = "often"\n', "sources.apify.every: 'often' is not a duration"),
+        (lambda c: c.replace("{base_url}", "http://api.example.com"), "plain http is only allowed to this machine"),
+        (lambda c: c + c[c.index("[[sources]]"):], "sources.apify: two sources share this name"),
+        (lambda c: c, "cannot connect to the database at postgresql://runsync:***@127.0.0.1:9/x"),
+    ],
+    ids=["unknown kind", "missing project", "bad duration", "http to a remote host", "duplicate names", "unreachable database"],
+)  # fmt: skip
+def test_config_mistakes_exit_2_with_one_line_before_any_work(
+    sim, tmp_path, capsys, monkeypatch, mistake, message
+):
+    path = tmp_path / "mistake.toml"
+    path.write_text(mistake(BASE).replace("{base_url}", sim.base_url))
+    monkeypatch.setenv("APIFY_TOKEN", TOKEN)
+    monkeypatch.setenv("RUNSYNC_DATABASE_URL", "postgresql://runsync:pw-77@127.0.0.1:9/x")
+    from worker import cli
+
+    assert cli.main(["--config", str(path), "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("runsync: error: ") and message in err[0], err
+    assert "pw-77" not in err[0]
+    assert sum(sim.requests.values()) == 0  # no work started

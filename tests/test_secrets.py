@@ -1,0 +1,151 @@
+"""Secrets never leave the process: not in logs, errors, status output, URLs or tables."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import sys
+
+import pytest
+from aiohttp import web
+
+from worker import http
+
+APIFY_SECRET = "apify_api_S3CRETa1b2c3"
+RAKER_SECRET = "raker_S3CRETd4e5f6"
+WRONG_SECRET = "apify_api_WR0NGsecret99"
+DB_SECRET = "dbpw_S3CRETg7h8"
+SECRETS = (APIFY_SECRET, RAKER_SECRET, WRONG_SECRET, DB_SECRET)
+
+
+@pytest.fixture
+async def sim_with_secret(world, raker):
+    from worker.simulator import Simulator
+
+    world.add_runs(30, status="RUNNING")
+    raker.add_runs("proj_a", 20, status="processing")
+    served = Simulator(world, rakerone=raker, token=APIFY_SECRET)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, tmp_path):
+    sim = sim_with_secret
+    path = tmp_path / "secrets.toml"
+    path.write_text(
+        f"""
+[http]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "apify"
+kind = "apify"
+token_env = "APIFY_TOKEN"
+base_url = "{sim.base_url}"
+every = "1s"
+
+[[sources]]
+name = "raker"
+kind = "rakerone"
+token_env = "RAKER_TOKEN"
+base_url = "{sim.base_url}"
+project = "proj_a"
+every = "1s"
+
+[[sources]]
+name = "revoked"
+kind = "apify"
+token_env = "OLD_TOKEN"
+base_url = "{sim.base_url}"
+every = "1s"
+"""
+    )
+    # The test server trusts every password, so the URL can carry one.
+    url = database_url.replace("postgresql://postgres:@", f"postgresql://postgres:{DB_SECRET}@")
+    env = {**os.environ, "APIFY_TOKEN": APIFY_SECRET, "RAKER_TOKEN": APIFY_SECRET,
+           "OLD_TOKEN": WRONG_SECRET, "RUNSYNC_DATABASE_URL": url}  # fmt: skip
+    outputs = []
+
+    async def runsync(*args, stop_after: float | None = None, extra_env=None):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "--config", str(path), *args,
+            env={**env, **(extra_env or {})},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        if stop_after is not None:
+            await asyncio.sleep(stop_after)
+            process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        outputs.append((args, process.returncode, out.decode() + err.decode()))
+        return process.returncode
+
+    assert await runsync("check-config") == 0
+    assert await runsync("migrate") == 0
+    assert await runsync("sync") == 1  # "revoked" fails with 401; the others succeed
+    assert await runsync("sync", "apify", "raker", "--log-level", "DEBUG") == 0
+    assert await runsync("backfill", "apify") == 0
+    assert await runsync("status") == 0
+    assert await runsync("status", "--json") == 0
+    assert await runsync("run", "--log-level", "DEBUG", stop_after=3) == 0
+    unreachable = f"postgresql://runsync:{DB_SECRET}@127.0.0.1:9/x"
+    assert await runsync("status", extra_env={"RUNSYNC_DATABASE_URL": unreachable}) == 2
+
+    assert any("HTTP 401" in text for _, _, text in outputs)  # the failure was reported...
+    for args, _, text in outputs:
+        for secret in SECRETS:
+            assert secret not in text, (args, secret)  # ...without a secret
+    async with db.pool.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'runsync'"
+        )
+        assert len(tables) >= 6
+        for table in tables:
+            text = await conn.fetchval(
+                f"SELECT coalesce(string_agg(t::text, ' '), '') FROM runsync.{table['table_name']} t"
+            )
+            for secret in SECRETS:
+                assert secret not in text, (table["table_name"], secret)
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 that no authority signed."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_certificates_are_verified(self_signed):
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    seen = []
+
+    async def answer(request):
+        seen.append(request)
+        return web.json_response({"data": {"items": []}})
+
+    app = web.Application()
+    app.router.add_get("/v2/actor-runs", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    base = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    client = http.Client(base, APIFY_SECRET, name="tls")
+    try:
+        with pytest.raises(http.UpstreamError, match="TLS failed") as caught:
+            await client.get_json("/v2/actor-runs")
+        assert "certificate verify failed" in str(caught.value)
+        assert APIFY_SECRET not in str(caught.value) and seen == []  # nothing was sent
+    finally:
+        await client.close()
+        await runner.cleanup()
