@@ -13,10 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from helpers import TOKEN
 
 from worker import config, database, simulator, store
 
-TOKEN = "test-token-4f1c9a"
 TEMPLATE = "runsync_test_template"
 
 

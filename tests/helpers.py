@@ -5,8 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 
 from worker import runtime, sync
+
+TOKEN = "test-token-4f1c9a"
+
+
+def config_toml(*sources: str, listen: str = "127.0.0.1:0") -> str:
+    """A config file's text: the [http] table, then the [[sources]] tables."""
+    return f'[http]\nlisten = "{listen}"\n' + "".join(sources)
+
+
+def source_toml(name: str, base_url: str, *, kind: str = "apify", **keys) -> str:
+    """One [[sources]] table; values are strings, numbers or lists of strings."""
+    values = {"name": name, "kind": kind, "token_env": "APIFY_TOKEN", "base_url": base_url}
+    values.update({"every": "1s"} | keys)
+    return "\n[[sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+async def spawn(database_url: str, *args: str, env=None, prefix=(), stdout=None, stderr=None):
+    """`python -m worker ARGS` with the test token and database; output dropped unless asked."""
+    return await asyncio.create_subprocess_exec(
+        *prefix, sys.executable, "-m", "worker", *args,
+        env={**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url, **(env or {})},
+        stdout=stdout or asyncio.subprocess.DEVNULL, stderr=stderr or asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 async def one_pass(settings, name: str = "apify", **options) -> sync.PassResult:

@@ -4,49 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import TOKEN
-from helpers import assert_matches_upstream, stored_runs
+from helpers import assert_matches_upstream, config_toml, source_toml, spawn, stored_runs
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
 
 def config_file(tmp_path, sim, extra: str = "") -> str:
     path = tmp_path / "cli.toml"
-    path.write_text(
-        f"""
-[http]
-listen = "127.0.0.1:0"
-
-[[sources]]
-name = "apify"
-kind = "apify"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-page_size = 50
-every = "1s"
-{extra}
-"""
-    )
+    path.write_text(config_toml(source_toml("apify", sim.base_url, page_size=50)) + extra)
     return str(path)
 
 
 async def runsync(database_url, *args, env=None, signal_after=None):
-    environment = {
-        **os.environ,
-        "APIFY_TOKEN": TOKEN,
-        "RUNSYNC_DATABASE_URL": database_url,
-        **(env or {}),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args,
-        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    pipe = asyncio.subprocess.PIPE
+    process = await spawn(database_url, *args, env=env, stdout=pipe, stderr=pipe)
     if signal_after is not None:
         await signal_after(process)
     out, err = await asyncio.wait_for(process.communicate(), 60)

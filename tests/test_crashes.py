@@ -6,48 +6,24 @@ The random instants come from a fixed seed, so a failure replays.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import sys
 from datetime import UTC, datetime, timedelta
 
-from conftest import TOKEN
-from helpers import assert_matches_upstream, stored_runs
+from helpers import assert_matches_upstream, config_toml, source_toml, spawn, stored_runs
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 
 
-def config_file(tmp_path, sim, *, page_size: int = 50) -> str:
+def config_file(tmp_path, sim) -> str:
     path = tmp_path / "crash.toml"
-    path.write_text(
-        f"""
-[http]
-listen = "127.0.0.1:0"
-
-[[sources]]
-name = "apify"
-kind = "apify"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-page_size = {page_size}
-every = "1s"
-"""
-    )
+    path.write_text(config_toml(source_toml("apify", sim.base_url, page_size=50)))
     return str(path)
-
-
-async def start(database_url: str, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 async def run_to_the_end(database_url: str, *args: str) -> None:
     """Runs a command until it exits 0; a lock a killed process held may linger a moment."""
     for _ in range(10):
-        process = await start(database_url, *args)
+        process = await spawn(database_url, *args)
         if await process.wait() == 0:
             return
         await asyncio.sleep(0.2)
@@ -76,7 +52,7 @@ async def test_backfill_killed_at_random_instants(world, sim, db, database_url, 
     kills = 0
 
     for _ in range(12):
-        process = await start(database_url, "--config", path, "backfill", "apify")
+        process = await spawn(database_url, "--config", path, "backfill", "apify")
         try:
             code = await asyncio.wait_for(process.wait(), rng.uniform(0.4, 1.2))
         except TimeoutError:
@@ -108,7 +84,7 @@ async def test_daemon_killed_at_random_instants_while_the_upstream_changes(
     rng = random.Random(7)
 
     for round_ in range(6):
-        daemon = await start(database_url, "--config", path, "run")
+        daemon = await spawn(database_url, "--config", path, "run")
         await asyncio.sleep(rng.uniform(0.5, 2.0))
         daemon.kill()
         await daemon.wait()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from conftest import TOKEN
-from helpers import assert_matches_upstream, one_pass, stored_runs
+from helpers import assert_matches_upstream, config_toml, one_pass, source_toml, spawn, stored_runs
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -133,15 +130,10 @@ async def test_bad_items_are_quarantined_with_their_reason(world, sim, db, apify
 async def test_the_million_item_page_stays_within_bounded_memory(hostile, database_url, tmp_path):
     hostile.body = items_page(",".join(["{}"] * 1_000_000), 1_000_000)
     path = tmp_path / "hostile.toml"
-    path.write_text(
-        f'[[sources]]\nname = "apify"\nkind = "apify"\ntoken_env = "APIFY_TOKEN"\n'
-        f'base_url = "{hostile.base_url}"\nmax_retries = 0\n'
-    )
-    env = {**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url}
-    process = await asyncio.create_subprocess_exec(
-        "/usr/bin/time", "-f", "maxrss_kb=%M", sys.executable, "-m", "worker",
-        "--config", str(path), "sync", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    path.write_text(config_toml(source_toml("apify", hostile.base_url, max_retries=0)))
+    process = await spawn(
+        database_url, "--config", str(path), "sync",
+        prefix=("/usr/bin/time", "-f", "maxrss_kb=%M"), stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await process.communicate()
     assert process.returncode == 1  # the pass failed, clearly; the process did not crash

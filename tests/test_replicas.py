@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
-import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-from conftest import TOKEN
-from helpers import assert_matches_upstream, stored_runs
+from helpers import assert_matches_upstream, config_toml, source_toml, spawn, stored_runs
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 RUN_FOR = 6.0  # seconds of three replicas on a one-second schedule
@@ -27,50 +24,15 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
     sim.latency = 0.005
     path = tmp_path / "replicas.toml"
     path.write_text(
-        f"""
-[http]
-listen = "127.0.0.1:0"
-
-[[sources]]
-name = "apify"
-kind = "apify"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-page_size = 50
-every = "1s"
-
-[[sources]]
-name = "task"
-kind = "apify"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-task = "{task["id"]}"
-page_size = 50
-every = "1s"
-
-[[sources]]
-name = "raker"
-kind = "rakerone"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-projects = ["proj_a", "proj_b"]
-every = "1s"
-"""
-    )
-    env = {**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url}
-    replicas = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "--config",
-            str(path),
-            "run",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        config_toml(
+            source_toml("apify", sim.base_url, page_size=50),
+            source_toml("task", sim.base_url, page_size=50, task=task["id"]),
+            source_toml("raker", sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
         )
-        for _ in range(3)
+    )
+    stderr = asyncio.subprocess.PIPE
+    replicas = [
+        await spawn(database_url, "--config", str(path), "run", stderr=stderr) for _ in range(3)
     ]
     started = datetime.now(UTC)
     await asyncio.sleep(RUN_FOR / 2)

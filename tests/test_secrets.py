@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import ssl
 import subprocess
-import sys
 
 import pytest
 from aiohttp import web
+from helpers import config_toml, source_toml, spawn
 
 from worker import http
 
@@ -37,45 +36,30 @@ async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, t
     sim = sim_with_secret
     path = tmp_path / "secrets.toml"
     path.write_text(
-        f"""
-[http]
-listen = "127.0.0.1:0"
-
-[[sources]]
-name = "apify"
-kind = "apify"
-token_env = "APIFY_TOKEN"
-base_url = "{sim.base_url}"
-every = "1s"
-
-[[sources]]
-name = "raker"
-kind = "rakerone"
-token_env = "RAKER_TOKEN"
-base_url = "{sim.base_url}"
-project = "proj_a"
-every = "1s"
-
-[[sources]]
-name = "revoked"
-kind = "apify"
-token_env = "OLD_TOKEN"
-base_url = "{sim.base_url}"
-every = "1s"
-"""
+        config_toml(
+            source_toml("apify", sim.base_url),
+            source_toml(
+                "raker", sim.base_url, kind="rakerone", token_env="RAKER_TOKEN", project="proj_a"
+            ),
+            source_toml("revoked", sim.base_url, token_env="OLD_TOKEN"),
+        )
     )
     # The test server trusts every password, so the URL can carry one.
     url = database_url.replace("postgresql://postgres:@", f"postgresql://postgres:{DB_SECRET}@")
-    env = {**os.environ, "APIFY_TOKEN": APIFY_SECRET, "RAKER_TOKEN": APIFY_SECRET,
-           "OLD_TOKEN": WRONG_SECRET, "RUNSYNC_DATABASE_URL": url}  # fmt: skip
+    env = {"APIFY_TOKEN": APIFY_SECRET, "RAKER_TOKEN": APIFY_SECRET, "OLD_TOKEN": WRONG_SECRET}
     outputs = []
 
     async def runsync(*args, stop_after: float | None = None, extra_env=None):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "--config", str(path), *args,
+        pipe = asyncio.subprocess.PIPE
+        process = await spawn(
+            url,
+            "--config",
+            str(path),
+            *args,
             env={**env, **(extra_env or {})},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            stdout=pipe,
+            stderr=pipe,
+        )
         if stop_after is not None:
             await asyncio.sleep(stop_after)
             process.send_signal(signal.SIGTERM)
