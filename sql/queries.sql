@@ -45,8 +45,18 @@ SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now()
 -- Forgets a stream's checkpoint (a finished backfill).
 DELETE FROM runsync.checkpoints WHERE source = $1 AND stream = $2;
 
--- upsert_runs --
--- Stores a batch of runs: a later observation wins, and a run that did not change is not written.
+-- create_incoming_runs --
+-- A session's staging table for one batch of runs; emptied at every commit.
+CREATE TEMP TABLE IF NOT EXISTS incoming_runs (
+    run_id text, status text, is_terminal boolean, started_at timestamptz, finished_at timestamptz,
+    actor_id text, task_id text, build_id text, build_number text, origin text,
+    usage_total_usd numeric, default_key_value_store_id text, default_dataset_id text,
+    default_request_queue_id text, project text, triggered_by text, result text,
+    raw text, observed_at timestamptz, recheck_at timestamptz
+) ON COMMIT DELETE ROWS;
+
+-- merge_incoming_runs --
+-- Stores the staged runs: a later observation wins, and a run that did not change is not written.
 INSERT INTO runsync.runs AS r (
     source, upstream, run_id, status, is_terminal, started_at, finished_at,
     actor_id, task_id, build_id, build_number, origin, usage_total_usd,
@@ -58,16 +68,7 @@ SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at,
        i.default_key_value_store_id, i.default_dataset_id, i.default_request_queue_id,
        i.project, i.triggered_by, i.result::jsonb,
        i.raw::jsonb, i.observed_at, i.recheck_at
-FROM unnest($3::text[], $4::text[], $5::boolean[], $6::timestamptz[], $7::timestamptz[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::numeric[],
-            $14::text[], $15::text[], $16::text[],
-            $17::text[], $18::text[], $19::text[],
-            $20::text[], $21::timestamptz[], $22::timestamptz[])
-     AS i(run_id, status, is_terminal, started_at, finished_at,
-          actor_id, task_id, build_id, build_number, origin, usage_total_usd,
-          default_key_value_store_id, default_dataset_id, default_request_queue_id,
-          project, triggered_by, result,
-          raw, observed_at, recheck_at)
+FROM incoming_runs i
 -- Rows are locked in one order by every writer, so a backfill beside a pass cannot deadlock.
 ORDER BY i.run_id
 ON CONFLICT (source, run_id) DO UPDATE SET

@@ -85,7 +85,7 @@ async def test_upserts_are_idempotent_and_the_latest_observation_wins(db):
     assert rows["r1"]["status"] == "SUCCEEDED"
     async with db.pool.acquire() as conn:
         history = await conn.fetch("SELECT previous_status, status FROM runsync.run_status_history")
-    assert [tuple(h) for h in history] == [(None, "RUNNING"), ("RUNNING", "SUCCEEDED")]
+    assert [tuple(h) for h in history] == [("RUNNING", "SUCCEEDED")]
 
 
 async def test_the_daemon_syncs_on_schedule_and_stops_cleanly(world, sim, db, apify_settings):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
     )
+    await conn.execute(sqlfiles.queries()["create_incoming_runs"])
 
 
 class Store:
@@ -215,10 +217,14 @@ class Lease:
     async def _write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
         inserted = updated = 0
         if runs:
-            # One statement cannot touch a row twice: the last item of a run on the page wins.
-            unique = list({run.run_id: run for run in runs}.values())
-            columns = [[getattr(run, name) for run in unique] for name in _RUN_COLUMNS]
-            rows = await self.conn.fetch(self.q["upsert_runs"], self.source, upstream, *columns)
+            # Runs are staged by binary COPY, then merged in one statement. One statement cannot
+            # touch a row twice: the last item of a run in the batch wins.
+            unique = {run.run_id: run for run in runs}.values()
+            await self.conn.copy_records_to_table(
+                "incoming_runs", records=[_record(run) for run in unique], columns=_RUN_COLUMNS
+            )
+            # The staging table empties at commit: one batch per transaction.
+            rows = await self.conn.fetch(self.q["merge_incoming_runs"], self.source, upstream)
             inserted = sum(1 for row in rows if row["inserted"])
             updated = len(rows) - inserted
         if rejected:
@@ -232,6 +238,9 @@ class Lease:
                 list(unique_rejects),
             )
         return Written(inserted, updated, len(rejected))
+
+
+_record = attrgetter(*_RUN_COLUMNS)
 
 
 def _sha256(text: str) -> str:
