@@ -103,7 +103,7 @@ def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Ru
     if meta is not None and not isinstance(meta, dict):
         raise ItemError(f"meta is a {type(meta).__name__}, not an object")
     build_number = item.get("buildNumber")
-    if isinstance(build_number, int | float) and not isinstance(build_number, bool):
+    if isinstance(build_number, (int, float)) and not isinstance(build_number, bool):
         build_number = str(build_number)
     is_terminal = status in TERMINAL_STATUSES
     recheck_at = None

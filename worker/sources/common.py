@@ -121,7 +121,7 @@ def number(item: dict[str, Any], field: str) -> float | None:
     value = item.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ItemError(f"{field} is {_describe(value)}, not a number")
     return value
 
@@ -150,15 +150,19 @@ def dump(item: Any) -> str:
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+_TO_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
 def storable_json(item: dict[str, Any]) -> str:
     """An item as JSON text for the raw jsonb column, which cannot hold NUL or lone surrogates."""
-    raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str)
-    if _NUL.search(raw):
+    raw = _TO_JSON(item)
+    if "\\u0000" in raw and _NUL.search(raw):  # the cheap test first: this runs for every run
         raise ItemError("contains a NUL character, which Postgres cannot store")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ItemError("contains text that is not valid Unicode") from None
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ItemError("contains text that is not valid Unicode") from None
     return raw
 
 
