@@ -8,6 +8,7 @@ in one transaction before the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,50 +108,72 @@ async def walk_pages(
     found. A walk that is not checkpointed counts its items as refreshed.
     """
     log.info("walk", position=str(paginator))
-    while (request := paginator.next_request()) is not None:
-        try:
-            page = await _read_page(runtime, paginator, request)
-        except http.UpstreamError as error:
-            if error.status == 400 and paginator.restart():
-                log.warning("position refused; walking again from the top", error=str(error))
-                continue
-            raise
-        if not checkpointed:
-            checkpoint = store.KEEP
-        elif paginator.next_request() is None and done_checkpoint is not None:
-            checkpoint = done_checkpoint  # a finished backfill says so, for the range it walked
-        else:
-            checkpoint = page.checkpoint
-        refreshed = 0 if checkpointed else page.items
-        written = await lease.save_page(
-            result.pass_id,
-            runtime.source.upstream,
-            page.runs,
-            page.rejected,
-            checkpoint=checkpoint,
-            items=page.items if checkpointed else 0,
-            refreshed=refreshed,
-        )
-        result.count(written, items=page.items, pages=1, refreshed=refreshed)
-        log_rejected(page.rejected)
-        log.debug("page stored", position=str(paginator), items=page.items, written=written.runs)
-        if progress is not None:
-            progress(page, written)
-        if observe is not None:
-            observe(page.runs)
-        if enough is not None and enough():
-            return True
-        if stopping(stop):
-            log.info("stopping after the page in flight", position=str(paginator))
-            return False
-    return True
+    ahead: asyncio.Task | None = None  # the next page, fetched while this one is written
+    try:
+        while (request := paginator.next_request()) is not None:
+            try:
+                page = await _read_page(runtime, paginator, request, ahead)
+            except http.UpstreamError as error:
+                if error.status == 400 and paginator.restart():
+                    log.warning("position refused; walking again from the top", error=str(error))
+                    ahead = None
+                    continue
+                raise
+            following = paginator.next_request()
+            ahead = None
+            if following is not None and not stopping(stop):
+                ahead = asyncio.create_task(_fetch(runtime, following))
+            if not checkpointed:
+                checkpoint = store.KEEP
+            elif following is None and done_checkpoint is not None:
+                checkpoint = done_checkpoint  # a finished backfill says so, for the range it walked
+            else:
+                checkpoint = page.checkpoint
+            refreshed = 0 if checkpointed else page.items
+            written = await lease.save_page(
+                result.pass_id,
+                runtime.source.upstream,
+                page.runs,
+                page.rejected,
+                checkpoint=checkpoint,
+                items=page.items if checkpointed else 0,
+                refreshed=refreshed,
+            )
+            result.count(written, items=page.items, pages=1, refreshed=refreshed)
+            log_rejected(page.rejected)
+            log.debug(
+                "page stored", position=str(paginator), items=page.items, written=written.runs
+            )
+            if progress is not None:
+                progress(page, written)
+            if observe is not None:
+                observe(page.runs)
+            if enough is not None and enough():
+                return True
+            if stopping(stop):
+                log.info("stopping after the page in flight", position=str(paginator))
+                return False
+        return True
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, http.UpstreamError):
+                await ahead
 
 
-async def _read_page(runtime: SourceRuntime, paginator: Paginator, request: Request) -> Page:
-    """One page of the walk, read again while its unreadable items differ from one read to the next."""
+async def _fetch(runtime: SourceRuntime, request: Request) -> http.Response:
+    return await runtime.client.get_json(request.path, request.params)
+
+
+async def _read_page(
+    runtime: SourceRuntime, paginator: Paginator, request: Request, ahead: asyncio.Task | None
+) -> Page:
+    """One page of the walk (fetched ahead, or now), read again while its unreadable items
+    differ from one read to the next."""
     earlier: list[str] | None = None
     for attempt in range(1, PAGE_READS + 1):
-        response = await runtime.client.get_json(request.path, request.params)
+        response = await (ahead if ahead is not None else _fetch(runtime, request))
+        ahead = None
         page = paginator.advance(response.body, response.observed_at)
         unreadable = sorted(item.raw for item in page.rejected)
         if not unreadable or unreadable == earlier or attempt == PAGE_READS:
