@@ -41,6 +41,10 @@ VALUES ($1, $2, $3, $4::jsonb)
 ON CONFLICT (source, stream) DO UPDATE
 SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now();
 
+-- delete_window_checkpoints --
+-- Forgets the checkpoints of a backfill's windows (streams named stream#N).
+DELETE FROM runsync.checkpoints WHERE source = $1 AND stream LIKE $2 || '#%';
+
 -- delete_checkpoint --
 -- Forgets a stream's checkpoint (a finished backfill).
 DELETE FROM runsync.checkpoints WHERE source = $1 AND stream = $2;

@@ -270,3 +270,23 @@ async def test_401_fails_that_source_and_the_others_go_on(world, sim, db, write_
     assert "revoked-token-77" not in results["revoked"].error
     assert len(await stored_runs(db, "good")) == 3
     assert len(await stored_runs(db, "revoked")) == 0
+
+
+async def test_a_backfill_in_windows_stores_exactly_the_upstreams_runs(
+    world, sim, db, apify_settings
+):
+    for i in range(1000):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(seconds=i))
+    # 120 runs at one instant, right where a window boundary falls (the middle of the history).
+    world.add_runs(120, status="SUCCEEDED", started_at=T0 + timedelta(seconds=500))
+    settings = apify_settings(page_size=25)
+
+    result = await one_pass(settings, stream=sync.BACKFILL)
+
+    assert result.outcome == "succeeded", result.error
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+    async with db.pool.acquire() as conn:
+        checkpoints = await conn.fetch("SELECT stream, cursor FROM runsync.checkpoints")
+    # The windows' checkpoints are gone; the backfill's mark says it is done.
+    assert [(c["stream"], c["cursor"]["done"]) for c in checkpoints] == [("backfill", True)]
+    assert len(checkpoints[0]["cursor"]["windows"]) == 8

@@ -27,6 +27,11 @@ def test_rejects_blocks_without_description_or_twice(text):
 
 def test_shipped_queries_and_migrations_load():
     queries = sqlfiles.queries()
-    assert {"merge_incoming_runs", "save_checkpoint", "try_lock_source", "open_runs"} <= queries.keys()
+    assert {
+        "merge_incoming_runs",
+        "save_checkpoint",
+        "try_lock_source",
+        "open_runs",
+    } <= queries.keys()
     versions = [m.version for m in sqlfiles.migrations()]
     assert versions == sorted(versions) and versions[0] == 1

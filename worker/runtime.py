@@ -51,7 +51,8 @@ async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterat
             # A pass holds one connection for its whole length (it carries the stream's lock);
             # the rest serve status, readiness and the backfill beside them.
             streams = sum(max(len(s.projects), 1) for s in settings.sources)
-            db = await store.Store.open(url, max_size=streams + 4)
+            windows = max(s.concurrency for s in settings.sources)  # a backfill's writers
+            db = await store.Store.open(url, max_size=streams + windows + 2)
         except (*store.DatabaseError, TimeoutError) as error:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {redact_url(url)}: {error}"

@@ -111,6 +111,12 @@ class Store:
         async with self.pool.acquire(timeout=5) as conn:
             await conn.fetchval("SELECT 1")
 
+    @asynccontextmanager
+    async def writer(self, source: str, stream: str) -> AsyncIterator[Lease]:
+        """A connection that writes a sub-stream (a backfill window) under a lease held elsewhere."""
+        async with self.pool.acquire() as conn:
+            yield Lease(self, conn, source, stream)
+
     async def status(self, sources: Sequence[str]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
             known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
@@ -127,6 +133,18 @@ class Lease:
         self.conn = conn
         self.source = source
         self.stream = stream
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        await self.conn.execute(
+            self.q["save_checkpoint"],
+            self.source,
+            self.stream,
+            checkpoint.watermark,
+            checkpoint.cursor,
+        )
+
+    async def forget_windows(self) -> None:
+        await self.conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
 
     async def last_pass_started(self) -> datetime | None:
         return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from worker import http, refresh, store
+from worker import backfill, http, refresh, store
 from worker.model import Checkpoint
 from worker.sources import PageError, Paginator, Source
 from worker.sources.common import isoformat
@@ -59,7 +59,7 @@ async def run_pass(
                 source=runtime.name, pass_id=result.pass_id, stream=result.stream
             ):
                 await _run_leased(
-                    runtime, lease, result, stream, since, until, stop, progress, restart
+                    runtime, db, lease, result, stream, since, until, stop, progress, restart
                 )
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
@@ -73,12 +73,12 @@ def _skipped(result: PassResult, reason: str) -> PassResult:
     return result
 
 
-async def _run_leased(runtime, lease, result, stream, since, until, stop, progress, restart):
+async def _run_leased(runtime, db, lease, result, stream, since, until, stop, progress, restart):
     started_at, started = datetime.now(UTC), time.monotonic()
     log.info("pass started")
     try:
         if stream == BACKFILL:
-            await _backfill(runtime, lease, result, since, until, restart, stop, progress)
+            await _backfill(runtime, db, lease, result, since, until, restart, stop, progress)
         else:
             await _incremental(runtime, lease, result, started_at, stop, progress)
         result.outcome = "interrupted" if stopping(stop) else "succeeded"
@@ -127,7 +127,7 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
         await refresh.by_walks(runtime, lease, result, pending, stop)
 
 
-async def _backfill(runtime, lease, result, since, until, restart, stop, progress) -> None:
+async def _backfill(runtime, db, lease, result, since, until, restart, stop, progress) -> None:
     """A walk of [since, until], resumed where an interrupted one of the same range stopped.
 
     A finished one leaves a mark, so running it again (a restarted job) does nothing unless asked.
@@ -142,6 +142,9 @@ async def _backfill(runtime, lease, result, since, until, restart, stop, progres
         log.info("backfill already complete", completed_by_pass=saved.cursor.get("pass_id"))
         return
     resume = saved if same_range and not saved.cursor.get("done") and not restart else None
+    if getattr(runtime.source, "windowed", False):
+        await backfill.run(runtime, db, lease, result, walk, resume, stop, progress, since, until)
+        return
     paginator = runtime.source.backfill(resume, since, until, walk)
     done = Checkpoint(None, {**walk, "done": True, "pass_id": result.pass_id})
     await _list(runtime, lease, result, paginator, stop, progress, done_checkpoint=done)

@@ -71,6 +71,33 @@ class ApifySource:
             self.list_path, checkpoint, page_size=self.page_size, until=until, walk=walk
         )
 
+    @property
+    def windowed(self) -> bool:
+        """Whether a backfill can be cut into time windows: only lists with a time filter."""
+        return not self.newest_first
+
+    def probe(self, since: datetime | None, until: datetime | None, offset: int) -> Request:
+        """One run of [since, until], at `offset` in start order: the answer also says the total."""
+        params = {"limit": "1", "offset": str(offset)}
+        if since is not None:
+            params["startedAfter"] = isoformat(since)
+        if until is not None:
+            params["startedBefore"] = isoformat(until)
+        return Request(self.list_path, params)
+
+    def read_probe(self, body: Any, observed_at: datetime) -> tuple[int, datetime | None]:
+        """(total, the start of the run at the probed offset) of a probe's answer."""
+        items, total, _ = read_list(body)
+        first = read_item(items[0], observed_at) if items else None
+        return total or 0, first.started_at if isinstance(first, Run) else None
+
+    def window(self, checkpoint: Checkpoint | None, start, end, walk) -> OldestFirst:
+        """A walk of one window of a backfill: from `start`, up to and including `end`."""
+        checkpoint = checkpoint or Checkpoint(watermark=start)
+        return OldestFirst(
+            self.list_path, checkpoint, page_size=self.page_size, until=end, walk=walk
+        )
+
     def run_request(self, run_id: str) -> Request:
         return Request(f"/v2/actor-runs/{quote(run_id, safe='')}", {})
 

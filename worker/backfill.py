@@ -1,0 +1,106 @@
+"""A backfill in windows fetched side by side, for upstreams whose list has a time filter.
+
+One probe tells the history's size; probes at evenly spaced offsets give window boundaries that
+hold about as many runs each, however bursty the history. Each window is an oldest-first walk of
+its own, with its own checkpoint stream (`backfill#N`) written on its own connection, so an
+interrupted backfill resumes every window where it stopped. The plan is kept in the backfill's
+checkpoint; a finished backfill leaves a mark there and forgets its windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import datetime, timedelta
+
+import structlog
+
+from worker import store
+from worker.model import Checkpoint, Page
+from worker.sources.common import isoformat, parse_time
+from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
+
+log = structlog.get_logger("runsync.backfill")
+
+MIN_WINDOW_PAGES = 4  # a window shorter than this is not worth its probe
+RESOLUTION = timedelta(milliseconds=1)  # the upstream's start times have whole milliseconds
+
+
+async def plan(
+    runtime: SourceRuntime, since: datetime | None, until: datetime | None
+) -> tuple[list[list[str | None]], int]:
+    """[[start, end], ...] windows of [since, until] (ISO, inclusive), and the runs in it."""
+    source, client = runtime.source, runtime.client
+
+    async def start_at(offset: int) -> tuple[int, datetime | None]:
+        request = source.probe(since, until, offset)
+        answer = await client.get_json(request.path, request.params)
+        return source.read_probe(answer.body, answer.observed_at)
+
+    total, first = await start_at(0)
+    if first is None:
+        return [], 0
+    count = min(runtime.config.concurrency, total // (source.page_size * MIN_WINDOW_PAGES))
+    starts = [first]
+    if count >= 2:
+        cuts = await asyncio.gather(*(start_at(total * i // count) for i in range(1, count)))
+        starts += sorted({cut for _, cut in cuts if cut is not None and cut > first})
+    # Window i holds [start i, start i+1 - 1 ms]: every millisecond in exactly one window.
+    ends = [later - RESOLUTION for later in starts[1:]] + [until]
+    windows = [
+        [isoformat(start), end and isoformat(end)] for start, end in zip(starts, ends, strict=True)
+    ]
+    log.info("backfill planned", runs=total, windows=len(windows))
+    return windows, total
+
+
+async def run(
+    runtime: SourceRuntime,
+    db: store.Store,
+    lease: store.Lease,
+    result: PassResult,
+    walk: dict,
+    saved: Checkpoint | None,
+    stop: asyncio.Event | None,
+    progress: ProgressCallback | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> None:
+    windows = (saved.cursor or {}).get("windows") if saved else None
+    if windows is None:
+        await lease.forget_windows()  # an earlier plan's windows must not count for this one
+        windows, total = await plan(runtime, since, until)
+        await lease.save_checkpoint(Checkpoint(None, {**walk, "windows": windows}))
+        if progress is not None:
+            progress(Page([], [], Checkpoint(), 0, total), store.Written())
+
+    def window_progress(page: Page, written: store.Written) -> None:
+        if progress is not None:  # a window's total is not the backfill's
+            progress(dataclasses.replace(page, total=None), written)
+
+    async def walk_window(index: int, start: str, end: str | None) -> None:
+        async with db.writer(runtime.name, f"{lease.stream}#{index}") as writer:
+            resume = await writer.checkpoint()
+            if resume is not None and resume.cursor.get("done"):
+                return
+            place = {**walk, "window": index}
+            paginator = runtime.source.window(
+                resume, parse_time(start, "start"), end and parse_time(end, "end"), place
+            )
+            await walk_pages(
+                runtime, writer, result, paginator, checkpointed=True,
+                done_checkpoint=Checkpoint(None, {**place, "done": True}),
+                stop=stop, progress=window_progress,
+            )  # fmt: skip
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for index, (start, end) in enumerate(windows):
+                group.create_task(walk_window(index, start, end))
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None  # the other windows were cancelled with it
+    if not stopping(stop):
+        await lease.save_checkpoint(
+            Checkpoint(None, {**walk, "windows": windows, "done": True, "pass_id": result.pass_id})
+        )
+        await lease.forget_windows()
