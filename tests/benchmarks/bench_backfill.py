@@ -1,0 +1,297 @@
+"""Backfill benchmark: runsync against dlt's REST API source and raw COPY, same data, same Postgres.
+
+Run by hand, not by CI. From the repository root:
+
+    pip install -e ".[bench]"
+    python tests/benchmarks/bench_backfill.py                       # 100k and 1M runs, 0 and 20 ms
+    python tests/benchmarks/bench_backfill.py --runs 100000 --latency 20 --tools runsync,dlt
+
+For each number of runs and latency: the simulated Apify API serves a seeded account in a process
+of its own (the same data for every tool); each tool loads it into a fresh database of one Postgres
+(embedded, or RUNSYNC_DATABASE_URL); its process is timed, and its peak memory read, with
+/usr/bin/time. Raw COPY, the physical ceiling, copies the same runs (typed columns and raw JSON)
+from memory into a table with runsync's columns and no index. A table of runs/s and ratios follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import asyncpg
+
+TOKEN = "bench-token"
+SEED = 42
+
+DLT_LOAD = """
+import sys, dlt
+from dlt.sources.rest_api import rest_api_source
+base_url, token, credentials, pipelines_dir = sys.argv[1:5]
+source = rest_api_source({
+    "client": {
+        "base_url": base_url,
+        "auth": {"type": "bearer", "token": token},
+        "paginator": {"type": "offset", "limit": 1000, "offset_param": "offset",
+                      "limit_param": "limit", "total_path": "data.total"},
+    },
+    "resources": [{
+        "name": "runs", "primary_key": "id", "write_disposition": "merge",
+        "endpoint": {"path": "v2/actor-runs", "data_selector": "data.items"},
+    }],
+})
+pipeline = dlt.pipeline(pipeline_name="bench", pipelines_dir=pipelines_dir,
+                        destination=dlt.destinations.postgres(credentials=credentials),
+                        dataset_name="dlt_bench")
+pipeline.run(source)
+"""
+
+# runsync.runs' columns, for the COPY ceiling's table (no index, no trigger).
+COPY_COLUMNS = (
+    ("source", "text"), ("upstream", "text"), ("run_id", "text"), ("status", "text"),
+    ("is_terminal", "boolean"), ("started_at", "timestamptz"), ("finished_at", "timestamptz"),
+    ("actor_id", "text"), ("task_id", "text"), ("build_id", "text"), ("build_number", "text"),
+    ("origin", "text"), ("usage_total_usd", "numeric"), ("default_key_value_store_id", "text"),
+    ("default_dataset_id", "text"), ("default_request_queue_id", "text"), ("project", "text"),
+    ("triggered_by", "text"), ("result", "jsonb"), ("raw", "jsonb"),
+    ("observed_at", "timestamptz"), ("recheck_at", "timestamptz"),
+)  # fmt: skip
+
+
+def serve(runs: int, latency_ms: float, port: int) -> None:
+    """The simulated Apify API, in this process, until killed."""
+    from worker.simulator import ApifyWorld, Simulator
+
+    async def main() -> None:
+        simulator = Simulator(
+            ApifyWorld(runs=runs, seed=SEED), token=TOKEN, latency=latency_ms / 1000
+        )
+        await simulator.start("127.0.0.1", port)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def fresh_database(url: str, name: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return with_database(url, name)
+
+
+async def count(url: str, table: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {table}")
+    finally:
+        await conn.close()
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(seconds, peak MB) of a command; raises with its output if it fails."""
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", *command], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    seconds, kilobytes = done.stderr.strip().splitlines()[-1].split()
+    return float(seconds), int(kilobytes) / 1024
+
+
+def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> tuple[float, float]:
+    url = asyncio.run(fresh_database(server, "bench_runsync"))
+    config = work / "runsync.toml"
+    config.write_text(
+        textwrap.dedent(f"""
+            [[sources]]
+            name = "apify"
+            kind = "apify"
+            token_env = "BENCH_TOKEN"
+            base_url = "{base_url}"
+            page_size = 1000
+            concurrency = 8
+            max_requests_per_second = 60   # Apify's documented limit per resource
+        """)
+    )
+    runsync = [sys.executable, "-m", "worker", "--config", str(config), "--database-url", url]
+    env = {**os.environ, "BENCH_TOKEN": TOKEN}
+    subprocess.run([*runsync, "migrate"], check=True, capture_output=True, env=env)
+    seconds, peak = timed([*runsync, "--log-level", "WARNING", "backfill", "apify"], env)
+    stored = asyncio.run(count(url, "runsync.runs"))
+    assert stored == runs, f"runsync stored {stored} runs of {runs}"
+    return seconds, peak
+
+
+def dlt_credentials(url: str) -> str:
+    """The URL in the form dlt reads: a Unix socket directory goes in the host parameter."""
+    parts = urlsplit(url)
+    socket = parse_qs(parts.query).get("host", [None])[0]
+    user, password = parts.username or "postgres", parts.password or "x"
+    if socket:
+        return f"postgresql://{user}:{password}@localhost:5432{parts.path}?host={socket}"
+    return f"postgresql://{user}:{password}@{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> tuple[float, float]:
+    url = asyncio.run(fresh_database(server, "bench_dlt"))
+    script = work / "dlt_load.py"
+    script.write_text(DLT_LOAD)
+    command = [
+        sys.executable,
+        str(script),
+        base_url + "/",
+        TOKEN,
+        dlt_credentials(url),
+        str(work / "dlt"),
+    ]
+    seconds, peak = timed(command)
+    stored = asyncio.run(count(url, "dlt_bench.runs"))
+    assert stored == runs, f"dlt stored {stored} runs of {runs}"
+    return seconds, peak
+
+
+def bench_copy(server: str, runs: int) -> tuple[float, float]:
+    """A plain binary COPY of the same runs; the records are built beforehand, untimed."""
+    from worker.simulator import ApifyWorld
+    from worker.sources.apify import read_item
+    from worker.store import _RUN_COLUMNS
+
+    url = asyncio.run(fresh_database(server, "bench_copy"))
+    now = datetime.now(UTC)
+    items = ApifyWorld(runs=runs, seed=SEED).list_items()
+    records = [
+        ("apify", "apify", *(getattr(run, c) for c in _RUN_COLUMNS))
+        for run in (read_item(item, now) for item in items)
+    ]
+    return asyncio.run(copy_into(url, records)), 0.0
+
+
+async def copy_into(url: str, records: list[tuple]) -> float:
+    conn = await asyncpg.connect(url)
+    try:
+        columns = ", ".join(f"{name} {kind}" for name, kind in COPY_COLUMNS)
+        await conn.execute(f"CREATE TABLE ceiling ({columns})")
+        started = time.perf_counter()
+        await conn.copy_records_to_table("ceiling", records=records)
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def run_benchmark(args: argparse.Namespace, server: str, work: Path) -> list[dict]:
+    results = []
+    for runs in args.runs:
+        for latency in args.latency:
+            port = 18000 + len(results)
+            simulator = subprocess.Popen(
+                [sys.executable, __file__, "serve", "--runs", str(runs),
+                 "--latency", str(latency), "--port", str(port)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                if simulator.stdout.readline().strip() != "ready":
+                    raise RuntimeError("the simulator did not start")
+                base_url = f"http://127.0.0.1:{port}"
+                for tool in args.tools:
+                    if tool == "copy" and latency != args.latency[0]:
+                        continue  # COPY does not touch the upstream: once per size is enough
+                    if tool == "runsync":
+                        seconds, peak = bench_runsync(server, base_url, runs, work)
+                    elif tool == "dlt":
+                        seconds, peak = bench_dlt(server, base_url, runs, work)
+                    else:
+                        seconds, peak = bench_copy(server, runs)
+                    results.append(
+                        {"runs": runs, "latency_ms": latency, "tool": tool, "seconds": seconds,
+                         "runs_per_s": runs / seconds, "peak_mb": peak}
+                    )  # fmt: skip
+                    print(f"  {tool:8s} {runs:>9,} runs {latency:>4g} ms {seconds:7.1f} s "
+                          f"{runs / seconds:>9,.0f} runs/s  peak {peak:5.0f} MB", flush=True)  # fmt: skip
+            finally:
+                simulator.kill()
+                simulator.wait()
+    return results
+
+
+def report(results: list[dict]) -> str:
+    """The figures as a Markdown table: one row per size and latency."""
+
+    def rate(runs: int, latency: float, tool: str) -> float | None:
+        for row in results:
+            same_latency = tool == "copy" or row["latency_ms"] == latency
+            if row["runs"] == runs and row["tool"] == tool and same_latency:
+                return row["runs_per_s"]
+        return None
+
+    def figure(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    lines = [
+        "| runs | latency | runsync runs/s | dlt runs/s | raw COPY rows/s "
+        "| runsync / dlt | runsync / COPY | runsync peak memory |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in (r for r in results if r["tool"] == "runsync"):
+        runs, latency, ours = row["runs"], row["latency_ms"], row["runs_per_s"]
+        dlt, copy = rate(runs, latency, "dlt"), rate(runs, latency, "copy")
+        lines.append(
+            f"| {runs:,} | {latency:g} ms | {ours:,.0f} | {figure(dlt, ',.0f')} "
+            f"| {figure(copy, ',.0f')} | {figure(dlt and ours / dlt, '.1f')}x "
+            f"| {figure(copy and ours / copy, '.0%')} | {row['peak_mb']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["serve"]:
+        serving = argparse.ArgumentParser()
+        serving.add_argument("serve")
+        for option, kind in (("--runs", int), ("--latency", float), ("--port", int)):
+            serving.add_argument(option, type=kind, required=True)
+        args = serving.parse_args()
+        serve(args.runs, args.latency, args.port)
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--latency", type=float, nargs="+", default=[0, 20], help="milliseconds")
+    parser.add_argument("--tools", type=lambda v: v.split(","), default=["runsync", "dlt", "copy"])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    from worker import database
+
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="runsync-bench-")))
+        server = os.environ.get("RUNSYNC_DATABASE_URL") or stack.enter_context(
+            database.embedded(work / "db")
+        )
+        print(f"backfill benchmark, {os.cpu_count()} cores", flush=True)
+        results = run_benchmark(args, server, work)
+    print()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
