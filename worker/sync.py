@@ -74,7 +74,7 @@ def _skipped(result: PassResult, reason: str) -> PassResult:
 
 
 async def _run_leased(runtime, db, lease, result, stream, since, until, stop, progress, restart):
-    started_at, started = datetime.now(UTC), time.monotonic()
+    started_at, started, cpu = datetime.now(UTC), time.monotonic(), time.process_time()
     log.info("pass started")
     try:
         if stream == BACKFILL:
@@ -98,6 +98,7 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
     except store.DatabaseError as error:
         log.warning("could not record the end of the pass", error=str(error))
     result.duration_ms = int((time.monotonic() - started) * 1000)
+    result.cpu_ms = int((time.process_time() - cpu) * 1000)
     fields = {
         "pages": result.pages,
         "runs": result.items,
@@ -105,6 +106,7 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
         "quarantined": result.quarantined,
         "refreshed": result.refreshed,
         "duration_ms": result.duration_ms,
+        "cpu_ms": result.cpu_ms,  # the process's, so it includes passes running beside this one
     }
     if result.outcome == "failed":
         log.error("pass failed", error=result.error, **fields)

@@ -59,6 +59,7 @@ class PassResult:
     refreshed: int = 0
     error: str | None = None
     duration_ms: int = 0
+    cpu_ms: int = 0
     note: str | None = None  # what a person should know about an uneventful pass
 
     @property

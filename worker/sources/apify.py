@@ -121,16 +121,39 @@ def read_item(item: Any, observed_at: datetime) -> Run | Rejected:
         return Rejected(str(error), dump(item))
 
 
+# The documented string fields, all optional: (item key, Run field).
+_TEXT_FIELDS = (
+    ("actId", "actor_id"),
+    ("actorTaskId", "task_id"),
+    ("buildId", "build_id"),
+    ("defaultKeyValueStoreId", "default_key_value_store_id"),
+    ("defaultDatasetId", "default_dataset_id"),
+    ("defaultRequestQueueId", "default_request_queue_id"),
+)
+
+
 def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Run:
-    status = text(item, "status", required=True)
-    started_at = parse_time(item.get("startedAt"), "startedAt")
+    # This runs for every run read: one pass checks the common case, and only a field that
+    # fails it goes through text() again, for the error's words.
+    get = item.get
+    status = get("status")
+    if type(status) is not str or not status:
+        text(item, "status", required=True)
+    texts = {field: get(key) for key, field in _TEXT_FIELDS}
+    for (key, _), value in zip(_TEXT_FIELDS, texts.values(), strict=True):
+        if value is not None and type(value) is not str:
+            text(item, key)
+    started_at = parse_time(get("startedAt"), "startedAt")
     check_not_future(started_at, observed_at)
-    finished_at = parse_time(item.get("finishedAt"), "finishedAt", required=False)
-    meta = item.get("meta")
-    if meta is not None and not isinstance(meta, dict):
+    finished_at = parse_time(get("finishedAt"), "finishedAt", required=False)
+    meta = get("meta")
+    if meta is not None and type(meta) is not dict:
         raise ItemError(f"meta is a {type(meta).__name__}, not an object")
-    build_number = item.get("buildNumber")
-    if isinstance(build_number, (int, float)) and not isinstance(build_number, bool):
+    origin = text(meta, "origin") if meta else None
+    build_number = get("buildNumber")
+    if build_number is not None and type(build_number) is not str:
+        if type(build_number) not in (int, float):
+            text(item, "buildNumber")
         build_number = str(build_number)
     is_terminal = status in TERMINAL_STATUSES
     recheck_at = None
@@ -145,15 +168,10 @@ def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Ru
         raw=storable_json(item),
         observed_at=observed_at,
         recheck_at=recheck_at,
-        actor_id=text(item, "actId"),
-        task_id=text(item, "actorTaskId"),
-        build_id=text(item, "buildId"),
-        build_number=text({"buildNumber": build_number}, "buildNumber"),
-        origin=text(meta, "origin") if meta else None,
+        build_number=build_number,
+        origin=origin,
         usage_total_usd=number(item, "usageTotalUsd"),
-        default_key_value_store_id=text(item, "defaultKeyValueStoreId"),
-        default_dataset_id=text(item, "defaultDatasetId"),
-        default_request_queue_id=text(item, "defaultRequestQueueId"),
+        **texts,
     )
 
 

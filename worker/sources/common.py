@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from worker.model import Checkpoint, Page, Rejected, Request, Run
 
 # A start time this far ahead of our clock is an upstream error; taken as is, it would move the
@@ -105,7 +107,7 @@ def parse_time(value: Any, field: str, *, required: bool = True) -> datetime | N
         raise ItemError(f"{field} {value[:60]!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise ItemError(f"{field} {value[:60]!r} has no time zone")
-    return moment.astimezone(UTC)
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
 def text(item: dict[str, Any], field: str, *, required: bool = False) -> str | None:
@@ -153,9 +155,18 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _TO_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
+def _to_json(item: Any) -> str:
+    # orjson writes JSON about ten times faster; what it refuses (integers past 64 bits, lone
+    # surrogates) the standard library writes, exactly as received.
+    try:
+        return orjson.dumps(item).decode()
+    except TypeError:
+        return _TO_JSON(item)
+
+
 def storable_json(item: dict[str, Any]) -> str:
     """An item as JSON text for the raw jsonb column, which cannot hold NUL or lone surrogates."""
-    raw = _TO_JSON(item)
+    raw = _to_json(item)
     if "\\u0000" in raw and _NUL.search(raw):  # the cheap test first: this runs for every run
         raise ItemError("contains a NUL character, which Postgres cannot store")
     if not raw.isascii():
