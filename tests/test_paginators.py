@@ -197,3 +197,15 @@ def test_rakerone_statuses_are_kept_as_received_and_terminal_in_any_case():
     for status, done in (("Completed", True), ("FAILED", True), ("Needs review", False)):
         run = read_item({**item("r", 0), "status": status}, NOW, project="p", terminal=terminal)
         assert (run.status, run.is_terminal) == (status, done)
+
+
+def test_json_is_read_fast_and_stored_exactly():
+    from worker import jsontext
+
+    assert jsontext.loads(b'{"n": 123456789012345678901234567890}') == {
+        "n": 123456789012345678901234567890
+    }  # orjson would round it to a float
+    run = read_item({**item("r", 0), "cost": 123456789012345678901234567890}, NOW)
+    assert '"cost":123456789012345678901234567890' in run.raw
+    nan = read_item({**item("r", 0), "cost": 10**30, "x": float("nan")}, NOW)
+    assert "NaN or Infinity" in nan.reason

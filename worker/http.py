@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from worker import __version__
+from worker import __version__, jsontext
 
 log = structlog.get_logger("runsync.http")
 
@@ -177,7 +177,7 @@ class Client:
                 status=status,
             )
         try:
-            return Response(json.loads(body), observed_at, status)
+            return Response(jsontext.loads(body), observed_at, status)
         except (ValueError, UnicodeDecodeError):
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         except RecursionError:

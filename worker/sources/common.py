@@ -7,8 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import orjson
-
+from worker import jsontext
 from worker.model import Checkpoint, Page, Rejected, Request, Run
 
 # A start time this far ahead of our clock is an upstream error; taken as is, it would move the
@@ -152,21 +151,12 @@ def dump(item: Any) -> str:
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-_TO_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-
-def _to_json(item: Any) -> str:
-    # orjson writes JSON about ten times faster; what it refuses (integers past 64 bits, lone
-    # surrogates) the standard library writes, exactly as received.
-    try:
-        return orjson.dumps(item).decode()
-    except TypeError:
-        return _TO_JSON(item)
-
-
 def storable_json(item: dict[str, Any]) -> str:
     """An item as JSON text for the raw jsonb column, which cannot hold NUL or lone surrogates."""
-    raw = _to_json(item)
+    try:
+        raw = jsontext.dumps(item)
+    except ValueError:
+        raise ItemError("holds NaN or Infinity, which JSON cannot carry") from None
     if "\\u0000" in raw and _NUL.search(raw):  # the cheap test first: this runs for every run
         raise ItemError("contains a NUL character, which Postgres cannot store")
     if not raw.isascii():
