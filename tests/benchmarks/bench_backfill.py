@@ -249,7 +249,7 @@ def report(results: list[dict]) -> str:
         return None
 
     def figure(value: float | None, form: str) -> str:
-        return "-" if value is None else format(value, form)
+        return "-" if value is None else format(value, form) + ("x" if form == ".1f" else "")
 
     lines = [
         "| runs | latency | runsync runs/s | dlt runs/s | raw COPY rows/s "
@@ -261,7 +261,7 @@ def report(results: list[dict]) -> str:
         dlt, copy = rate(runs, latency, "dlt"), rate(runs, latency, "copy")
         lines.append(
             f"| {runs:,} | {latency:g} ms | {ours:,.0f} | {figure(dlt, ',.0f')} "
-            f"| {figure(copy, ',.0f')} | {figure(dlt and ours / dlt, '.1f')}x "
+            f"| {figure(copy, ',.0f')} | {figure(dlt and ours / dlt, '.1f')} "
             f"| {figure(copy and ours / copy, '.0%')} | {row['peak_mb']:.0f} MB |"
         )
     return "\n".join(lines)
