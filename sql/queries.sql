@@ -45,10 +45,6 @@ SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now()
 -- Forgets the checkpoints of a backfill's windows (streams named stream#N).
 DELETE FROM runsync.checkpoints WHERE source = $1 AND stream LIKE $2 || '#%';
 
--- delete_checkpoint --
--- Forgets a stream's checkpoint (a finished backfill).
-DELETE FROM runsync.checkpoints WHERE source = $1 AND stream = $2;
-
 -- create_incoming_runs --
 -- A session's staging table for one batch of runs; emptied at every commit. (The usage figure
 -- is staged as float8: asyncpg encodes a Python float as numeric a hundred times slower.)

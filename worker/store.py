@@ -166,26 +166,15 @@ class Lease:
         runs: Sequence[Run],
         rejected: Sequence[Rejected],
         *,
-        checkpoint: Checkpoint | object | None = KEEP,
+        checkpoint: Checkpoint | object = KEEP,
         items: int = 0,
         refreshed: int = 0,
     ) -> Written:
-        """A page's runs and the checkpoint after them, in one transaction.
-
-        `checkpoint` None forgets the stream's checkpoint; KEEP leaves it as it is.
-        """
+        """A page's runs and the checkpoint after them (KEEP: leave it), in one transaction."""
         async with self.conn.transaction():
             written = await self._write(upstream, runs, rejected)
-            if checkpoint is None:
-                await self.conn.execute(self.q["delete_checkpoint"], self.source, self.stream)
-            elif checkpoint is not KEEP:
-                await self.conn.execute(
-                    self.q["save_checkpoint"],
-                    self.source,
-                    self.stream,
-                    checkpoint.watermark,
-                    checkpoint.cursor,
-                )
+            if checkpoint is not KEEP:
+                await self.save_checkpoint(checkpoint)
             await self.conn.execute(
                 self.q["count_page"],
                 pass_id,
