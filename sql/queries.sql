@@ -111,19 +111,16 @@ ORDER BY i.raw_sha256
 ON CONFLICT (source, raw_sha256) DO UPDATE
 SET reason = EXCLUDED.reason, last_seen_at = now(), seen_count = q.seen_count + 1;
 
--- open_runs --
--- A batch of runs to read again: not terminal yet, or just finished and due for a second look.
+-- due_rechecks --
+-- Runs that finished just before they were read, due for a second look at their final figures.
 SELECT run_id
 FROM runsync.runs
 WHERE source = $1
-  AND (NOT is_terminal OR recheck_at <= now())
-  AND (NOT is_terminal OR recheck_at IS NOT NULL)
+  AND project IS NOT DISTINCT FROM $2
+  AND is_terminal
+  AND recheck_at <= now()
   AND gone_at IS NULL
-  AND project IS NOT DISTINCT FROM $5
-  AND observed_at < $2
-  AND run_id > $3
-ORDER BY run_id
-LIMIT $4;
+  AND observed_at < $3;
 
 -- open_snapshot --
 -- Every open run of one project of a source, as it stood before this pass read anything.

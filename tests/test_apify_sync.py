@@ -292,3 +292,29 @@ async def test_a_backfill_in_windows_stores_exactly_the_upstreams_runs(
     # The windows' checkpoints are gone; the backfill's mark says it is done.
     assert [(c["stream"], c["cursor"]["done"]) for c in checkpoints] == [("backfill", True)]
     assert len(checkpoints[0]["cursor"]["windows"]) == 8
+
+
+async def test_open_runs_cost_one_list_request_until_they_change(world, sim, db, apify_settings):
+    seed_history(world, 60, open_every=6)  # ten runs still open, spread over the history
+    settings = apify_settings(page_size=100)
+    await one_pass(settings)
+
+    def spent(before):
+        return (
+            sim.requests["apify.list_user_runs"] - before["apify.list_user_runs"],
+            sim.requests["apify.get_run"] - before["apify.get_run"],
+        )
+
+    before = sim.requests.copy()
+    await one_pass(settings)
+    # The newest page, then one list of every open status; no run is read on its own.
+    assert spent(before) == (2, 0)
+
+    open_ids = [item["id"] for item in world.list_items() if item["status"] == "RUNNING"]
+    for run_id in open_ids[:3]:
+        world.set_status(run_id, "SUCCEEDED", finished_at=T0 + timedelta(hours=2))
+    before = sim.requests.copy()
+    await one_pass(settings)
+
+    assert spent(before) == (2, 3)  # only the three that finished are read one by one
+    assert_matches_upstream(await stored_runs(db), world.list_items())

@@ -31,7 +31,7 @@ def test_shipped_queries_and_migrations_load():
         "merge_incoming_runs",
         "save_checkpoint",
         "try_lock_source",
-        "open_runs",
+        "open_snapshot",
     } <= queries.keys()
     versions = [m.version for m in sqlfiles.migrations()]
     assert versions == sorted(versions) and versions[0] == 1

@@ -1,13 +1,15 @@
-"""Reading again the runs stored as open, until they are terminal.
+"""Reading again the runs stored as open, until they are terminal, at the cost of what changed.
 
-Two ways, by what the upstream offers:
-- one by one, where there is an endpoint for one run (Apify), a bounded number at a time;
-- by walks, where there is none (RakerOne). The open runs as they stood before the pass are the
-  pending set; the pass's own list walk crosses some off. Then, for each status pending runs are
-  in, a walk of the list filtered by that status, down to the oldest of them, crosses off those
-  still in it: about one request per open status. Runs left over have changed status: one walk
-  of the unfiltered list down to the oldest of them finds their new state. That walk is long only
-  when a long-open run changes, and it happens once for that change. Runs not even there are gone.
+The open runs as they stood before the pass are the pending set; the pass's own list walk crosses
+some off. Then, by what the upstream offers:
+- Apify: one list filtered by every open status, from the oldest pending run, crosses off those
+  still open (one request per thousand open runs). Only runs that left the open statuses, and
+  just-finished runs due for a second look at their figures, are read one by one.
+- RakerOne (no endpoint for one run, one status per filter): for each status pending runs are in,
+  a walk of the list filtered by it, down to the oldest of them: about one request per open
+  status. Runs left over have changed status: one walk of the unfiltered list down to the oldest
+  of them finds their new state. That walk is long only when a long-open run changes, once.
+Runs not found at all are gone: marked, and not looked for again.
 """
 
 from __future__ import annotations
@@ -34,33 +36,53 @@ log = structlog.get_logger("runsync.refresh")
 BATCH = 200  # open runs read one by one per transaction
 
 
-async def one_by_one(
+async def open_runs(runtime, lease, result, pending: Pending, pass_started, stop) -> None:
+    if runtime.source.refresh == "walks":
+        await by_walks(runtime, lease, result, pending, stop)
+    else:
+        await by_open_list(runtime, lease, result, pending, pass_started, stop)
+
+
+async def by_open_list(
     runtime: SourceRuntime,
     lease: store.Lease,
     result: PassResult,
+    pending: Pending,
     pass_started: datetime,
     stop: asyncio.Event | None,
 ) -> None:
-    """Reads each open run the pass's list did not update, at most `concurrency` at a time."""
-    after = ""
-    while not stopping(stop):
-        run_ids = await lease.open_runs(runtime.source.partition, pass_started, after, BATCH)
-        if not run_ids:
+    source = runtime.source
+    if pending:
+        walk = source.open_walk(pending.oldest() - runtime.config.overlap)
+        await walk_pages(
+            runtime, lease, result, walk, checkpointed=False, stop=stop,
+            observe=pending.see, enough=lambda: not pending,
+        )  # fmt: skip
+    if stopping(stop):
+        return
+    due = await lease.due_rechecks(source.partition, pass_started)
+    await one_by_one(runtime, lease, result, [*pending.ids(), *due], stop)
+
+
+async def one_by_one(runtime, lease, result, run_ids: list[str], stop) -> None:
+    """Reads each run with the single-run endpoint, at most `concurrency` at a time."""
+    for start in range(0, len(run_ids), BATCH):
+        if stopping(stop):
             return
-        after = run_ids[-1]
+        batch = run_ids[start : start + BATCH]
         try:
             async with asyncio.TaskGroup() as group:
-                reads = [group.create_task(_read_run(runtime, run_id)) for run_id in run_ids]
+                reads = [group.create_task(_read_run(runtime, run_id)) for run_id in batch]
         except ExceptionGroup as failures:
             raise failures.exceptions[0] from None  # the others were cancelled with it
         observations = [read.result() for read in reads]
         runs = [o for o in observations if isinstance(o, Run)]
         rejected = [o for o in observations if isinstance(o, Rejected)]
-        gone = [run_id for run_id, o in zip(run_ids, observations, strict=True) if o is None]
+        gone = [run_id for run_id, o in zip(batch, observations, strict=True) if o is None]
         written = await lease.save_refreshed(
             result.pass_id, runtime.source.upstream, runs, rejected, gone
         )
-        result.count(written, refreshed=len(run_ids))
+        result.count(written, refreshed=len(batch))
         log_rejected(rejected)
         if gone:
             log.info("runs gone upstream", count=len(gone), example=gone[0])

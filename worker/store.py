@@ -205,13 +205,9 @@ class Lease:
             )
         return written
 
-    async def open_runs(
-        self, project: str | None, observed_before: datetime, after: str, limit: int
-    ) -> list[str]:
-        """A batch of run ids to read again, in id order after `after`."""
-        rows = await self.conn.fetch(
-            self.q["open_runs"], self.source, observed_before, after, limit, project
-        )
+    async def due_rechecks(self, project: str | None, observed_before: datetime) -> list[str]:
+        """Runs read just as they finished, due to be read once more."""
+        rows = await self.conn.fetch(self.q["due_rechecks"], self.source, project, observed_before)
         return [row["run_id"] for row in rows]
 
     async def open_snapshot(

@@ -117,16 +117,11 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
 async def _incremental(runtime, lease, result, started_at, stop, progress) -> None:
     source: Source = runtime.source
     paginator = source.incremental(await lease.checkpoint() or Checkpoint())
-    if source.refresh == "one_by_one":
-        await _list(runtime, lease, result, paginator, stop, progress)
-        if not stopping(stop):
-            await refresh.one_by_one(runtime, lease, result, started_at, stop)
-        return
     # Which runs were open must be known before the list walk crosses any of them off.
     pending = refresh.Pending(await lease.open_snapshot(source.partition, started_at))
     await _list(runtime, lease, result, paginator, stop, progress, observe=pending.see)
     if not stopping(stop):
-        await refresh.by_walks(runtime, lease, result, pending, stop)
+        await refresh.open_runs(runtime, lease, result, pending, started_at, stop)
 
 
 async def _backfill(runtime, db, lease, result, since, until, restart, stop, progress) -> None:

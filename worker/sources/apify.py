@@ -30,6 +30,7 @@ from worker.sources.common import (
 )
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
+OPEN_STATUSES = ("READY", "RUNNING", "TIMING-OUT", "ABORTING")
 # Apify: usage and cost of a just-finished run can be preliminary for about ten seconds.
 SETTLE = timedelta(seconds=15)
 
@@ -37,7 +38,7 @@ SETTLE = timedelta(seconds=15)
 class ApifySource:
     upstream = "apify"
     partition = None
-    refresh = "one_by_one"
+    refresh = "open_list"
 
     def __init__(self, config: SourceConfig) -> None:
         self.page_size = config.page_size
@@ -96,6 +97,17 @@ class ApifySource:
         checkpoint = checkpoint or Checkpoint(watermark=start)
         return OldestFirst(
             self.list_path, checkpoint, page_size=self.page_size, until=end, walk=walk
+        )
+
+    def open_walk(self, floor: datetime):
+        """The runs that are open now (one list filtered by every open status), from `floor`."""
+        status = ",".join(OPEN_STATUSES)
+        if self.newest_first:
+            return NewestFirst(
+                self.list_path, Checkpoint(floor), page_size=self.page_size, status=status
+            )
+        return OldestFirst(
+            self.list_path, Checkpoint(floor), page_size=self.page_size, status=status
         )
 
     def run_request(self, run_id: str) -> Request:
@@ -201,9 +213,11 @@ class _Walk(Rewindable):
         page_size: int,
         until: datetime | None = None,
         walk: dict[str, Any] | None = None,
+        status: str | None = None,
     ) -> None:
         self.path = path
         self.page_size = page_size
+        self.status = status  # only runs in these statuses (a comma list)
         self.until = until  # a backfill's upper bound
         self.walk = walk or {}  # kept in the cursor: a backfill resumes only the same range
         self.done = False
@@ -254,6 +268,8 @@ class OldestFirst(_Walk):
             params["startedAfter"] = isoformat(self.watermark)
         if self.until is not None:
             params["startedBefore"] = isoformat(self.until)
+        if self.status is not None:
+            params["status"] = self.status
         return Request(self.path, params)
 
     def advance(self, body: Any, observed_at: datetime) -> Page:
@@ -302,9 +318,10 @@ class NewestFirst(_Walk):
     def next_request(self) -> Request | None:
         if self.done:
             return None
-        return Request(
-            self.path, {"desc": "1", "limit": str(self.page_size), "offset": str(self.offset)}
-        )
+        params = {"desc": "1", "limit": str(self.page_size), "offset": str(self.offset)}
+        if self.status is not None:
+            params["status"] = self.status
+        return Request(self.path, params)
 
     def advance(self, body: Any, observed_at: datetime) -> Page:
         items, _, runs, rejected, total, last = self.read(body, observed_at)

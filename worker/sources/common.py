@@ -43,8 +43,8 @@ class Source(Protocol):
 
     upstream: str
     partition: str | None  # the project, where the upstream has them
-    # How runs stored as open are read again: "one_by_one" (a single-run endpoint) or "walks"
-    # (status-filtered list walks, for upstreams without one).
+    # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
+    # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
     refresh: str
 
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
@@ -62,6 +62,8 @@ class Source(Protocol):
 
 
 class OneByOne(Source, Protocol):
+    def open_walk(self, floor: datetime) -> Paginator: ...
+
     def run_request(self, run_id: str) -> Request: ...
 
     def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected: ...
