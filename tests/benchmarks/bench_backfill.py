@@ -141,8 +141,8 @@ def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> tuple[fl
     for _ in range(2):
         done = subprocess.run([*runsync, "sync"], capture_output=True, text=True, env=env)
     line = next(json.loads(x) for x in done.stderr.splitlines() if '"pass succeeded"' in x)
-    print(f"  runsync  incremental pass with nothing new: {line['pages']} list request, "
-          f"{line['refreshed']} open runs read again, {line['duration_ms']} ms, "
+    print(f"  runsync  incremental pass with nothing new: {line['pages']} list requests "
+          f"({line['refreshed']} open runs seen again), {line['duration_ms']} ms, "
           f"{line['cpu_ms']} ms of runsync's own CPU", flush=True)  # fmt: skip
     return seconds, peak
 
