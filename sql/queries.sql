@@ -176,9 +176,9 @@ LEFT JOIN LATERAL (
     SELECT min(k.watermark) FILTER (WHERE k.stream LIKE 'incremental%') AS watermark,
            count(*) FILTER (WHERE k.stream LIKE 'incremental%' AND k.cursor ? 'top')
                AS walks_in_flight,
-           count(*) FILTER (WHERE k.stream LIKE 'backfill%'
+           count(*) FILTER (WHERE k.stream LIKE 'backfill%' AND k.stream NOT LIKE '%#%'
                             AND NOT coalesce((k.cursor ->> 'done')::boolean, false))
-               AS backfills_in_flight
+               AS backfills_in_flight  -- a backfill, not each of its windows
     FROM runsync.checkpoints k WHERE k.source = s.source) AS c ON true
 LEFT JOIN LATERAL (
     SELECT count(*) AS runs,

@@ -292,6 +292,8 @@ async def test_a_backfill_in_windows_stores_exactly_the_upstreams_runs(
     # The windows' checkpoints are gone; the backfill's mark says it is done.
     assert [(c["stream"], c["cursor"]["done"]) for c in checkpoints] == [("backfill", True)]
     assert len(checkpoints[0]["cursor"]["windows"]) == 8
+    (status,) = await db.status(["apify"])
+    assert status["backfills_in_flight"] == 0 and status["runs"] == 1120
 
 
 async def test_open_runs_cost_one_list_request_until_they_change(world, sim, db, apify_settings):
@@ -318,3 +320,31 @@ async def test_open_runs_cost_one_list_request_until_they_change(world, sim, db,
 
     assert spent(before) == (2, 3)  # only the three that finished are read one by one
     assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_an_interrupted_backfill_in_windows_resumes_every_window(
+    world, sim, db, apify_settings
+):
+    for i in range(1000):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(seconds=i))
+    settings = apify_settings(page_size=25)
+    await interrupted_pass(settings, "apify", after_pages=6, stream=sync.BACKFILL)
+
+    (status,) = await db.status(["apify"])
+    assert status["backfills_in_flight"] == 1  # one backfill, whatever its windows
+    async with db.pool.acquire() as conn:
+        windows = await conn.fetchval(
+            "SELECT count(*) FROM runsync.checkpoints WHERE stream LIKE 'backfill#%'"
+        )
+    assert windows >= 2
+    before = sim.requests["apify.list_user_runs"]
+
+    result = await one_pass(settings, stream=sync.BACKFILL)
+
+    assert result.outcome == "succeeded"
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+    # Resumed, not started over. Uninterrupted, the walk takes 56 requests: 8 probes, and per
+    # window 5 pages of 25 plus the one that finds its end. The pages in flight at the interruption
+    # (two per window at most) are all it may repeat.
+    resumed = sim.requests["apify.list_user_runs"] - before
+    assert resumed < 56 and before + resumed <= 56 + 2 * 8
