@@ -139,7 +139,7 @@ async def _backfill(runtime, db, lease, result, since, until, restart, stop, pro
         log.info("backfill already complete", completed_by_pass=saved.cursor.get("pass_id"))
         return
     resume = saved if same_range and not saved.cursor.get("done") and not restart else None
-    if getattr(runtime.source, "windowed", False):
+    if runtime.source.windowed:
         await backfill.run(runtime, db, lease, result, walk, resume, stop, progress, since, until)
         return
     paginator = runtime.source.backfill(resume, since, until, walk)

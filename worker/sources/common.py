@@ -46,6 +46,9 @@ class Source(Protocol):
     # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
     # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
     refresh: str
+    windowed: (
+        bool  # a backfill can be cut into time windows walked side by side (worker/backfill.py)
+    )
 
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
 

@@ -37,6 +37,7 @@ REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the histo
 class RakerOneSource:
     upstream = "rakerone"
     refresh = "walks"
+    windowed = False  # no time filter: a backfill is one keyset walk
 
     def __init__(self, config: SourceConfig, project: str) -> None:
         self.partition = project
