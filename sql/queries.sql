@@ -143,6 +143,12 @@ SELECT started_at FROM runsync.passes
 WHERE source = $1 AND stream = $2
 ORDER BY id DESC LIMIT 1;
 
+-- abandon_passes --
+-- Closes the passes of a stream still marked running: their processes died, since the caller
+-- holds the stream's lock.
+UPDATE runsync.passes SET outcome = 'abandoned', finished_at = now()
+WHERE source = $1 AND stream = $2 AND outcome = 'running';
+
 -- start_pass --
 -- Opens the record of one pass.
 INSERT INTO runsync.passes (source, stream) VALUES ($1, $2) RETURNING id;

@@ -103,3 +103,7 @@ async def test_daemon_killed_at_random_instants_while_the_upstream_changes(
     await run_to_the_end(database_url, "--config", path, "sync")
     assert_matches_upstream(await stored_runs(db), world.list_items())
     await assert_nothing_twice(db)
+    async with db.pool.acquire() as conn:
+        outcomes = {r["outcome"] for r in await conn.fetch("SELECT outcome FROM runsync.passes")}
+    # The passes of killed daemons were closed by the next pass of their stream.
+    assert "running" not in outcomes and "abandoned" in outcomes

@@ -150,6 +150,8 @@ class Lease:
         return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)
 
     async def start_pass(self) -> int:
+        """A new pass record; any left running by a process that died is closed as abandoned."""
+        await self.conn.execute(self.q["abandon_passes"], self.source, self.stream)
         return await self.conn.fetchval(self.q["start_pass"], self.source, self.stream)
 
     async def finish_pass(self, pass_id: int, outcome: str, error: str | None = None) -> None:
