@@ -22,6 +22,7 @@ import structlog
 
 from worker import http, store
 from worker.model import Rejected, Run
+from worker.sources.common import ByWalks, OpenList
 from worker.walk import (
     PAGE_READS,
     PassResult,
@@ -51,7 +52,7 @@ async def by_open_list(
     pass_started: datetime,
     stop: asyncio.Event | None,
 ) -> None:
-    source = runtime.source
+    source: OpenList = runtime.source
     if pending:
         walk = source.open_walk(pending.oldest() - runtime.config.overlap)
         await walk_pages(
@@ -147,7 +148,8 @@ async def by_walks(
     pending: Pending,
     stop: asyncio.Event | None,
 ) -> None:
-    source, overlap = runtime.source, runtime.config.overlap
+    source: ByWalks = runtime.source
+    overlap = runtime.config.overlap
     for status in pending.statuses():
         oldest = pending.oldest(status)
         if oldest is None:  # crossed off by an earlier status walk

@@ -64,7 +64,9 @@ class Source(Protocol):
         ...
 
 
-class OneByOne(Source, Protocol):
+class OpenList(Source, Protocol):
+    """What refresh = "open_list" needs: a list of every open status, and one run by id."""
+
     def open_walk(self, floor: datetime) -> Paginator: ...
 
     def run_request(self, run_id: str) -> Request: ...
@@ -73,6 +75,8 @@ class OneByOne(Source, Protocol):
 
 
 class ByWalks(Source, Protocol):
+    """What refresh = "walks" needs: a list filtered by one status, and the unfiltered one."""
+
     def status_walk(self, status: str, floor: datetime) -> Paginator: ...
 
     def search_walk(self, floor: datetime) -> Paginator: ...
