@@ -139,6 +139,43 @@ def test_a_just_finished_run_is_due_for_another_look():
     assert not running.is_terminal and running.recheck_at is None
 
 
+FULL_ITEM = {
+    "id": "HG7ML7M8z78YcAPEB", "actId": "HDSasDasz78YcAPEB", "userId": "7sT5jcggjjA9fNcxF",
+    "actorTaskId": "KJHSKHausidyaJKHs", "startedAt": "2026-04-01T10:00:00.000Z",
+    "finishedAt": "2026-04-01T10:05:00.000Z", "status": "SUCCEEDED",
+    "meta": {"origin": "WEB", "userAgent": "Mozilla/5.0"}, "buildId": "HG7ML7M8z78YcAPEB",
+    "buildNumber": "0.0.2", "usageTotalUsd": 0.2, "defaultKeyValueStoreId": "sfAjeR4QmeJCQzTfe",
+    "defaultDatasetId": "3ZojQDdFTsyE7Moy4", "defaultRequestQueueId": "so93g2shcDzK3pA85",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {}, {"status": "RUNNING", "finishedAt": None}, {"finishedAt": isoformat(NOW)},
+        {"meta": {}}, {"meta": None}, {"meta": {"origin": ""}}, {"meta": {"origin": 7}},
+        {"meta": "WEB"}, {"buildNumber": 2}, {"buildNumber": 2.5}, {"buildNumber": True},
+        {"usageTotalUsd": 3}, {"usageTotalUsd": None}, {"usageTotalUsd": True},
+        {"usageTotalUsd": "0.2"}, {"usageTotalUsd": 10**30},
+        {"startedAt": "2026-04-01T12:00:00+02:00"}, {"finishedAt": "2026-04-01T10:05:00"},
+        {"startedAt": "2099-01-01T00:00:00Z"}, {"startedAt": "yesterday"}, {"finishedAt": 5},
+        {"actId": 5}, {"defaultDatasetId": ["x"]}, {"id": ""}, {"status": ""}, {"status": None},
+        {"note": "caf\u00e9 \u2603"}, {"note": "\x00"}, {"note": "\ud800"}, {"note": float("nan")},
+    ],
+)  # fmt: skip
+def test_the_fast_reading_of_an_item_is_the_careful_one(change):
+    """Items of the documented shape take a fast path; it must read them exactly as the careful,
+    field-by-field path does, and leave every other item to it."""
+    from worker.sources import apify
+
+    if change == {}:
+        assert apify._read_common(dict(FULL_ITEM), NOW) is not None  # the fast path is taken
+    raw = {**FULL_ITEM, **change}
+    fast, careful = apify._read_common(raw, NOW), apify._read_carefully(raw, NOW)
+    assert fast is None or fast == careful
+    assert read_item(raw, NOW) == careful
+
+
 def raker_page(*items, next_cursor=None) -> dict:
     return {"runs": list(items), "nextCursor": next_cursor}
 

@@ -79,7 +79,7 @@ async def run(
             progress(dataclasses.replace(page, total=None), written)
 
     async def walk_window(index: int, start: str, end: str | None) -> None:
-        async with db.writer(runtime.name, f"{lease.stream}#{index}") as writer:
+        async with db.writer(runtime.name, f"{lease.stream}#{index}", result.pass_id) as writer:
             resume = await writer.checkpoint()
             if resume is not None and resume.cursor.get("done"):
                 return

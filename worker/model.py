@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One observation of one upstream run."""
+class Run(NamedTuple):
+    """One observation of one upstream run.
+
+    A tuple whose fields are the store's staging columns, in order: a page of runs goes to COPY
+    as it is (a backfill builds one per run read, so this is on the hot path).
+    """
 
     run_id: str
     status: str

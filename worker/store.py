@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -22,14 +21,8 @@ from worker.model import Checkpoint, Rejected, Run
 
 log = structlog.get_logger("runsync.store")
 
-# The run fields that become typed columns, in the order of the upsert_runs query's arrays.
-_RUN_COLUMNS = (
-    "run_id", "status", "is_terminal", "started_at", "finished_at",
-    "actor_id", "task_id", "build_id", "build_number", "origin", "usage_total_usd",
-    "default_key_value_store_id", "default_dataset_id", "default_request_queue_id",
-    "project", "triggered_by", "result",
-    "raw", "observed_at", "recheck_at",
-)  # fmt: skip
+# The staging table's columns: a Run's fields, so a page of runs goes to COPY as it is.
+_RUN_COLUMNS = Run._fields
 
 DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -112,10 +105,22 @@ class Store:
             await conn.fetchval("SELECT 1")
 
     @asynccontextmanager
-    async def writer(self, source: str, stream: str) -> AsyncIterator[Lease]:
-        """A connection that writes a sub-stream (a backfill window) under a lease held elsewhere."""
+    async def writer(self, source: str, stream: str, pass_id: int) -> AsyncIterator[Lease]:
+        """A connection that writes a sub-stream (a backfill window) under a lease held elsewhere.
+
+        Its pages' figures are added to the pass when it ends, not page by page: the windows'
+        transactions would otherwise queue for the pass record's row lock, each holding it
+        until its commit.
+        """
         async with self.pool.acquire() as conn:
-            yield Lease(self, conn, source, stream)
+            lease = Lease(self, conn, source, stream, defer_counts=True)
+            try:
+                yield lease
+            finally:
+                try:
+                    await lease.add_deferred_counts(pass_id)
+                except DatabaseError as error:  # only the figures are lost; the runs are stored
+                    log.warning("could not add a window's figures to its pass", error=str(error))
 
     async def status(self, sources: Sequence[str]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
@@ -128,11 +133,21 @@ class Store:
 class Lease:
     """The writes of one pass, on the connection that holds its source's lock."""
 
-    def __init__(self, store: Store, conn: asyncpg.Connection, source: str, stream: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        conn: asyncpg.Connection,
+        source: str,
+        stream: str,
+        *,
+        defer_counts: bool = False,
+    ) -> None:
         self.q = store.q
         self.conn = conn
         self.source = source
         self.stream = stream
+        # pages, items, written, quarantined, refreshed: kept here until add_deferred_counts
+        self._deferred = [0, 0, 0, 0, 0] if defer_counts else None
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         await self.conn.execute(
@@ -177,15 +192,7 @@ class Lease:
             written = await self._write(upstream, runs, rejected)
             if checkpoint is not KEEP:
                 await self.save_checkpoint(checkpoint)
-            await self.conn.execute(
-                self.q["count_page"],
-                pass_id,
-                1,
-                items,
-                written.runs,
-                written.quarantined,
-                refreshed,
-            )
+            await self._count(pass_id, 1, items, written.runs, written.quarantined, refreshed)
         return written
 
     async def save_refreshed(
@@ -202,10 +209,20 @@ class Lease:
             if gone:
                 await self.conn.execute(self.q["mark_gone"], self.source, list(gone))
             refreshed = len(runs) + len(rejected) + len(gone)
-            await self.conn.execute(
-                self.q["count_page"], pass_id, 0, 0, written.runs, written.quarantined, refreshed
-            )
+            await self._count(pass_id, 0, 0, written.runs, written.quarantined, refreshed)
         return written
+
+    async def _count(self, pass_id: int, *figures: int) -> None:
+        """Adds figures to the pass record, in the caller's transaction (or later, if deferred)."""
+        if self._deferred is None:
+            await self.conn.execute(self.q["count_page"], pass_id, *figures)
+        else:
+            self._deferred = [kept + new for kept, new in zip(self._deferred, figures, strict=True)]
+
+    async def add_deferred_counts(self, pass_id: int) -> None:
+        if self._deferred and any(self._deferred):
+            figures, self._deferred = self._deferred, [0] * len(self._deferred)
+            await self.conn.execute(self.q["count_page"], pass_id, *figures)
 
     async def due_rechecks(self, project: str | None, observed_before: datetime) -> list[str]:
         """Runs read just as they finished, due to be read once more."""
@@ -226,7 +243,7 @@ class Lease:
             # touch a row twice: the last item of a run in the batch wins.
             unique = {run.run_id: run for run in runs}.values()
             await self.conn.copy_records_to_table(
-                "incoming_runs", records=[_record(run) for run in unique], columns=_RUN_COLUMNS
+                "incoming_runs", records=unique, columns=_RUN_COLUMNS
             )
             # The staging table empties at commit: one batch per transaction.
             rows = await self.conn.fetch(self.q["merge_incoming_runs"], self.source, upstream)
@@ -243,9 +260,6 @@ class Lease:
                 list(unique_rejects),
             )
         return Written(inserted, updated, len(rejected))
-
-
-_record = attrgetter(*_RUN_COLUMNS)
 
 
 def _sha256(text: str) -> str:
