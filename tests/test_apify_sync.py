@@ -294,6 +294,14 @@ async def test_a_backfill_in_windows_stores_exactly_the_upstreams_runs(
     assert len(checkpoints[0]["cursor"]["windows"]) == 8
     (status,) = await db.status(["apify"])
     assert status["backfills_in_flight"] == 0 and status["runs"] == 1120
+    # Each window adds its figures to the pass record as it ends.
+    async with db.pool.acquire() as conn:
+        record = await conn.fetchrow("SELECT pages, items, written FROM runsync.passes")
+    assert (record["pages"], record["items"], record["written"]) == (
+        result.pages,
+        result.items,
+        result.written,
+    ) and record["items"] == record["written"] == 1120
 
 
 async def test_open_runs_cost_one_list_request_until_they_change(world, sim, db, apify_settings):
