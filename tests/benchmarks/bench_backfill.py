@@ -9,8 +9,11 @@ Run by hand, not by CI. From the repository root:
 For each number of runs and latency: the simulated Apify API serves a seeded account in a process
 of its own (the same data for every tool); each tool loads it into a fresh database of one Postgres
 (embedded, or RUNSYNC_DATABASE_URL); its process is timed, and its peak memory read, with
-/usr/bin/time. Raw COPY, the physical ceiling, copies the same runs (typed columns and raw JSON)
-from memory into a table with runsync's columns and no index. A table of runs/s and ratios follows.
+/usr/bin/time, with its CPU time, the simulator's and the whole machine's. Raw COPY, the physical
+ceiling, copies the same runs (typed columns and raw JSON) from memory into a table with runsync's
+columns and no index. "merge" is runsync's writes alone: the same runs, already parsed, stored by
+8 connections through runsync's store as a backfill's windows store them. A table of runs/s and
+ratios follows.
 """
 
 from __future__ import annotations
@@ -105,18 +108,37 @@ async def count(url: str, table: str) -> int:
         await conn.close()
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(seconds, peak MB) of a command; raises with its output if it fails."""
+def machine_busy() -> float:
+    """CPU seconds this machine has spent not idle, all cores together (Linux /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Seconds, peak MB and CPU seconds of a command, and the machine's busy CPU seconds while it
+    ran; raises with its output if it fails."""
+    busy = machine_busy()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", *command], env=env, capture_output=True, text=True
+        ["/usr/bin/time", "-f", "%e %M %U %S", *command], env=env, capture_output=True, text=True
     )
     if done.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    seconds, kilobytes = done.stderr.strip().splitlines()[-1].split()
-    return float(seconds), int(kilobytes) / 1024
+    seconds, kilobytes, user, system = done.stderr.strip().splitlines()[-1].split()
+    return {
+        "seconds": float(seconds),
+        "peak_mb": int(kilobytes) / 1024,
+        "cpu_s": float(user) + float(system),
+        "machine_busy_s": machine_busy() - busy,
+    }
 
 
-def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> tuple[float, float]:
+def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> dict[str, float]:
     url = asyncio.run(fresh_database(server, "bench_runsync"))
     config = work / "runsync.toml"
     config.write_text(
@@ -134,7 +156,7 @@ def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> tuple[fl
     runsync = [sys.executable, "-m", "worker", "--config", str(config), "--database-url", url]
     env = {**os.environ, "BENCH_TOKEN": TOKEN}
     subprocess.run([*runsync, "migrate"], check=True, capture_output=True, env=env)
-    seconds, peak = timed([*runsync, "--log-level", "WARNING", "backfill", "apify"], env)
+    figures = timed([*runsync, "--log-level", "WARNING", "backfill", "apify"], env)
     stored = asyncio.run(count(url, "runsync.runs"))
     assert stored == runs, f"runsync stored {stored} runs of {runs}"
     # Then the daemon's case: incremental passes, the second of which finds nothing new.
@@ -144,7 +166,7 @@ def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> tuple[fl
     print(f"  runsync  incremental pass with nothing new: {line['pages']} list requests "
           f"({line['refreshed']} open runs seen again), {line['duration_ms']} ms, "
           f"{line['cpu_ms']} ms of runsync's own CPU", flush=True)  # fmt: skip
-    return seconds, peak
+    return figures
 
 
 def dlt_credentials(url: str) -> str:
@@ -157,7 +179,7 @@ def dlt_credentials(url: str) -> str:
     return f"postgresql://{user}:{password}@{parts.hostname}:{parts.port or 5432}{parts.path}"
 
 
-def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> tuple[float, float]:
+def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> dict[str, float]:
     url = asyncio.run(fresh_database(server, "bench_dlt"))
     script = work / "dlt_load.py"
     script.write_text(DLT_LOAD)
@@ -169,38 +191,69 @@ def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> tuple[float,
         dlt_credentials(url),
         str(work / "dlt"),
     ]
-    seconds, peak = timed(command)
+    figures = timed(command)
     stored = asyncio.run(count(url, "dlt_bench.runs"))
     assert stored == runs, f"dlt stored {stored} runs of {runs}"
-    return seconds, peak
+    return figures
 
 
-def bench_copy(server: str, runs: int) -> tuple[float, float]:
-    """A plain binary COPY of the same runs; the records are built beforehand, untimed."""
+def parsed_runs(runs: int) -> list:
+    """The simulator's runs, read as runsync reads them: built beforehand, untimed."""
     from worker.simulator import ApifyWorld
     from worker.sources.apify import read_item
+
+    now = datetime.now(UTC)
+    return [read_item(item, now) for item in ApifyWorld(runs=runs, seed=SEED).list_items()]
+
+
+def bench_copy(server: str, runs: int) -> dict[str, float]:
+    """A plain binary COPY of the same runs into a table with no index: the physical ceiling."""
     from worker.store import _RUN_COLUMNS
 
     url = asyncio.run(fresh_database(server, "bench_copy"))
-    now = datetime.now(UTC)
-    items = ApifyWorld(runs=runs, seed=SEED).list_items()
-    records = [
-        ("apify", "apify", *(getattr(run, c) for c in _RUN_COLUMNS))
-        for run in (read_item(item, now) for item in items)
-    ]
-    return asyncio.run(copy_into(url, records)), 0.0
+    records = [("apify", "apify", *run) for run in parsed_runs(runs)]
+    return {"seconds": asyncio.run(copy_into(url, records, ("source", "upstream", *_RUN_COLUMNS)))}
 
 
-async def copy_into(url: str, records: list[tuple]) -> float:
+async def copy_into(url: str, records: list[tuple], names: tuple[str, ...]) -> float:
     conn = await asyncpg.connect(url)
     try:
         columns = ", ".join(f"{name} {kind}" for name, kind in COPY_COLUMNS)
         await conn.execute(f"CREATE TABLE ceiling ({columns})")
         started = time.perf_counter()
-        await conn.copy_records_to_table("ceiling", records=records)
+        await conn.copy_records_to_table("ceiling", records=records, columns=names)
         return time.perf_counter() - started
     finally:
         await conn.close()
+
+
+def bench_merge(server: str, runs: int) -> dict[str, float]:
+    """runsync's own writes of the same runs, already parsed: 8 windows' worth of connections
+    storing 1000-run pages side by side, through the store as a backfill does. What a backfill
+    does beyond this is fetching and reading the pages."""
+    return {"seconds": asyncio.run(merge_into(server, parsed_runs(runs)))}
+
+
+async def merge_into(server: str, runs: list, writers: int = 8) -> float:
+    from worker import store
+
+    db = await store.Store.open(await fresh_database(server, "bench_merge"), max_size=writers + 1)
+    try:
+        await db.migrate()
+        pages = [runs[i : i + 1000] for i in range(0, len(runs), 1000)]
+        async with db.lease("apify", "backfill") as lease:
+            pass_id = await lease.start_pass()
+
+            async def write(index: int) -> None:
+                async with db.writer("apify", f"backfill#{index}", pass_id) as writer:
+                    for page in pages[index::writers]:
+                        await writer.save_page(pass_id, "apify", page, [])
+
+            started = time.perf_counter()
+            await asyncio.gather(*(write(i) for i in range(writers)))
+            return time.perf_counter() - started
+    finally:
+        await db.close()
 
 
 def run_benchmark(args: argparse.Namespace, server: str, work: Path) -> list[dict]:
@@ -218,24 +271,43 @@ def run_benchmark(args: argparse.Namespace, server: str, work: Path) -> list[dic
                     raise RuntimeError("the simulator did not start")
                 base_url = f"http://127.0.0.1:{port}"
                 for tool in args.tools:
-                    if tool == "copy" and latency != args.latency[0]:
-                        continue  # COPY does not touch the upstream: once per size is enough
+                    if tool in ("copy", "merge") and latency != args.latency[0]:
+                        continue  # these do not touch the upstream: once per size is enough
+                    simulator_cpu = process_cpu(simulator.pid)
                     if tool == "runsync":
-                        seconds, peak = bench_runsync(server, base_url, runs, work)
+                        figures = bench_runsync(server, base_url, runs, work)
                     elif tool == "dlt":
-                        seconds, peak = bench_dlt(server, base_url, runs, work)
+                        figures = bench_dlt(server, base_url, runs, work)
+                    elif tool == "merge":
+                        figures = bench_merge(server, runs)
                     else:
-                        seconds, peak = bench_copy(server, runs)
-                    results.append(
-                        {"runs": runs, "latency_ms": latency, "tool": tool, "seconds": seconds,
-                         "runs_per_s": runs / seconds, "peak_mb": peak}
-                    )  # fmt: skip
-                    print(f"  {tool:8s} {runs:>9,} runs {latency:>4g} ms {seconds:7.1f} s "
-                          f"{runs / seconds:>9,.0f} runs/s  peak {peak:5.0f} MB", flush=True)  # fmt: skip
+                        figures = bench_copy(server, runs)
+                    figures["simulator_cpu_s"] = process_cpu(simulator.pid) - simulator_cpu
+                    row = {"runs": runs, "latency_ms": latency, "tool": tool, **figures,
+                           "runs_per_s": runs / figures["seconds"]}  # fmt: skip
+                    results.append(row)
+                    print(f"  {tool:8s} {runs:>9,} runs {latency:>4g} ms {row['seconds']:7.1f} s "
+                          f"{row['runs_per_s']:>9,.0f} runs/s", flush=True)  # fmt: skip
+                    if "cpu_s" in row:
+                        print(cpu_account(row), flush=True)
             finally:
                 simulator.kill()
                 simulator.wait()
     return results
+
+
+def cpu_account(row: dict) -> str:
+    """Where a tool's run spent the machine's CPU, per run: its own process, the simulator serving
+    it, and the rest (Postgres, mostly), against what the machine's cores had to give."""
+    per_run = 1e6 / row["runs"]
+    tool, simulator = row["cpu_s"], row["simulator_cpu_s"]
+    rest = max(row["machine_busy_s"] - tool - simulator, 0.0)
+    capacity = row["seconds"] * (os.cpu_count() or 1)
+    return (
+        f"           CPU per run: {row['tool']} {tool * per_run:.1f} us, simulator "
+        f"{simulator * per_run:.1f} us, Postgres and the rest {rest * per_run:.1f} us; "
+        f"machine busy {row['machine_busy_s'] / capacity:.0%}, peak memory {row['peak_mb']:.0f} MB"
+    )
 
 
 def report(results: list[dict]) -> str:
@@ -243,7 +315,7 @@ def report(results: list[dict]) -> str:
 
     def rate(runs: int, latency: float, tool: str) -> float | None:
         for row in results:
-            same_latency = tool == "copy" or row["latency_ms"] == latency
+            same_latency = tool in ("copy", "merge") or row["latency_ms"] == latency
             if row["runs"] == runs and row["tool"] == tool and same_latency:
                 return row["runs_per_s"]
         return None
@@ -252,16 +324,18 @@ def report(results: list[dict]) -> str:
         return "-" if value is None else format(value, form) + ("x" if form == ".1f" else "")
 
     lines = [
-        "| runs | latency | runsync runs/s | dlt runs/s | raw COPY rows/s "
+        "| runs | latency | runsync runs/s | dlt runs/s | raw COPY rows/s | runsync's writes alone "
         "| runsync / dlt | runsync / COPY | runsync peak memory |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in (r for r in results if r["tool"] == "runsync"):
         runs, latency, ours = row["runs"], row["latency_ms"], row["runs_per_s"]
         dlt, copy = rate(runs, latency, "dlt"), rate(runs, latency, "copy")
+        merge = rate(runs, latency, "merge")
         lines.append(
             f"| {runs:,} | {latency:g} ms | {ours:,.0f} | {figure(dlt, ',.0f')} "
-            f"| {figure(copy, ',.0f')} | {figure(dlt and ours / dlt, '.1f')} "
+            f"| {figure(copy, ',.0f')} | {figure(merge, ',.0f')} "
+            f"| {figure(dlt and ours / dlt, '.1f')} "
             f"| {figure(copy and ours / copy, '.0%')} | {row['peak_mb']:.0f} MB |"
         )
     return "\n".join(lines)
@@ -281,7 +355,9 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--latency", type=float, nargs="+", default=[0, 20], help="milliseconds")
-    parser.add_argument("--tools", type=lambda v: v.split(","), default=["runsync", "dlt", "copy"])
+    parser.add_argument(
+        "--tools", type=lambda v: v.split(","), default=["runsync", "dlt", "copy", "merge"]
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
