@@ -164,41 +164,129 @@ WHERE id = $1;
 -- Closes the record of one pass.
 UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1;
 
--- source_status --
--- Per source: checkpoint (the laggiest of its projects), counts, the last success and failure.
-SELECT s.source,
-       c.watermark,
-       c.walks_in_flight,
-       c.backfills_in_flight,
-       coalesce(counts.runs, 0) AS runs,
-       coalesce(counts.open_runs, 0) AS open_runs,
-       counts.newest_started_at,
-       (SELECT max(p.finished_at) FROM runsync.passes p
-         WHERE p.source = s.source AND p.outcome = 'succeeded') AS last_success_at,
-       failure.finished_at AS last_error_at,
-       failure.error AS last_error
-FROM unnest($1::text[]) AS s(source)
-LEFT JOIN LATERAL (
-    SELECT min(k.watermark) FILTER (WHERE k.stream LIKE 'incremental%') AS watermark,
-           count(*) FILTER (WHERE k.stream LIKE 'incremental%' AND k.cursor ? 'top')
-               AS walks_in_flight,
-           count(*) FILTER (WHERE k.stream LIKE 'backfill%' AND k.stream NOT LIKE '%#%'
-                            AND NOT coalesce((k.cursor ->> 'done')::boolean, false))
-               AS backfills_in_flight  -- a backfill, not each of its windows
-    FROM runsync.checkpoints k WHERE k.source = s.source) AS c ON true
-LEFT JOIN LATERAL (
-    SELECT count(*) AS runs,
+-- stream_status --
+-- Per stream of runs of each source ($1; a RakerOne project, or the whole source: part ''): the
+-- incremental checkpoint, run counts, the newest success and failure, where its backfill stands.
+WITH counts AS (
+    SELECT r.source, coalesce(r.project, '') AS part,
+           count(*) AS runs,
            count(*) FILTER (WHERE NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,
            max(r.started_at) AS newest_started_at
-    FROM runsync.runs r WHERE r.source = s.source) AS counts ON true
+    FROM runsync.runs r
+    WHERE r.source = ANY($1::text[])
+    GROUP BY r.source, r.project
+),
+parts AS (
+    -- The configured ones ($2, $3: source and project side by side), and any the tables know of:
+    -- 'incremental/proj_a' and 'backfill/proj_a#2' (a backfill's window) are part 'proj_a'.
+    SELECT source, part FROM unnest($2::text[], $3::text[]) AS configured(source, part)
+    UNION
+    SELECT source, CASE WHEN strpos(stream, '/') > 0
+                        THEN regexp_replace(substr(stream, strpos(stream, '/') + 1), '#[0-9]+$', '')
+                        ELSE '' END
+    FROM runsync.checkpoints WHERE source = ANY($1::text[])
+    UNION
+    SELECT source, part FROM counts
+),
+named AS (
+    SELECT source, part,
+           'incremental' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS incremental,
+           'backfill' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS backfill
+    FROM parts
+)
+SELECT n.source,
+       nullif(n.part, '') AS project,
+       inc.watermark,
+       coalesce(inc.cursor ? 'top', false) AS walk_in_flight,
+       coalesce(c.runs, 0) AS runs,
+       coalesce(c.open_runs, 0) AS open_runs,
+       c.newest_started_at,
+       greatest(last.incremental_success_at, last.backfill_success_at) AS last_success_at,
+       failure.finished_at AS last_error_at,
+       failure.error AS last_error,
+       CASE WHEN bf.cursor IS NULL THEN NULL
+            WHEN bf.done THEN 'done'
+            -- try_lock_source's lock is held: a process is walking it now
+            WHEN EXISTS (SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+                           AND (l.classid::bigint << 32 | l.objid::bigint) = hashtextextended(
+                               'runsync:source:' || n.source || ':' || n.backfill, 0))
+                 THEN 'running'
+            ELSE 'stopped' END AS backfill_state,
+       bf.cursor -> 'range' AS backfill_range,
+       jsonb_array_length(bf.cursor -> 'windows') AS backfill_windows,
+       CASE WHEN bf.done THEN jsonb_array_length(bf.cursor -> 'windows')
+            ELSE windows.done END AS backfill_windows_done,
+       CASE WHEN NOT bf.done THEN progress.items END AS backfill_runs_read,
+       CASE WHEN bf.done THEN done_by.finished_at END AS backfill_finished_at
+FROM named n
+LEFT JOIN counts c ON c.source = n.source AND c.part = n.part
+LEFT JOIN runsync.checkpoints inc ON inc.source = n.source AND inc.stream = n.incremental
 LEFT JOIN LATERAL (
-    SELECT p.finished_at, p.error FROM runsync.passes p
-    WHERE p.source = s.source AND p.outcome = 'failed'
-    ORDER BY p.id DESC LIMIT 1) AS failure ON true
-ORDER BY s.source;
+    SELECT k.cursor, coalesce((k.cursor ->> 'done')::boolean, false) AS done
+    FROM runsync.checkpoints k WHERE k.source = n.source AND k.stream = n.backfill) AS bf ON true
+-- The passes of one stream are found through passes_stream_idx. The streams are compared as ranges,
+-- not with =, which the planner estimates as for a busy stream and then walks every pass by id.
+LEFT JOIN LATERAL (
+    SELECT (SELECT p.finished_at FROM runsync.passes p
+            WHERE p.source = n.source AND p.stream >= n.incremental AND p.stream <= n.incremental
+              AND p.outcome = 'succeeded'
+            ORDER BY p.stream DESC, p.id DESC LIMIT 1) AS incremental_success_at,
+           (SELECT p.finished_at FROM runsync.passes p
+            WHERE p.source = n.source AND p.stream >= n.backfill AND p.stream <= n.backfill
+              AND p.outcome = 'succeeded'
+            ORDER BY p.stream DESC, p.id DESC LIMIT 1) AS backfill_success_at,
+           (SELECT p.id FROM runsync.passes p
+            WHERE p.source = n.source AND p.stream >= n.backfill AND p.stream <= n.backfill
+              AND p.outcome = 'succeeded'
+            ORDER BY p.stream DESC, p.id DESC LIMIT 1) AS backfill_success_id) AS last ON true
+LEFT JOIN LATERAL (
+    SELECT f.finished_at, f.error FROM (
+        (SELECT p.finished_at, p.error FROM runsync.passes p
+         WHERE p.source = n.source AND p.stream >= n.incremental AND p.stream <= n.incremental
+           AND p.outcome = 'failed'
+         ORDER BY p.stream DESC, p.id DESC LIMIT 1)
+        UNION ALL
+        (SELECT p.finished_at, p.error FROM runsync.passes p
+         WHERE p.source = n.source AND p.stream >= n.backfill AND p.stream <= n.backfill
+           AND p.outcome = 'failed'
+         ORDER BY p.stream DESC, p.id DESC LIMIT 1)) AS f
+    ORDER BY f.finished_at DESC NULLS LAST LIMIT 1) AS failure ON true
+-- A windowed backfill keeps a checkpoint per window (backfill#N) until every window is done.
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE (w.cursor ->> 'done')::boolean) AS done
+    FROM runsync.checkpoints w
+    WHERE bf.cursor ? 'windows' AND NOT bf.done
+      AND w.source = n.source AND left(w.stream, length(n.backfill) + 1) = n.backfill || '#'
+    ) AS windows ON true
+-- What an unfinished backfill has read so far: its passes since the last that finished one.
+LEFT JOIN LATERAL (
+    SELECT coalesce(sum(p.items), 0) AS items FROM runsync.passes p
+    WHERE NOT bf.done
+      AND p.source = n.source AND p.stream >= n.backfill AND p.stream <= n.backfill
+      AND p.id > coalesce(last.backfill_success_id, 0)
+    ) AS progress ON true
+LEFT JOIN runsync.passes done_by ON done_by.id = (bf.cursor ->> 'pass_id')::bigint
+ORDER BY n.source, n.part;
 
 -- known_sources --
 -- Every source that has rows or a checkpoint, configured or not.
 SELECT source FROM runsync.checkpoints
 UNION
 SELECT DISTINCT source FROM runsync.passes;
+
+-- stream_figures --
+-- One stream's figures for the daemon's gauges: newest start, open runs, unfinished backfill.
+-- backfill_runs_read: what the backfill's newest pass has read; null when none is in flight.
+SELECT (SELECT max(r.started_at) FROM runsync.runs r
+         WHERE r.source = $1 AND r.project IS NOT DISTINCT FROM $2::text) AS newest_started_at,
+       (SELECT count(*) FROM runsync.runs r
+         WHERE r.source = $1 AND r.project IS NOT DISTINCT FROM $2::text
+           AND NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,
+       (SELECT p.items FROM runsync.checkpoints k
+         CROSS JOIN LATERAL (
+             SELECT items FROM runsync.passes
+             WHERE source = k.source AND stream = k.stream
+             ORDER BY id DESC LIMIT 1) AS p
+         WHERE k.source = $1 AND k.stream = $3
+           AND NOT coalesce((k.cursor ->> 'done')::boolean, false)) AS backfill_runs_read;

@@ -159,3 +159,53 @@ def test_rakerone_sources(tmp_path):
 def test_rakerone_mistakes_name_the_key(tmp_path, text, message):
     with pytest.raises(config.ConfigError, match=message):
         load(tmp_path, text)
+
+
+WEBHOOK = GOOD + 'webhook_secret_env = "APIFY_WEBHOOK_SECRET"\n'
+WEBHOOK_SECRET = "whsec-0123456789abcdef"
+
+
+def test_webhook_secret_and_readiness_threshold(tmp_path):
+    settings = load(
+        tmp_path,
+        '[http]\nunhealthy_after = "90s"\n' + WEBHOOK,
+        env={"APIFY_TOKEN": "secret-abc", "APIFY_WEBHOOK_SECRET": f" {WEBHOOK_SECRET}\n"},
+    )
+    (source,) = settings.sources
+    assert source.webhook_secret_env == "APIFY_WEBHOOK_SECRET"
+    assert source.webhook_secret.reveal() == WEBHOOK_SECRET
+    assert WEBHOOK_SECRET in settings.secrets()  # so the log scrubber knows it
+    assert WEBHOOK_SECRET not in repr(settings)
+    assert settings.unhealthy_after == timedelta(seconds=90)
+    defaults = load(tmp_path, GOOD)
+    assert defaults.unhealthy_after == timedelta(minutes=15)
+    assert defaults.sources[0].webhook_secret is None
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (WEBHOOK, {}, "sources.apify.webhook_secret_env: environment variable APIFY_WEBHOOK_SECRET is not set"),
+        (WEBHOOK, {"APIFY_WEBHOOK_SECRET": "short"}, "shorter than 16 characters"),
+        (GOOD + 'webhook_secret_env = "not a name"\n', {}, "sources.apify.webhook_secret_env: must name"),
+        (RAKER + 'project = "a"\nwebhook_secret_env = "APIFY_WEBHOOK_SECRET"\n',
+         {"APIFY_WEBHOOK_SECRET": WEBHOOK_SECRET}, "sources.raker.webhook_secret_env: not a key of kind 'rakerone'"),
+        ('[http]\nunhealthy_after = "soon"\n' + GOOD, {}, "http.unhealthy_after: 'soon' is not a duration"),
+        ("[http]\nunhealthy_after = 15\n" + GOOD, {}, "http.unhealthy_after: must be a str"),
+    ],
+)  # fmt: skip
+def test_webhook_and_readiness_mistakes_name_the_key(tmp_path, text, env, message):
+    with pytest.raises(config.ConfigError) as caught:
+        load(tmp_path, text, env={"APIFY_TOKEN": "secret-abc", **env})
+    assert message in str(caught.value)
+    assert "short\n" not in str(caught.value) and "'short'" not in str(caught.value)
+
+
+def test_check_config_exits_2_naming_a_missing_webhook_secret(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    path.write_text(WEBHOOK)
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    monkeypatch.delenv("APIFY_WEBHOOK_SECRET", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    assert "environment variable APIFY_WEBHOOK_SECRET is not set" in capsys.readouterr().err

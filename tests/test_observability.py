@@ -6,8 +6,9 @@ import json
 import logging
 
 import structlog
+from helpers import interrupted_pass, one_pass
 
-from worker import observability
+from worker import observability, runtime, store, sync
 
 
 def test_json_lines_with_context_and_no_secrets(capsys):
@@ -28,3 +29,103 @@ def test_json_lines_with_context_and_no_secrets(capsys):
     assert lines[0]["url"] == "https://x/?token=***"
     assert {line["logger"] for line in lines} == {"runsync.test", "asyncpg.pool"}
     assert all("timestamp" in line and "level" in line for line in lines)
+
+
+# The pass-finished line's keys (README, "Logs"), on every outcome.
+PASS_KEYS = {
+    "event", "level", "logger", "timestamp", "source", "stream", "pass_id", "outcome",
+    "pages", "runs", "written", "quarantined", "refreshed", "duration_ms", "cpu_ms",
+}  # fmt: skip
+
+
+def json_lines(capsys) -> list[dict]:
+    """Every line written to stderr, each one JSON object (json.loads fails on any other)."""
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+
+
+def finished(lines: list[dict]) -> dict:
+    (line,) = [line for line in lines if line["event"].startswith("pass ") and "outcome" in line]
+    return line
+
+
+def test_stdlib_records_of_aiohttp_asyncpg_and_apscheduler_are_json_lines(capsys):
+    observability.configure(level="INFO", json=True)
+    names = ["aiohttp.client", "aiohttp.server", "asyncpg.pool", "apscheduler.scheduler",
+             "apscheduler.executors.default"]  # fmt: skip
+
+    with structlog.contextvars.bound_contextvars(source="raker", pass_id=3):
+        for name in names:
+            logging.getLogger(name).warning("%s said %d", name, 42, extra={"attempt": 2})
+        try:
+            raise ConnectionResetError("peer went away")
+        except ConnectionResetError:
+            logging.getLogger("apscheduler.executors.default").exception("Job raised")
+    logging.getLogger("apscheduler.scheduler").info("Added job")  # below its WARNING floor
+
+    lines = json_lines(capsys)
+    assert [line["logger"] for line in lines] == [*names, "apscheduler.executors.default"]
+    for name, line in zip(names, lines, strict=False):
+        assert line["event"] == f"{name} said 42" and line["level"] == "warning"
+        assert (line["source"], line["pass_id"], line["attempt"]) == ("raker", 3, 2)
+        assert line["timestamp"].endswith("Z")
+    assert (
+        lines[-1]["level"] == "error"
+        and "ConnectionResetError: peer went away" in (lines[-1]["exception"])
+    )
+
+
+async def test_the_pass_finished_line_has_stable_keys(world, sim, apify_settings, capsys):
+    world.add_runs(23, status="SUCCEEDED")
+    world.add_runs(2, status="RUNNING")
+    settings = apify_settings(page_size=10)
+    observability.configure(level="INFO", json=True)
+
+    result = await one_pass(settings)
+
+    lines = json_lines(capsys)
+    line = finished(lines)
+    assert set(line) == PASS_KEYS
+    assert line["event"] == "pass succeeded" and line["outcome"] == "succeeded"
+    assert (line["source"], line["stream"], line["pass_id"]) == (
+        "apify",
+        "incremental",
+        result.pass_id,
+    )
+    assert (line["pages"], line["runs"], line["written"]) == (3, 25, 25)
+    assert line["duration_ms"] == result.duration_ms >= 0
+    assert all(
+        line["pass_id"] == result.pass_id for line in lines if line["logger"] == "runsync.sync"
+    )
+
+    # A second pass reads the newest page again (runs), and writes nothing new (written).
+    await one_pass(settings)
+    line = finished(json_lines(capsys))
+    assert line["runs"] > 0 and line["written"] == 0
+
+
+async def test_failed_and_interrupted_passes_end_with_the_same_keys(
+    world, sim, apify_settings, database_url, capsys
+):
+    world.add_runs(60, status="SUCCEEDED")
+    observability.configure(level="INFO", json=True)
+    settings = apify_settings(page_size=10)
+
+    await interrupted_pass(settings, "apify", after_pages=2)
+    line = finished(json_lines(capsys))
+    assert set(line) == PASS_KEYS and line["event"] == "pass interrupted"
+    assert line["pages"] >= 2 and line["runs"] >= 20
+
+    sim.token = "another-token"  # the upstream refuses ours: HTTP 401
+    await one_pass(settings)
+    line = finished(json_lines(capsys))
+    assert set(line) == PASS_KEYS | {"error"} and line["event"] == "pass failed"
+    assert "401" in line["error"] and line["outcome"] == "failed"
+
+    # The database is gone before the pass could start: the same line, with nothing counted.
+    closed = await store.Store.open(database_url)
+    await closed.close()
+    async with runtime.open_runtime(settings, ["apify"]) as rt:
+        result = await sync.run_pass(rt.stream("apify"), closed)
+    line = finished(json_lines(capsys))
+    assert set(line) == PASS_KEYS | {"error"} and line["error"].startswith("database: ")
+    assert (line["pass_id"], line["pages"], line["runs"], result.outcome) == (None, 0, 0, "failed")

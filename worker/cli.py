@@ -162,7 +162,9 @@ def _backfill(settings, args) -> int:
 def _status(settings, args) -> int:
     async def read():
         async with runtime.open_store(settings, migrate=True) as db:
-            return await db.status([s.name for s in settings.sources])
+            return await db.status(
+                [s.name for s in settings.sources], {s.name: s.projects for s in settings.sources}
+            )
 
     console.print_status(asyncio.run(read()), as_json=args.json)
     return EXIT_OK

@@ -15,10 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_CONFIG = Path("config/runsync.toml")
 DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_UNHEALTHY_AFTER = "15m"
 KINDS = {"apify": "https://api.apify.com", "rakerone": "https://app.raker.one"}
 # Keys that only make sense for one kind of upstream.
 KIND_KEYS = {
-    "apify": {"actor", "task"},
+    "apify": {"actor", "task", "webhook_secret_env"},
     "rakerone": {"project", "projects", "terminal_statuses"},
 }
 RAKERONE_TERMINAL = ("completed", "failed", "cancelled")
@@ -27,6 +28,8 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A webhook secret is all that stands between the internet and the runs table.
+MIN_WEBHOOK_SECRET = 16
 
 
 class ConfigError(Exception):
@@ -70,6 +73,8 @@ class SourceConfig:
     max_response_mb: int = 8  # a larger answer is refused, not read into memory
     projects: tuple[str, ...] = ()  # RakerOne: one stream of runs per project
     terminal_statuses: frozenset[str] = frozenset()  # RakerOne: casefolded
+    webhook_secret_env: str | None = None  # Apify: the variable holding the webhook secret
+    webhook_secret: Secret | None = field(default=None, repr=False)
 
     @property
     def schedule(self) -> str:
@@ -84,6 +89,8 @@ class Settings:
     data_dir: Path
     listen: str
     sources: tuple[SourceConfig, ...]
+    # /readyz fails once a source's newest pass failed and it last succeeded longer ago than this.
+    unhealthy_after: timedelta = timedelta(minutes=15)
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -94,6 +101,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         found = [s.token.reveal() for s in self.sources]
+        found += [s.webhook_secret.reveal() for s in self.sources if s.webhook_secret]
         if self.database_url is not None:
             password = urlsplit(self.database_url.reveal()).password
             if password:
@@ -199,12 +207,13 @@ class _Reader:
     def settings(self, document: dict[str, Any], database_url: str | None) -> Settings:
         self.table(document, "(top level)", {"database", "http", "sources"})
         database = self.table(document.get("database", {}), "database", {"url", "data_dir"})
-        http = self.table(document.get("http", {}), "http", {"listen"})
+        http = self.table(document.get("http", {}), "http", {"listen", "unhealthy_after"})
         url, origin = self.database_url(database, database_url)
         data_dir = Path(self.typed(database, "data_dir", "database", str, ".runsync"))
         listen = self.typed(http, "listen", "http", str, DEFAULT_LISTEN)
         if not re.fullmatch(r"[^\s:]+:\d{1,5}", listen):
             raise self.error("http.listen", f"{listen!r} is not host:port")
+        unhealthy_after = self.duration(http, "unhealthy_after", "http", DEFAULT_UNHEALTHY_AFTER)
 
         raw_sources = document.get("sources", [])
         if not isinstance(raw_sources, list) or not raw_sources:
@@ -215,7 +224,7 @@ class _Reader:
             if source.name in seen:
                 raise self.error(f"sources.{source.name}", "two sources share this name")
             seen.add(source.name)
-        return Settings(self.path, url, origin, data_dir, listen, sources)
+        return Settings(self.path, url, origin, data_dir, listen, sources, unhealthy_after)
 
     def database_url(self, database: dict[str, Any], override: str | None):
         for value, origin in (
@@ -237,7 +246,9 @@ class _Reader:
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
             where = f"sources.{raw['name']}"
         table = self.table(
-            raw, where, set(SourceConfig.__dataclass_fields__) - {"token"} | {"project"}
+            raw,
+            where,
+            set(SourceConfig.__dataclass_fields__) - {"token", "webhook_secret"} | {"project"},
         )
         name = self.typed(table, "name", where, str)
         if not name or not _NAME.match(name):
@@ -266,6 +277,7 @@ class _Reader:
         task = self.typed(table, "task", where, str)
         if actor and task:
             raise self.error(f"{where}.task", "give either actor or task, not both")
+        webhook_secret_env, webhook_secret = self.webhook_secret(table, where)
         projects, terminal = (), ()
         if kind == "rakerone":
             projects = self.projects(table, where)
@@ -291,7 +303,27 @@ class _Reader:
             max_response_mb=self.bounded(table, "max_response_mb", where, 8, 1, 1024),
             projects=projects,
             terminal_statuses=frozenset(status.casefold() for status in terminal),
+            webhook_secret_env=webhook_secret_env,
+            webhook_secret=webhook_secret,
         )
+
+    def webhook_secret(self, table: dict[str, Any], where: str) -> tuple[str | None, Secret | None]:
+        name = self.typed(table, "webhook_secret_env", where, str)
+        if name is None:
+            return None, None
+        key = f"{where}.webhook_secret_env"
+        if not _ENV_NAME.match(name):
+            raise self.error(key, "must name the environment variable holding the webhook secret")
+        secret = self.env.get(name, "").strip()
+        if not secret:
+            raise self.error(key, f"environment variable {name} is not set")
+        if len(secret) < MIN_WEBHOOK_SECRET:
+            raise self.error(
+                key,
+                f"the secret in {name} is shorter than {MIN_WEBHOOK_SECRET} characters "
+                "(make one with: openssl rand -hex 32)",
+            )
+        return name, Secret(secret)
 
     def strings(self, table: dict[str, Any], key: str, where: str, default=()) -> tuple[str, ...]:
         value = table.get(key, list(default))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,14 +19,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from worker.model import Page
 
 
-def _age(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
+def _age(seconds: int | None) -> str:
+    if seconds is None:
         return "-"
-    seconds = int((now - moment).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if abs(seconds) >= size:
             return f"{seconds // size}{unit}"
@@ -36,55 +37,159 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment else None
 
 
+def _since(moment: datetime | None, now: datetime) -> int | None:
+    return int((now - moment).total_seconds()) if moment else None
+
+
+def _figures(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What a source and each of its streams report alike. Lag: now minus the newest run's start."""
+    return {
+        "watermark": _iso(row["watermark"]),
+        "lag_seconds": _since(row["newest_started_at"], now),
+        "newest_started_at": _iso(row["newest_started_at"]),
+        "runs": row["runs"],
+        "open_runs": row["open_runs"],
+        "last_success_at": _iso(row["last_success_at"]),
+        "last_success_age_seconds": _since(row["last_success_at"], now),
+        "last_error_at": _iso(row["last_error_at"]),
+        "last_error_age_seconds": _since(row["last_error_at"], now),
+        "last_error": row["last_error"],
+    }
+
+
+def _backfill(row: dict[str, Any]) -> dict[str, Any] | None:
+    """done, running (a process walks it now) or stopped (unfinished: `runsync backfill` resumes
+    it); the windows of a windowed one, and the runs an unfinished one has read so far."""
+    if row["backfill_state"] is None:
+        return None
+    since, until = row["backfill_range"] or (None, None)
+    return {
+        "state": row["backfill_state"],
+        "since": since,
+        "until": until,
+        "windows": row["backfill_windows"],
+        "windows_done": row["backfill_windows_done"],
+        "runs_read": row["backfill_runs_read"],
+        "finished_at": _iso(row["backfill_finished_at"]),
+    }
+
+
 def status_records(rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """The status rows as plain JSON values, with lag in seconds."""
-    records = []
-    for row in rows:
-        newest = row["newest_started_at"]
-        records.append(
-            {
-                "source": row["source"],
-                "configured": row["configured"],
-                "watermark": _iso(row["watermark"]),
-                "lag_seconds": int((now - newest).total_seconds()) if newest else None,
-                "newest_started_at": _iso(newest),
-                "runs": row["runs"],
-                "open_runs": row["open_runs"],
-                "last_success_at": _iso(row["last_success_at"]),
-                "last_error_at": _iso(row["last_error_at"]),
-                "last_error": row["last_error"],
-                "walks_in_flight": row["walks_in_flight"] or 0,
-                "backfills_in_flight": row["backfills_in_flight"] or 0,
-            }
+    """The status rows as plain JSON values (times in ISO 8601, ages in seconds): what
+    `status --json` prints and the table shows."""
+    return [
+        {
+            "source": row["source"],
+            "configured": row["configured"],
+            **_figures(row, now),
+            "walks_in_flight": row["walks_in_flight"],
+            "backfills_in_flight": row["backfills_in_flight"],
+            "streams": [
+                {
+                    "project": stream["project"],
+                    **_figures(stream, now),
+                    "walk_in_flight": stream["walk_in_flight"],
+                    "backfill": _backfill(stream),
+                }
+                for stream in row["streams"]
+            ],
+        }
+        for row in rows
+    ]
+
+
+def _watermark(value: str | None) -> str:
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _when(moment: str | None, age: int | None) -> str:
+    """An age, and the UTC time (its day, once a day old)."""
+    if moment is None or age is None:
+        return "never"
+    shape = "%H:%M:%S" if age < 86400 else "%Y-%m-%d"
+    return f"{_age(age)} ago ({datetime.fromisoformat(moment).strftime(shape)})"
+
+
+def _failing(record: dict[str, Any]) -> bool:
+    """Its newest error came after its last success, or it has never succeeded."""
+    success, error = record["last_success_at"], record["last_error_at"]
+    return error is not None and (
+        success is None or datetime.fromisoformat(error) > datetime.fromisoformat(success)
+    )
+
+
+def _last_error(record: dict[str, Any], streams: list[dict[str, Any]]) -> Text | str:
+    """The newest error, its first line: red while a stream fails, dim once all succeed again."""
+    if not record["last_error"]:
+        return "-"
+    first_line = (record["last_error"].strip().splitlines() or [""])[0]
+    failing = any(_failing(stream) for stream in streams)
+    # Text, not markup: an upstream's message may hold [brackets].
+    return Text(
+        f"{_age(record['last_error_age_seconds'])} ago: {first_line}", "red" if failing else "dim"
+    )
+
+
+def _backfill_cell(streams: list[dict[str, Any]]) -> str:
+    backfills = [s["backfill"] for s in streams if s["backfill"]]
+    if not backfills:
+        return "-"
+    if len(streams) > 1:  # a source's row sums up its projects'
+        states = Counter(b["state"] for b in backfills)
+        return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    (backfill,) = backfills
+    if backfill["state"] == "done":
+        return "done"
+    done = (
+        f"{backfill['windows_done']}/{backfill['windows']} windows, " if backfill["windows"] else ""
+    )
+    return f"{backfill['state']}: {done}{backfill['runs_read']:,} runs read"
+
+
+def status_table(records: list[dict[str, Any]]) -> Table:
+    table = Table(title="runsync sources", title_justify="left")
+    right = {"justify": "right"}
+    columns = {
+        "source": {}, "watermark": {}, "lag": right, "runs": right, "open": right,
+        "last success": {},
+        # one line, cut short: `status --json` has the whole message
+        "last error": {"max_width": 80, "no_wrap": True, "overflow": "ellipsis"},
+        "backfill": {},
+    }  # fmt: skip
+    for column, options in columns.items():
+        table.add_column(column, **options)
+
+    def add(name: str, record: dict[str, Any], streams: list[dict[str, Any]]) -> None:
+        success = record["last_success_age_seconds"]
+        table.add_row(
+            Text(name),
+            _watermark(record["watermark"]),
+            _age(record["lag_seconds"]),
+            f"{record['runs']:,}",
+            f"{record['open_runs']:,}",
+            _when(record["last_success_at"], success),
+            _last_error(record, streams),
+            _backfill_cell(streams),
         )
-    return records
+
+    for record in records:
+        streams = record["streams"]
+        add(
+            record["source"] + ("" if record["configured"] else " (not configured)"),
+            record,
+            streams,
+        )
+        for stream in streams if any(s["project"] for s in streams) else ():
+            add(f"  {stream['project']}", stream, [stream])
+    return table
 
 
 def print_status(rows: list[dict[str, Any]], *, as_json: bool) -> None:
-    now = datetime.now(UTC)
+    records = status_records(rows, datetime.now(UTC))
     if as_json:
-        print(json.dumps(status_records(rows, now), indent=2))
-        return
-    table = Table(title="runsync sources", title_justify="left")
-    for column in ("source", "watermark", "lag", "runs", "open", "last success", "last error"):
-        table.add_column(column, justify="right" if column in ("runs", "open", "lag") else "left")
-    for row in rows:
-        error = row["last_error"]
-        failing = error and (
-            row["last_success_at"] is None or row["last_error_at"] > row["last_success_at"]
-        )
-        table.add_row(
-            row["source"] + ("" if row["configured"] else " (not configured)"),
-            row["watermark"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            if row["watermark"]
-            else "-",
-            _age(row["newest_started_at"], now),
-            f"{row['runs']:,}",
-            f"{row['open_runs']:,}",
-            f"{_age(row['last_success_at'], now)} ago" if row["last_success_at"] else "never",
-            f"[red]{error[:80]}[/red]" if failing else "-",
-        )
-    Console().print(table)
+        print(json.dumps(records, indent=2))
+    else:
+        Console().print(status_table(records))
 
 
 class BackfillProgress:

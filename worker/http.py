@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -63,6 +63,24 @@ class Response:
     status: int
 
 
+class Observer(Protocol):
+    """Hears what each request attempt met, e.g. to count it; http.py knows nothing of metrics."""
+
+    def answered(self, code: str) -> None:
+        """An attempt ended: the HTTP status code as text, or "timeout" or "error" without one."""
+
+    def retried(self) -> None:
+        """A transient failure is about to be tried again."""
+
+
+class _Unobserved:
+    def answered(self, code: str) -> None:
+        pass
+
+    def retried(self) -> None:
+        pass
+
+
 class RateLimiter:
     """Spaces request starts at most `rate` per second."""
 
@@ -94,9 +112,11 @@ class Client:
         timeout: float = 30.0,
         backoff: Backoff | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
+        self.observer: Observer = observer or _Unobserved()  # the daemon sets its metrics here
         self.backoff = backoff or Backoff()
         self.max_response_bytes = max_response_bytes
         self._limiter = RateLimiter(rate)
@@ -147,6 +167,7 @@ class Client:
                     reason=str(failure),
                     delay_s=round(delay, 3),
                 )
+                self.observer.retried()
                 waited += delay
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
@@ -155,12 +176,15 @@ class Client:
         await self._limiter.wait()
         async with self._slots:
             observed_at = datetime.now(UTC)
+            code: str | None = "error"  # until a whole answer has been read
             try:
                 async with self._session.get(self.base_url + path, params=params) as response:
                     body = await self._read(response)
                     status = response.status
+                    code = str(status)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
             except TimeoutError:
+                code = "timeout"
                 raise _Transient("timed out") from None
             except aiohttp.ClientPayloadError:
                 raise _Transient("response body broken off") from None
@@ -169,6 +193,12 @@ class Client:
                 raise UpstreamError(f"{self.name}: GET {path}: TLS failed: {error}") from None
             except aiohttp.ClientError as error:
                 raise _Transient(f"connection failed ({type(error).__name__})") from None
+            except asyncio.CancelledError:
+                code = None  # the walk no longer wants it (a page fetched ahead): not a failure
+                raise
+            finally:
+                if code is not None:
+                    self.observer.answered(code)
         if status in RETRY_STATUSES or status >= 500:
             raise _Transient(f"HTTP {status}{_upstream_message(body)}", retry_after)
         if status >= 400:

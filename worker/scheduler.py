@@ -18,8 +18,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from worker import health, runtime, store, sync
-from worker.config import Settings, SourceConfig
+from worker import health, metrics, runtime, store, sync, webhooks
+from worker.config import Settings, SourceConfig, format_duration
 
 log = structlog.get_logger("runsync.scheduler")
 
@@ -73,6 +73,11 @@ async def run_daemon(
     with _stop_on_signals(stop, install_signals):
         async with runtime.open_runtime(settings) as rt:
             running: set[asyncio.Task] = set()
+            meters = metrics.Metrics()
+            outcomes = health.PassOutcomes(settings.unhealthy_after)
+            clients = {name: streams[0].client for name, streams in rt.streams.items()}
+            for name, client in clients.items():
+                client.observer = meters.upstream(name)  # a source's streams share its client
 
             async def job(name: str, not_within: timedelta) -> None:
                 if stop.is_set():
@@ -80,9 +85,11 @@ async def run_daemon(
                 task = asyncio.current_task()
                 running.add(task)
                 try:
-                    await _side_by_side(
-                        rt.streams[name], rt.store, stop=stop, not_within=not_within
+                    results = await _side_by_side(
+                        rt.streams[name], rt.store, stop=stop, not_within=not_within, metrics=meters
                     )
+                    for result in results:
+                        outcomes.record(result.source, result.stream, result.outcome, result.error)
                 except asyncio.CancelledError:
                     log.warning("pass cancelled after the drain timeout", source=name)
                 except Exception:
@@ -107,22 +114,33 @@ async def run_daemon(
                     next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
                 )
 
-            async def readiness() -> str | None:
+            async def readiness() -> dict | None:
                 if not scheduler.running:
-                    return "the scheduler is not running"
+                    return {"reason": "the scheduler is not running"}
                 try:
                     await rt.store.ping()
                 except (*store.DatabaseError, TimeoutError) as error:
-                    return f"database unreachable: {type(error).__name__}"
+                    return {"reason": f"database unreachable: {type(error).__name__}"}
+                if failing := outcomes.failing():
+                    names = ", ".join(dict.fromkeys(f["source"] for f in failing))
+                    return {
+                        "reason": f"failing for longer than "
+                        f"{format_duration(settings.unhealthy_after)}: {names}",
+                        "failing": failing,
+                    }
                 return None
 
-            endpoint = health.HealthServer(settings.listen, readiness)
+            receiver = webhooks.Receiver(settings.sources, rt.store, clients, meters)
+            endpoint = health.HealthServer(
+                settings.listen, readiness, metrics=meters, webhooks=receiver
+            )
             scheduler.start()
             await endpoint.start()
             log.info(
                 "daemon started",
-                listen=settings.listen,
+                listen=f"{endpoint.host}:{endpoint.port}",
                 sources={c.name: c.schedule for c in settings.sources},
+                webhooks=[c.name for c in settings.sources if c.webhook_secret],
             )
             try:
                 await stop.wait()

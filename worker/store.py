@@ -122,12 +122,72 @@ class Store:
                 except DatabaseError as error:  # only the figures are lost; the runs are stored
                     log.warning("could not add a window's figures to its pass", error=str(error))
 
-    async def status(self, sources: Sequence[str]) -> list[dict[str, Any]]:
+    async def status(
+        self, sources: Sequence[str], projects: dict[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per source (the configured ones, then any other the tables know): its figures over all
+        its streams, and `streams`, each stream's own (one per RakerOne project, else one).
+
+        `projects`: each source's configured projects, listed even before their first pass.
+        """
+        configured = [(s, p) for s in sources for p in (projects or {}).get(s) or [""]]
         async with self.pool.acquire() as conn:
             known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
             names = list(dict.fromkeys([*sources, *sorted(known)]))
-            rows = await conn.fetch(self.q["source_status"], names)
-        return [dict(row) | {"configured": row["source"] in sources} for row in rows]
+            rows = await conn.fetch(
+                self.q["stream_status"],
+                names,
+                [s for s, _ in configured],
+                [p for _, p in configured],
+            )
+        records = []
+        for name in names:
+            streams = [dict(row) for row in rows if row["source"] == name]
+            failed = [s for s in streams if s["last_error_at"] is not None]
+            failure = max(failed, key=lambda s: s["last_error_at"], default={})
+            records.append(
+                {
+                    "source": name,
+                    "configured": name in sources,
+                    # The laggiest project's: every run started before it is stored, in each one.
+                    "watermark": min(filter(None, (s["watermark"] for s in streams)), default=None),
+                    "runs": sum(s["runs"] for s in streams),
+                    "open_runs": sum(s["open_runs"] for s in streams),
+                    "newest_started_at": max(
+                        filter(None, (s["newest_started_at"] for s in streams)), default=None
+                    ),
+                    "last_success_at": max(
+                        filter(None, (s["last_success_at"] for s in streams)), default=None
+                    ),
+                    "last_error_at": failure.get("last_error_at"),
+                    "last_error": failure.get("last_error"),
+                    "walks_in_flight": sum(s["walk_in_flight"] for s in streams),
+                    "backfills_in_flight": sum(
+                        s["backfill_state"] in ("running", "stopped") for s in streams
+                    ),
+                    "streams": streams,
+                }
+            )
+        return records
+
+    async def stream_figures(
+        self, source: str, project: str | None, backfill_stream: str
+    ) -> dict[str, Any]:
+        """newest_started_at, open_runs and backfill_runs_read (None: no backfill in flight)."""
+        async with self.pool.acquire(timeout=5) as conn:
+            row = await conn.fetchrow(self.q["stream_figures"], source, project, backfill_stream)
+        return dict(row)
+
+    async def save_runs(
+        self, source: str, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]
+    ) -> Written:
+        """Runs observed outside a pass (a webhook), by the same merge as a pass's pages.
+
+        No stream lock: a pass may hold it for minutes, and the merge needs none, since an
+        earlier observation never replaces a later one whoever writes it.
+        """
+        async with self.pool.acquire(timeout=10) as conn, conn.transaction():
+            return await Lease(self, conn, source, "webhook")._write(upstream, runs, rejected)
 
 
 class Lease:

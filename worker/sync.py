@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,6 +21,9 @@ from worker.model import Checkpoint
 from worker.sources import PageError, Paginator, Source
 from worker.sources.common import isoformat
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
+
+if TYPE_CHECKING:
+    from worker.metrics import Metrics
 
 log = structlog.get_logger("runsync.sync")
 
@@ -39,13 +44,36 @@ async def run_pass(
     progress: ProgressCallback | None = None,
     not_within: timedelta | None = None,
     restart: bool = False,
+    metrics: Metrics | None = None,
 ) -> PassResult:
     """One pass; never raises for upstream or database trouble: the result says what happened.
 
     `not_within`: skip the pass if any replica started one of this stream that recently, so
     replicas on one schedule run each stream once per tick between them.
+    `metrics`: where the daemon counts the pass, and the stream's figures read after it.
     """
-    result = PassResult(runtime.name, runtime.stream(stream))
+    result = await _pass(runtime, db, stream, since, until, stop, progress, not_within, restart)
+    if metrics is not None:
+        metrics.pass_finished(result)
+        await _measure(runtime, db, metrics)
+    return result
+
+
+@dataclass
+class _Tally(PassResult):
+    """A pass's result that also tells rows inserted from rows updated, for the metrics."""
+
+    inserted: int = 0
+    updated: int = 0
+
+    def count(self, written: store.Written, **figures: int) -> None:
+        super().count(written, **figures)
+        self.inserted += written.inserted
+        self.updated += written.updated
+
+
+async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
+    result = _Tally(runtime.name, runtime.stream(stream))
     try:
         async with db.lease(runtime.name, result.stream) as lease:
             if lease is None:
@@ -63,8 +91,21 @@ async def run_pass(
                 )
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
-        log.error("pass failed", source=runtime.name, stream=result.stream, error=result.error)
+        _log_finished(result, source=result.source, stream=result.stream, pass_id=result.pass_id)
     return result
+
+
+async def _measure(runtime: SourceRuntime, db: store.Store, metrics: Metrics) -> None:
+    """The stream's figures only the database knows (lag, open runs, a backfill in flight)."""
+    backfill_stream = runtime.stream(BACKFILL)
+    try:
+        figures = await db.stream_figures(runtime.name, runtime.source.partition, backfill_stream)
+    except (*store.DatabaseError, TimeoutError) as error:
+        log.debug("stream figures unavailable", source=runtime.name, error=str(error))
+        return  # the gauges keep what the last pass read
+    metrics.stream_figures(
+        runtime.name, runtime.stream(INCREMENTAL), backfill=backfill_stream, **figures
+    )
 
 
 def _skipped(result: PassResult, reason: str) -> PassResult:
@@ -92,6 +133,9 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
             await asyncio.shield(lease.finish_pass(result.pass_id, result.outcome, None))
         except (*store.DatabaseError, asyncio.CancelledError):
             pass  # the connection was busy or gone; the pass stays marked as running
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        result.cpu_ms = int((time.process_time() - cpu) * 1000)
+        _log_finished(result)
         raise
     try:
         await lease.finish_pass(result.pass_id, result.outcome, result.error)
@@ -99,7 +143,14 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
         log.warning("could not record the end of the pass", error=str(error))
     result.duration_ms = int((time.monotonic() - started) * 1000)
     result.cpu_ms = int((time.process_time() - cpu) * 1000)
+    _log_finished(result)
+
+
+def _log_finished(result: PassResult, **context: object) -> None:
+    """The one line that ends every pass; its keys are stable (README, "Logs"). `runs`: the items
+    of every list page the pass read; `written`: rows inserted or changed."""
     fields = {
+        "outcome": result.outcome,
         "pages": result.pages,
         "runs": result.items,
         "written": result.written,
@@ -109,9 +160,9 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
         "cpu_ms": result.cpu_ms,  # the process's, so it includes passes running beside this one
     }
     if result.outcome == "failed":
-        log.error("pass failed", error=result.error, **fields)
+        log.error("pass failed", error=result.error, **context, **fields)
     else:
-        log.info(f"pass {result.outcome}", **fields)
+        log.info(f"pass {result.outcome}", **context, **fields)
 
 
 async def _incremental(runtime, lease, result, started_at, stop, progress) -> None:

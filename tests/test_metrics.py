@@ -1,0 +1,283 @@
+"""The daemon's /metrics and /readyz: the daemon as a subprocess, real Postgres, the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+from helpers import TOKEN, config_toml, interrupted_pass, source_toml, spawn, stored_runs
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker import http, metrics, runtime, scheduler, sync
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} of a Prometheus text exposition, read by its own parser."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: dict, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.text()
+
+
+async def eventually(check, seconds: float = 20.0):
+    """Polls `check` until it returns something true, and returns that."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                if found := await check():
+                    return found
+            except aiohttp.ClientError:
+                pass  # not listening yet
+            await asyncio.sleep(0.05)
+
+
+async def test_the_daemon_serves_health_readiness_and_metrics(
+    world, sim, db, database_url, tmp_path
+):
+    for i in range(120):
+        world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i))
+    world.add_runs(4, status="RUNNING")
+    port = free_port()
+    path = tmp_path / "daemon.toml"
+    # Once an hour: the pass at start is the only one, so its figures can be checked exactly.
+    path.write_text(
+        config_toml(
+            source_toml("apify", sim.base_url, page_size=50, every="1h"), listen=f"127.0.0.1:{port}"
+        )
+    )
+    pipe = asyncio.subprocess.PIPE
+    daemon = await spawn(database_url, "--config", str(path), "run", stdout=pipe, stderr=pipe)
+    try:
+        assert await eventually(lambda: get(port, "/healthz")) == (200, '{"status": "ok"}')
+
+        async def scraped():
+            status, text = await get(port, "/metrics")
+            found = samples(text)
+            done = value(
+                found,
+                "runsync_passes_total",
+                source="apify",
+                stream="incremental",
+                outcome="succeeded",
+            )
+            return status == 200 and done == 1 and found
+
+        found = await eventually(scraped)
+        stream = {"source": "apify", "stream": "incremental"}
+        rows = await stored_runs(db)
+        assert len(rows) == 124
+        assert value(found, "runsync_runs_inserted_total", **stream) == 124
+        assert value(found, "runsync_runs_updated_total", **stream) == 0
+        async with db.pool.acquire() as conn:
+            (record,) = await conn.fetch("SELECT pages, items FROM runsync.passes")
+        assert value(found, "runsync_pages_total", **stream) == record["pages"] == 3
+        assert value(found, "runsync_items_read_total", **stream) == record["items"] == 124
+        # Every request the simulator served, each answered 200, and nothing else.
+        requests = {
+            dict(labels)["code"]: count
+            for (name, labels), count in found.items()
+            if name == "runsync_http_requests_total"
+        }
+        assert requests == {"200": sum(sim.requests.values())} and requests["200"] >= 3
+        assert value(found, "runsync_http_retries_total", source="apify") == 0
+        assert value(found, "runsync_open_runs", **stream) == 4
+        newest = max(row["started_at"] for row in rows.values()).timestamp()
+        assert abs(value(found, "runsync_lag_seconds", **stream) - (time.time() - newest)) < 5
+        assert (
+            abs(value(found, "runsync_last_success_timestamp_seconds", **stream) - time.time()) < 30
+        )
+        assert value(found, "runsync_pass_duration_seconds_count", **stream) == 1
+        assert await get(port, "/readyz") == (200, '{"status": "ok"}')
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(daemon.communicate(), 30)
+
+    assert daemon.returncode == 0, err.decode()
+    events = [
+        json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")
+    ]
+    assert "stop requested" in events and events[-1] == "daemon stopped"
+
+
+async def test_readyz_names_a_source_failing_longer_than_the_threshold(
+    sim, world, db, write_config
+):
+    world.add_runs(3, status="SUCCEEDED", started_at=T0)
+    port = free_port()
+    text = config_toml(
+        source_toml("good", sim.base_url),
+        source_toml("revoked", sim.base_url, token_env="OLD_TOKEN"),
+        listen=f"127.0.0.1:{port}",
+    )
+    settings = write_config(
+        text.replace("[http]\n", '[http]\nunhealthy_after = "2s"\n'),
+        env={"APIFY_TOKEN": TOKEN, "OLD_TOKEN": "revoked-token-0000"},
+    )
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(scheduler.run_daemon(settings, stop=stop, install_signals=False))
+    try:
+
+        async def failed_once():
+            _, text = await get(port, "/metrics")
+            found = samples(text)
+            return value(
+                found,
+                "runsync_passes_total",
+                source="revoked",
+                stream="incremental",
+                outcome="failed",
+            )
+
+        await eventually(failed_once)
+        # Failing, but not for longer than the threshold yet: still ready.
+        assert (await get(port, "/readyz"))[0] == 200
+
+        async def unready():
+            status, text = await get(port, "/readyz")
+            return status == 503 and json.loads(text)
+
+        body = await eventually(unready, seconds=10)
+        assert body["reason"] == "failing for longer than 2s: revoked"
+        (failing,) = body["failing"]
+        assert failing["source"] == "revoked" and failing["last_success_at"] is None
+        assert "HTTP 401" in failing["error"] and "revoked-token-0000" not in json.dumps(body)
+        # A source that never succeeded counts from the daemon's start.
+        assert datetime.now(UTC) - datetime.fromisoformat(failing["since"]) < timedelta(seconds=30)
+
+        _, text = await get(port, "/metrics")
+        found = samples(text)
+        assert value(found, "runsync_http_requests_total", source="revoked", code="401") >= 1
+        assert (
+            value(
+                found,
+                "runsync_passes_total",
+                source="good",
+                stream="incremental",
+                outcome="succeeded",
+            )
+            >= 1
+        )
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 15) == 0
+
+
+async def test_a_client_reports_every_attempt_to_its_observer():
+    answers = [
+        web.json_response({}, status=429, headers={"Retry-After": "0"}),
+        web.json_response({}, status=503),
+        web.json_response({"ok": True}),
+        web.json_response({"error": "nope"}, status=404),
+    ]
+
+    async def handle(_request):
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    meters = metrics.Metrics()
+    backoff = http.Backoff(retries=3, base=0.01, cap=0.02)
+    try:
+        async with http.Client(
+            base, "t0ken", name="x", backoff=backoff, observer=meters.upstream("x")
+        ) as client:
+            await client.get_json("/a")  # 429, 503, then 200
+            with pytest.raises(http.UpstreamError):
+                await client.get_json("/b")  # 404: not retried
+        async with http.Client(
+            f"http://127.0.0.1:{free_port()}",
+            "t0ken",
+            name="y",
+            backoff=backoff,
+            observer=meters.upstream("y"),
+        ) as nobody:
+            with pytest.raises(http.UpstreamError):
+                await nobody.get_json("/c")  # nothing listens: no status code at all
+    finally:
+        await runner.cleanup()
+
+    found = samples(meters.exposition()[0].decode())
+    codes = {
+        (dict(labels)["source"], dict(labels)["code"]): count
+        for (name, labels), count in found.items()
+        if name == "runsync_http_requests_total"
+    }
+    assert codes == {
+        ("x", "429"): 1,
+        ("x", "503"): 1,
+        ("x", "200"): 1,
+        ("x", "404"): 1,
+        ("y", "error"): 4,
+    }
+    assert value(found, "runsync_http_retries_total", source="x") == 2
+    assert value(found, "runsync_http_retries_total", source="y") == 3
+    assert value(found, "runsync_http_rate_limited_total", source="x") == 1
+    assert value(found, "runsync_http_rate_limited_total", source="y") == 0
+
+
+def test_each_metrics_object_has_its_own_registry():
+    one, other = metrics.Metrics(), metrics.Metrics()
+    one.upstream("a").answered("200")
+    text = other.exposition()[0].decode()
+    assert "runsync_http_requests_total{" not in text
+    assert all(f.name.startswith("runsync_") for f in text_string_to_metric_families(text))
+
+
+async def test_backfill_progress_and_open_runs_come_from_the_database(
+    world, sim, db, apify_settings
+):
+    world.add_runs(100, status="SUCCEEDED", started_at=T0)
+    world.add_runs(2, status="RUNNING", started_at=T0 + timedelta(days=1))
+    settings = apify_settings(page_size=10)
+    await interrupted_pass(settings, "apify", after_pages=2, stream=sync.BACKFILL)
+    meters = metrics.Metrics()
+
+    async def incremental_pass():
+        async with runtime.open_runtime(settings, ["apify"]) as rt:
+            await sync.run_pass(rt.stream("apify"), rt.store, metrics=meters)
+        return samples(meters.exposition()[0].decode())
+
+    found = await incremental_pass()
+    async with db.pool.acquire() as conn:
+        read = await conn.fetchval("SELECT items FROM runsync.passes WHERE stream = 'backfill'")
+    assert 0 < read < 100  # interrupted midway
+    assert value(found, "runsync_backfill_runs_read", source="apify", stream="backfill") == read
+    assert value(found, "runsync_open_runs", source="apify", stream="incremental") == 2
+
+    async with runtime.open_runtime(settings, ["apify"]) as rt:
+        finished = await sync.run_pass(rt.stream("apify"), rt.store, stream=sync.BACKFILL)
+    assert finished.outcome == "succeeded"
+    world.finish_open()  # the next pass reads the two runs again: two updates
+    found = await incremental_pass()
+    assert value(found, "runsync_backfill_runs_read", source="apify", stream="backfill") is None
+    assert value(found, "runsync_open_runs", source="apify", stream="incremental") == 0
+    assert value(found, "runsync_runs_updated_total", source="apify", stream="incremental") == 2

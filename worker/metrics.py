@@ -1,0 +1,167 @@
+"""The daemon's Prometheus metrics; the one module that imports prometheus_client.
+
+Each Metrics object has a registry of its own, so a test can build several. The facts come in from
+where they happen: every request attempt (an http.Observer per source), the end of every pass (its
+result), the figures the database gave at the end of a pass (lag, open runs, backfills), and every
+webhook delivery. Nothing here touches the database: a scrape only reads what was recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# A pass takes from a tenth of a second (nothing new) to an hour (a first pass over a big history).
+PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        stream = ["source", "stream"]
+
+        def counter(name: str, text: str, labels: list[str]) -> Counter:
+            return Counter(f"runsync_{name}", text, labels, registry=self.registry)
+
+        def gauge(name: str, text: str, labels: list[str]) -> Gauge:
+            return Gauge(f"runsync_{name}", text, labels, registry=self.registry)
+
+        self.requests = counter(
+            "http_requests",
+            "Upstream request attempts by answer: the HTTP status code, or timeout or error "
+            "(connection failed, body broken off or too large) when there was none",
+            ["source", "code"],
+        )
+        self.retries = counter(
+            "http_retries", "Upstream requests tried again after a transient failure", ["source"]
+        )
+        self.rate_limited = counter(
+            "http_rate_limited", "Upstream answers 429 Too Many Requests", ["source"]
+        )
+        self.passes = counter(
+            "passes",
+            "Passes by outcome: succeeded, failed, interrupted, skipped",
+            [*stream, "outcome"],
+        )
+        self.pass_seconds = Histogram(
+            "runsync_pass_duration_seconds",
+            "How long passes took (skipped ones are not counted)",
+            stream,
+            buckets=PASS_BUCKETS,
+            registry=self.registry,
+        )
+        self.pages = counter("pages", "List pages read and stored", stream)
+        self.items = counter("items_read", "Items read from list pages, readable or not", stream)
+        self.inserted = counter(
+            "runs_inserted", "Runs stored for the first time (stream webhook: by webhooks)", stream
+        )
+        self.updated = counter("runs_updated", "Stored runs changed by a later observation", stream)
+        self.quarantined = counter(
+            "items_quarantined", "Items that could not be read as runs, kept in quarantine", stream
+        )
+        self.last_success = gauge(
+            "last_success_timestamp_seconds", "When a pass last succeeded (unix time)", stream
+        )
+        self.lag = gauge(
+            "lag_seconds",
+            "Now minus the start of the newest stored run, as of the stream's last pass",
+            stream,
+        )
+        self.open_runs = gauge(
+            "open_runs", "Stored runs not yet terminal, followed until they are", stream
+        )
+        self.backfill_runs = gauge(
+            "backfill_runs_read",
+            "Runs read so far by the newest pass of a backfill that has not finished",
+            stream,
+        )
+        self.webhooks = counter(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome: stored, unchanged, quarantined, out_of_scope, "
+            "ignored, unauthorized, not_found, bad_request, too_large, unavailable",
+            ["source", "outcome"],
+        )
+        self._backfills: dict[str, set[str]] = {}  # per source: the streams shown as in flight
+
+    def upstream(self, source: str) -> UpstreamObserver:
+        """What a source's http.Client reports its requests to."""
+        return UpstreamObserver(self, source)
+
+    def pass_finished(self, result: Any) -> None:
+        """A pass's figures, from its result (a sync.PassResult)."""
+        labels = (result.source, result.stream)
+        self.passes.labels(*labels, result.outcome).inc()
+        if result.outcome == "skipped":
+            return
+        self.pass_seconds.labels(*labels).observe(result.duration_ms / 1000)
+        self.pages.labels(*labels).inc(result.pages)
+        self.items.labels(*labels).inc(result.items)
+        self.inserted.labels(*labels).inc(result.inserted)
+        self.updated.labels(*labels).inc(result.updated)
+        self.quarantined.labels(*labels).inc(result.quarantined)
+        if result.outcome == "succeeded":
+            self.last_success.labels(*labels).set_to_current_time()
+
+    def stream_figures(
+        self,
+        source: str,
+        stream: str,
+        *,
+        newest_started_at: datetime | None,
+        open_runs: int,
+        backfill: str,
+        backfill_runs_read: int | None,
+    ) -> None:
+        """What the database said at the end of a pass; lag keeps growing until the next one."""
+        self.open_runs.labels(source, stream).set(open_runs)
+        if newest_started_at is not None:
+            newest = newest_started_at.timestamp()
+            self.lag.labels(source, stream).set_function(lambda: max(time.time() - newest, 0.0))
+        shown = self._backfills.setdefault(source, set())
+        if backfill_runs_read is not None:
+            self.backfill_runs.labels(source, backfill).set(backfill_runs_read)
+            shown.add(backfill)
+        elif backfill in shown:
+            self.backfill_runs.remove(source, backfill)  # finished: no longer in flight
+            shown.discard(backfill)
+
+    def written(self, source: str, stream: str, written: Any) -> None:
+        """What a write outside a pass changed (a store.Written; stream "webhook")."""
+        self.inserted.labels(source, stream).inc(written.inserted)
+        self.updated.labels(source, stream).inc(written.updated)
+        self.quarantined.labels(source, stream).inc(written.quarantined)
+
+    def webhook(self, source: str, outcome: str) -> None:
+        self.webhooks.labels(source, outcome).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text a scrape gets, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class UpstreamObserver:
+    """An http.Observer that counts one source's request attempts."""
+
+    def __init__(self, metrics: Metrics, source: str) -> None:
+        self._metrics = metrics
+        self._source = source
+        self._retries = metrics.retries.labels(source)
+        self._rate_limited = metrics.rate_limited.labels(source)
+
+    def answered(self, code: str) -> None:
+        self._metrics.requests.labels(self._source, code).inc()
+        if code == "429":
+            self._rate_limited.inc()
+
+    def retried(self) -> None:
+        self._retries.inc()
