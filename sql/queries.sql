@@ -218,6 +218,8 @@ SELECT n.source,
        CASE WHEN bf.done THEN jsonb_array_length(bf.cursor -> 'windows')
             ELSE windows.done END AS backfill_windows_done,
        CASE WHEN NOT bf.done THEN progress.items END AS backfill_runs_read,
+       -- the runs the upstream counted in the range when the windows were planned
+       (bf.cursor ->> 'total')::bigint AS backfill_runs_planned,
        CASE WHEN bf.done THEN done_by.finished_at END AS backfill_finished_at
 FROM named n
 LEFT JOIN counts c ON c.source = n.source AND c.part = n.part

@@ -21,7 +21,9 @@ SOURCE_KEYS = {
 STREAM_KEYS = (SOURCE_KEYS - {"source", "configured", "walks_in_flight", "backfills_in_flight", "streams"}) | {
     "project", "walk_in_flight", "backfill",
 }  # fmt: skip
-BACKFILL_KEYS = {"state", "since", "until", "windows", "windows_done", "runs_read", "finished_at"}
+BACKFILL_KEYS = {
+    "state", "since", "until", "windows", "windows_done", "runs_read", "runs_planned", "finished_at"
+}  # fmt: skip
 
 
 def two_sources(sim, write_config):
@@ -134,9 +136,10 @@ async def test_backfill_progress_stopped_running_done(world, sim, db, apify_sett
         )
     assert backfill["windows_done"] == sum(bool(w["cursor"].get("done")) for w in windows) < 5
     assert stored >= 20 and backfill["runs_read"] == stored  # windows do not overlap
+    assert backfill["runs_planned"] == 200  # the upstream's total when the windows were planned
     assert record["backfills_in_flight"] == 1
     assert console._backfill_cell(record["streams"]).startswith(
-        f"stopped: {backfill['windows_done']}/5 windows, {stored:,} runs read"
+        f"stopped: {backfill['windows_done']}/5 windows, {stored:,} of 200 runs read"
     )
 
     # While a process walks it (holds its lock), it is running.

@@ -70,7 +70,7 @@ async def run(
     if windows is None:
         await lease.forget_windows()  # an earlier plan's windows must not count for this one
         windows, total = await plan(runtime, since, until)
-        await lease.save_checkpoint(Checkpoint(None, {**walk, "windows": windows}))
+        await lease.save_checkpoint(Checkpoint(None, {**walk, "windows": windows, "total": total}))
         if progress is not None:
             progress(Page([], [], Checkpoint(), 0, total), store.Written())
 

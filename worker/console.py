@@ -70,6 +70,7 @@ def _backfill(row: dict[str, Any]) -> dict[str, Any] | None:
         "windows": row["backfill_windows"],
         "windows_done": row["backfill_windows_done"],
         "runs_read": row["backfill_runs_read"],
+        "runs_planned": row["backfill_runs_planned"],
         "finished_at": _iso(row["backfill_finished_at"]),
     }
 
@@ -143,7 +144,8 @@ def _backfill_cell(streams: list[dict[str, Any]]) -> str:
     done = (
         f"{backfill['windows_done']}/{backfill['windows']} windows, " if backfill["windows"] else ""
     )
-    return f"{backfill['state']}: {done}{backfill['runs_read']:,} runs read"
+    planned = f" of {backfill['runs_planned']:,}" if backfill["runs_planned"] is not None else ""
+    return f"{backfill['state']}: {done}{backfill['runs_read']:,}{planned} runs read"
 
 
 def status_table(records: list[dict[str, Any]]) -> Table:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -59,21 +58,8 @@ async def run_pass(
     return result
 
 
-@dataclass
-class _Tally(PassResult):
-    """A pass's result that also tells rows inserted from rows updated, for the metrics."""
-
-    inserted: int = 0
-    updated: int = 0
-
-    def count(self, written: store.Written, **figures: int) -> None:
-        super().count(written, **figures)
-        self.inserted += written.inserted
-        self.updated += written.updated
-
-
 async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
-    result = _Tally(runtime.name, runtime.stream(stream))
+    result = PassResult(runtime.name, runtime.stream(stream))
     try:
         async with db.lease(runtime.name, result.stream) as lease:
             if lease is None:

@@ -54,7 +54,9 @@ class PassResult:
     pass_id: int | None = None
     pages: int = 0
     items: int = 0
-    written: int = 0
+    written: int = 0  # rows inserted or changed
+    inserted: int = 0
+    updated: int = 0
     quarantined: int = 0
     refreshed: int = 0
     error: str | None = None
@@ -77,6 +79,8 @@ class PassResult:
         self.pages += pages
         self.items += items
         self.written += written.runs
+        self.inserted += written.inserted
+        self.updated += written.updated
         self.quarantined += written.quarantined
         self.refreshed += refreshed
 

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import structlog
 
@@ -147,11 +146,9 @@ class Receiver:
         if "~" not in ref:
             return ref
         if config.name not in self._scope_ids:
-            kind = "actor-tasks" if config.task else "acts"
+            request = apify.scope_request(config)
             try:
-                answer = await self._clients[config.name].get_json(
-                    f"/v2/{kind}/{quote(ref, safe='~')}"
-                )
+                answer = await self._clients[config.name].get_json(request.path, request.params)
             except http.UpstreamError as error:
                 raise _Refused(503, "unavailable", f"cannot look up {ref}: {error}") from None
             data = answer.body.get("data") if isinstance(answer.body, dict) else None

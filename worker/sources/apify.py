@@ -120,6 +120,14 @@ class ApifySource:
         return read_item(body["data"], observed_at)
 
 
+def scope_request(config: SourceConfig) -> Request:
+    """The object of a source's actor or task (given by id or `username~name`): its `data.id` is
+    the id that the source's runs carry in actId or actorTaskId."""
+    if config.task:
+        return Request(f"/v2/actor-tasks/{quote(config.task, safe='~')}", {})
+    return Request(f"/v2/acts/{quote(config.actor, safe='~')}", {})
+
+
 def read_item(item: Any, observed_at: datetime) -> Run | Rejected:
     """One list item (or single-run object) as a Run, or the reason it cannot be one."""
     run = _read_common(item, observed_at) if type(item) is dict else None
