@@ -50,54 +50,63 @@ DELETE FROM runsync.checkpoints WHERE source = $1 AND stream LIKE $2 || '#%';
 -- is staged as float8: asyncpg encodes a Python float as numeric a hundred times slower.)
 CREATE TEMP TABLE IF NOT EXISTS incoming_runs (
     run_id text, status text, is_terminal boolean, started_at timestamptz, finished_at timestamptz,
+    raw text, observed_at timestamptz, recheck_at timestamptz,
     actor_id text, task_id text, build_id text, build_number text, origin text,
     usage_total_usd float8, default_key_value_store_id text, default_dataset_id text,
     default_request_queue_id text, project text, triggered_by text, result text,
-    raw text, observed_at timestamptz, recheck_at timestamptz
+    partial boolean, notes text
 ) ON COMMIT DELETE ROWS;
 
 -- merge_incoming_runs --
 -- Stores the staged runs: a later observation wins, and a run that did not change is not written.
+-- What raw holds: the newest observation, whole, when it is a whole object (a single run, a
+-- webhook's, a RakerOne item) or when the run's status changed; a list item that may omit fields
+-- (partial) of a run in the same status is merged over it instead (runsync.merge_view: a null
+-- or missing key keeps the stored value), and so is each typed column: they always read as raw.
 INSERT INTO runsync.runs AS r (
     source, upstream, run_id, status, is_terminal, started_at, finished_at,
     actor_id, task_id, build_id, build_number, origin, usage_total_usd,
     default_key_value_store_id, default_dataset_id, default_request_queue_id,
     project, triggered_by, result,
-    raw, observed_at, recheck_at)
+    raw, observed_at, recheck_at, partial, notes)
 SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at,
        i.actor_id, i.task_id, i.build_id, i.build_number, i.origin,
        i.usage_total_usd::text::numeric,  -- float8 as text is its shortest exact form
        i.default_key_value_store_id, i.default_dataset_id, i.default_request_queue_id,
        i.project, i.triggered_by, i.result::jsonb,
-       i.raw::jsonb, i.observed_at, i.recheck_at
+       i.raw::jsonb, i.observed_at, i.recheck_at, i.partial, i.notes
 FROM incoming_runs i
 -- Rows are locked in one order by every writer, so a backfill beside a pass cannot deadlock.
 ORDER BY i.run_id
-ON CONFLICT (source, run_id) DO UPDATE SET
+ON CONFLICT (source, part, run_id) DO UPDATE SET
     upstream = EXCLUDED.upstream,
     status = EXCLUDED.status,
     is_terminal = EXCLUDED.is_terminal,
-    started_at = EXCLUDED.started_at,
-    finished_at = EXCLUDED.finished_at,
-    actor_id = EXCLUDED.actor_id,
-    task_id = EXCLUDED.task_id,
-    build_id = EXCLUDED.build_id,
-    build_number = EXCLUDED.build_number,
-    origin = EXCLUDED.origin,
-    usage_total_usd = EXCLUDED.usage_total_usd,
-    default_key_value_store_id = EXCLUDED.default_key_value_store_id,
-    default_dataset_id = EXCLUDED.default_dataset_id,
-    default_request_queue_id = EXCLUDED.default_request_queue_id,
-    project = EXCLUDED.project,
-    triggered_by = EXCLUDED.triggered_by,
-    result = EXCLUDED.result,
-    raw = r.raw || EXCLUDED.raw,
+    started_at = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.started_at, r.started_at) ELSE EXCLUDED.started_at END,
+    finished_at = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.finished_at, r.finished_at) ELSE EXCLUDED.finished_at END,
+    actor_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.actor_id, r.actor_id) ELSE EXCLUDED.actor_id END,
+    task_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.task_id, r.task_id) ELSE EXCLUDED.task_id END,
+    build_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.build_id, r.build_id) ELSE EXCLUDED.build_id END,
+    build_number = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.build_number, r.build_number) ELSE EXCLUDED.build_number END,
+    origin = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.origin, r.origin) ELSE EXCLUDED.origin END,
+    usage_total_usd = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.usage_total_usd, r.usage_total_usd) ELSE EXCLUDED.usage_total_usd END,
+    default_key_value_store_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_key_value_store_id, r.default_key_value_store_id) ELSE EXCLUDED.default_key_value_store_id END,
+    default_dataset_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_dataset_id, r.default_dataset_id) ELSE EXCLUDED.default_dataset_id END,
+    default_request_queue_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_request_queue_id, r.default_request_queue_id) ELSE EXCLUDED.default_request_queue_id END,
+    triggered_by = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.triggered_by, r.triggered_by) ELSE EXCLUDED.triggered_by END,
+    result = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.result, r.result) ELSE EXCLUDED.result END,
+    notes = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.notes, r.notes) ELSE EXCLUDED.notes END,
+    raw = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status
+               THEN runsync.merge_view(r.raw, EXCLUDED.raw) ELSE EXCLUDED.raw END,
+    partial = EXCLUDED.partial,
     observed_at = EXCLUDED.observed_at,
     recheck_at = EXCLUDED.recheck_at,
     gone_at = NULL,
     updated_at = now()
 WHERE r.observed_at <= EXCLUDED.observed_at
-  AND (r.raw || EXCLUDED.raw <> r.raw
+  AND (CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status
+            THEN runsync.merge_view(r.raw, EXCLUDED.raw) ELSE EXCLUDED.raw END <> r.raw
+       OR (EXCLUDED.notes IS NOT NULL AND EXCLUDED.notes IS DISTINCT FROM r.notes)
        OR r.recheck_at IS DISTINCT FROM EXCLUDED.recheck_at
        OR r.gone_at IS NOT NULL)
 RETURNING (xmax = 0) AS inserted;
@@ -133,9 +142,10 @@ WHERE source = $1
   AND observed_at < $3;
 
 -- mark_gone --
--- Notes runs the upstream no longer has, so they are not read again.
+-- Notes runs of one project of a source that the upstream no longer has, so they are not read
+-- again.
 UPDATE runsync.runs SET gone_at = now(), updated_at = now()
-WHERE source = $1 AND run_id = ANY($2::text[]) AND gone_at IS NULL;
+WHERE source = $1 AND part = coalesce($2, '') AND run_id = ANY($3::text[]) AND gone_at IS NULL;
 
 -- last_pass_started --
 -- When the newest pass of a stream started, by any replica.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from worker.jsontext import NonFinite
 from worker.model import Checkpoint
 from worker.sources.apify import NewestFirst, OldestFirst, read_item
 from worker.sources.common import PageError, isoformat
@@ -121,7 +123,6 @@ def test_newest_first_resumes_from_its_cursor():
         ({"id": "r", "status": "RUNNING", "startedAt": "2099-01-01T00:00:00Z"}, "in the future"),
         ({"id": "r", "status": "SUCCEEDED", "startedAt": "2026-01-01T00:00:00Z", "usageTotalUsd": "1"}, "usageTotalUsd is str"),
         ({"id": "r", "status": "SUCCEEDED", "startedAt": "2026-01-01T00:00:00Z", "meta": []}, "meta is a list"),
-        ({"id": "r", "status": "RUNNING", "startedAt": "2026-01-01T00:00:00Z", "x": "\x00"}, "NUL"),
     ],
 )  # fmt: skip
 def test_unreadable_items_say_why(raw, reason):
@@ -160,7 +161,9 @@ FULL_ITEM = {
         {"startedAt": "2026-04-01T12:00:00+02:00"}, {"finishedAt": "2026-04-01T10:05:00"},
         {"startedAt": "2099-01-01T00:00:00Z"}, {"startedAt": "yesterday"}, {"finishedAt": 5},
         {"actId": 5}, {"defaultDatasetId": ["x"]}, {"id": ""}, {"status": ""}, {"status": None},
-        {"note": "caf\u00e9 \u2603"}, {"note": "\x00"}, {"note": "\ud800"}, {"note": float("nan")},
+        {"note": "caf\u00e9 \u2603"}, {"note": "\x00"}, {"note": "\ud800"}, {"note": NonFinite("NaN")},
+        {"usageTotalUsd": NonFinite("NaN")}, {"usageTotalUsd": NonFinite("1e999")}, {"startedAt": None},
+        {"actId": "a\x00b"}, {"id": "r\ud800"},
     ],
 )  # fmt: skip
 def test_the_fast_reading_of_an_item_is_the_careful_one(change):
@@ -169,9 +172,9 @@ def test_the_fast_reading_of_an_item_is_the_careful_one(change):
     from worker.sources import apify
 
     if change == {}:
-        assert apify._read_common(dict(FULL_ITEM), NOW) is not None  # the fast path is taken
+        assert apify._read_common(dict(FULL_ITEM), NOW, True) is not None  # the fast path is taken
     raw = {**FULL_ITEM, **change}
-    fast, careful = apify._read_common(raw, NOW), apify._read_carefully(raw, NOW)
+    fast, careful = apify._read_common(raw, NOW, False), apify._read_carefully(raw, NOW, False)
     assert fast is None or fast == careful
     assert read_item(raw, NOW) == careful
 
@@ -244,5 +247,24 @@ def test_json_is_read_fast_and_stored_exactly():
     }  # orjson would round it to a float
     run = read_item({**item("r", 0), "cost": 123456789012345678901234567890}, NOW)
     assert '"cost":123456789012345678901234567890' in run.raw
-    nan = read_item({**item("r", 0), "cost": 10**30, "x": float("nan")}, NOW)
-    assert "NaN or Infinity" in nan.reason
+    nan = read_item(jsontext.loads(b'{"id": "r", "status": "RUNNING", "x": NaN, "y": [-Infinity]}'), NOW)
+    assert json.loads(nan.raw) == {"id": "r", "status": "RUNNING", "x": "NaN", "y": ["-Infinity"]}
+    assert nan.notes == "escaped NaN in x; -Infinity in y[0]"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored", "note"),
+    [
+        ("statusMessage", "a\x00b", "a\\u0000b", "escaped NUL in statusMessage"),
+        ("statusMessage", "C:\\u0000dir", "C:\\u0000dir", None),  # the text, not a NUL
+        ("statusMessage", "\\\x00", "\\\\u0000", "escaped NUL in statusMessage"),
+        ("statusMessage", "x\ud800y", "x\\ud800y", "escaped lone surrogate in statusMessage"),
+        ("stats", {"k\x00": ["\udfff"]}, {"k\\u0000": ["\\udfff"]},
+         "escaped NUL in a key of stats; lone surrogate in stats.k\\u0000[0]"),
+    ],
+)  # fmt: skip
+def test_text_postgres_cannot_store_is_escaped_and_noted(field, value, stored, note):
+    """A NUL or a lone surrogate costs a run nothing: raw keeps it escaped, and says so."""
+    run = read_item({**item("r", 0), field: value}, NOW)
+    assert run.status == "SUCCEEDED" and json.loads(run.raw)[field] == stored
+    assert run.notes == note

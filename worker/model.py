@@ -17,7 +17,7 @@ class Run(NamedTuple):
     run_id: str
     status: str
     is_terminal: bool
-    started_at: datetime
+    started_at: datetime | None  # a run may not have started yet, or never start
     finished_at: datetime | None
     raw: str  # the upstream's JSON object, as text
     observed_at: datetime  # when the request that returned it was sent
@@ -34,6 +34,10 @@ class Run(NamedTuple):
     project: str | None = None  # RakerOne's fields from here on
     triggered_by: str | None = None
     result: str | None = None  # JSON text
+    # A list item that may omit fields (Apify's list views): what it omits, or gives as null,
+    # keeps its stored value. False for a whole object (a single run, a webhook's, RakerOne's).
+    partial: bool = False
+    notes: str | None = None  # what had to be escaped to store raw (sources.common.storable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,21 +2,25 @@
 
 The open runs as they stood before the pass are the pending set; the pass's own list walk crosses
 some off. Then, by what the upstream offers:
-- Apify: one list filtered by every open status, from the oldest pending run, crosses off those
-  still open (one request per thousand open runs). Only runs that left the open statuses, and
+- Apify: one list filtered by every open status, over the whole history (one request per
+  thousand open runs), crosses off those still open, and finds the runs that are open again
+  (Apify resurrects finished runs at any age). Only runs that left the open statuses, and
   just-finished runs due for a second look at their figures, are read one by one.
 - RakerOne (no endpoint for one run, one status per filter): for each status pending runs are in,
-  a walk of the list filtered by it, down to the oldest of them: about one request per open
-  status. Runs left over have changed status: one walk of the unfiltered list down to the oldest
-  of them finds their new state. That walk is long only when a long-open run changes, once.
-Runs not found at all are gone: marked, and not looked for again.
+  a walk of the list filtered by it, down to the oldest of them (to the end when one has no start
+  time yet): about one request per open status. Runs left over have changed status: one walk of
+  the unfiltered list down to the oldest of them finds their new state. That walk is long only
+  when a long-open run changes, once.
+Runs not found at all are gone: marked, and not looked for again. A run that finished, ran again
+and finished again between two passes is seen by neither; the reconcile sweep
+(worker/sync.py) finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -53,12 +57,10 @@ async def by_open_list(
     stop: asyncio.Event | None,
 ) -> None:
     source: OpenList = runtime.source
-    if pending:
-        walk = source.open_walk(pending.oldest() - runtime.config.overlap)
-        await walk_pages(
-            runtime, lease, result, walk, checkpointed=False, stop=stop,
-            observe=pending.see, enough=lambda: not pending,
-        )  # fmt: skip
+    await walk_pages(
+        runtime, lease, result, source.open_walk(), checkpointed=False, stop=stop,
+        observe=pending.see,
+    )  # fmt: skip
     if stopping(stop):
         return
     due = await lease.due_rechecks(source.partition, pass_started)
@@ -81,7 +83,7 @@ async def one_by_one(runtime, lease, result, run_ids: list[str], stop) -> None:
         rejected = [o for o in observations if isinstance(o, Rejected)]
         gone = [run_id for run_id, o in zip(batch, observations, strict=True) if o is None]
         written = await lease.save_refreshed(
-            result.pass_id, runtime.source.upstream, runs, rejected, gone
+            result.pass_id, runtime.source.upstream, runs, rejected, gone, runtime.source.partition
         )
         result.count(written, refreshed=len(batch))
         log_rejected(rejected)
@@ -118,7 +120,7 @@ async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | Non
 class Pending:
     """Open runs as they stood before the pass, crossed off as the pass sees them again."""
 
-    def __init__(self, snapshot: Iterable[tuple[str, str, datetime]]) -> None:
+    def __init__(self, snapshot: Iterable[tuple[str, str, datetime | None]]) -> None:
         self._runs = {run_id: (status, started_at) for run_id, status, started_at in snapshot}
 
     def __len__(self) -> int:
@@ -131,11 +133,16 @@ class Pending:
     def statuses(self) -> list[str]:
         return sorted({status for status, _ in self._runs.values()})
 
-    def oldest(self, status: str | None = None) -> datetime | None:
-        return min(
-            (started for s, started in self._runs.values() if status is None or s == status),
-            default=None,
-        )
+    def waiting(self, status: str) -> bool:
+        return any(s == status for s, _ in self._runs.values())
+
+    def floor(self, margin: timedelta, status: str | None = None) -> datetime | None:
+        """Where a newest-first walk that must meet them all may stop: the oldest start, less
+        `margin`; None (walk to the end) when one has no start time to place it by."""
+        starts = [started for s, started in self._runs.values() if status in (None, s)]
+        if not starts or None in starts:
+            return None
+        return min(starts) - margin
 
     def ids(self) -> list[str]:
         return list(self._runs)
@@ -151,25 +158,24 @@ async def by_walks(
     source: ByWalks = runtime.source
     overlap = runtime.config.overlap
     for status in pending.statuses():
-        oldest = pending.oldest(status)
-        if oldest is None:  # crossed off by an earlier status walk
+        if not pending.waiting(status):  # crossed off by an earlier status walk
             continue
         if stopping(stop):
             return
         await walk_pages(
-            runtime, lease, result, source.status_walk(status, oldest - overlap),
+            runtime, lease, result, source.status_walk(status, pending.floor(overlap, status)),
             checkpointed=False, stop=stop, observe=pending.see,
-            enough=lambda status=status: pending.oldest(status) is None,
+            enough=lambda status=status: not pending.waiting(status),
         )  # fmt: skip
     if not pending or stopping(stop):
         return
     log.info("open runs changed status; searching the list for them", runs=len(pending))
     complete = await walk_pages(
-        runtime, lease, result, source.search_walk(pending.oldest() - overlap),
+        runtime, lease, result, source.search_walk(pending.floor(overlap)),
         checkpointed=False, stop=stop, observe=pending.see, enough=lambda: not pending,
     )  # fmt: skip
     if complete and pending:
         # The walk went past every one of them: the upstream no longer has these runs.
         gone = pending.ids()
-        await lease.save_refreshed(result.pass_id, source.upstream, [], [], gone)
+        await lease.save_refreshed(result.pass_id, source.upstream, [], [], gone, source.partition)
         log.info("runs gone upstream", count=len(gone), example=gone[0])

@@ -262,12 +262,14 @@ class Lease:
         runs: Sequence[Run],
         rejected: Sequence[Rejected],
         gone: Sequence[str],
+        project: str | None = None,
     ) -> Written:
-        """Open runs read again one by one; runs the upstream no longer has are marked gone."""
+        """Open runs read again one by one; runs of `project` the upstream no longer has are
+        marked gone."""
         async with self.conn.transaction():
             written = await self._write(upstream, runs, rejected)
             if gone:
-                await self.conn.execute(self.q["mark_gone"], self.source, list(gone))
+                await self.conn.execute(self.q["mark_gone"], self.source, project, list(gone))
             refreshed = len(runs) + len(rejected) + len(gone)
             await self._count(pass_id, 0, 0, written.runs, written.quarantined, refreshed)
         return written

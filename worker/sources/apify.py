@@ -22,11 +22,13 @@ from worker.sources.common import (
     check_count,
     check_not_future,
     dump,
+    escaped_item,
     isoformat,
     newest_first_checkpoint,
     number,
     parse_time,
-    storable_json,
+    start_times,
+    storable,
     text,
 )
 
@@ -100,16 +102,15 @@ class ApifySource:
             self.list_path, checkpoint, page_size=self.page_size, until=end, walk=walk
         )
 
-    def open_walk(self, floor: datetime):
-        """The runs that are open now (one list filtered by every open status), from `floor`."""
+    def open_walk(self):
+        """Every run that is open now, whatever its age: one list filtered by every open status.
+        A finished run can be resurrected at any age, so the list has no lower time bound."""
         status = ",".join(OPEN_STATUSES)
         if self.newest_first:
             return NewestFirst(
-                self.list_path, Checkpoint(floor), page_size=self.page_size, status=status
+                self.list_path, Checkpoint(), page_size=self.page_size, status=status
             )
-        return OldestFirst(
-            self.list_path, Checkpoint(floor), page_size=self.page_size, status=status
-        )
+        return OldestFirst(self.list_path, Checkpoint(), page_size=self.page_size, status=status)
 
     def run_request(self, run_id: str) -> Request:
         return Request(f"/v2/actor-runs/{quote(run_id, safe='')}", {})
@@ -128,19 +129,22 @@ def scope_request(config: SourceConfig) -> Request:
     return Request(f"/v2/acts/{quote(config.actor, safe='~')}", {})
 
 
-def read_item(item: Any, observed_at: datetime) -> Run | Rejected:
-    """One list item (or single-run object) as a Run, or the reason it cannot be one."""
-    run = _read_common(item, observed_at) if type(item) is dict else None
-    return run if run is not None else _read_carefully(item, observed_at)
+def read_item(item: Any, observed_at: datetime, *, partial: bool = False) -> Run | Rejected:
+    """One list item (partial: it may omit fields) or single-run object as a Run, or the reason
+    it cannot be one."""
+    run = _read_common(item, observed_at, partial) if type(item) is dict else None
+    return run if run is not None else _read_carefully(item, observed_at, partial)
 
 
-def _read_carefully(item: Any, observed_at: datetime) -> Run | Rejected:
+def _read_carefully(item: Any, observed_at: datetime, partial: bool) -> Run | Rejected:
     try:
         if not isinstance(item, dict):
             raise ItemError(f"the item is a {type(item).__name__}, not an object")
-        run_id = text(item, "id", required=True)
+        text(item, "id", required=True)
+        stored, raw, note = escaped_item(item)
+        run_id = stored["id"]
         try:
-            return _read_fields(item, run_id, observed_at)
+            return _read_fields(item, stored, raw, note, observed_at, partial)
         except ItemError as error:
             raise ItemError(f"run {run_id[:40]}: {error}") from None
     except ItemError as error:
@@ -150,7 +154,7 @@ def _read_carefully(item: Any, observed_at: datetime) -> Run | Rejected:
 _fromisoformat = datetime.fromisoformat
 
 
-def _read_common(item: dict[str, Any], observed_at: datetime) -> Run | None:
+def _read_common(item: dict[str, Any], observed_at: datetime, partial: bool) -> Run | None:
     """The item as a Run when it has the documented shape exactly (strings where strings go, UTC
     times); None for anything else, which _read_carefully reads again, slowly and with words. A
     backfill runs this for every run it reads: it is written for speed, and a test holds it to
@@ -184,9 +188,8 @@ def _read_common(item: dict[str, Any], observed_at: datetime) -> Run | None:
         return None
     if started_at > observed_at + MAX_CLOCK_SKEW:
         return None
-    try:
-        raw = storable_json(item)
-    except ItemError:
+    raw, note = storable(item)
+    if note is not None:
         return None
     is_terminal = status in TERMINAL_STATUSES
     recheck_at = None
@@ -195,7 +198,7 @@ def _read_common(item: dict[str, Any], observed_at: datetime) -> Run | None:
     return Run(
         run_id, status, is_terminal, started_at, finished_at, raw, observed_at, recheck_at,
         actor_id, task_id, build_id, build_number, origin, usage,
-        store_id, dataset_id, queue_id,
+        store_id, dataset_id, queue_id, partial=partial,
     )  # fmt: skip
 
 
@@ -210,18 +213,26 @@ _TEXT_FIELDS = (
 )
 
 
-def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Run:
+def _read_fields(
+    item: dict[str, Any],
+    stored: dict[str, Any],
+    raw: str,
+    note: str | None,
+    observed_at: datetime,
+    partial: bool,
+) -> Run:
     # Items off the documented shape: read field by field, and a field that fails goes through
-    # text() again, for the error's words.
-    get = item.get
+    # text() again, for the error's words. Text comes from the item as stored (escaped where it
+    # had to be), numbers from the item as received (a non-finite one is stored as null).
+    get = stored.get
     status = get("status")
     if type(status) is not str or not status:
-        text(item, "status", required=True)
+        text(stored, "status", required=True)
     texts = {field: get(key) for key, field in _TEXT_FIELDS}
     for (key, _), value in zip(_TEXT_FIELDS, texts.values(), strict=True):
         if value is not None and type(value) is not str:
-            text(item, key)
-    started_at = parse_time(get("startedAt"), "startedAt")
+            text(stored, key)
+    started_at = parse_time(get("startedAt"), "startedAt", required=False)
     check_not_future(started_at, observed_at)
     finished_at = parse_time(get("finishedAt"), "finishedAt", required=False)
     meta = get("meta")
@@ -231,24 +242,26 @@ def _read_fields(item: dict[str, Any], run_id: str, observed_at: datetime) -> Ru
     build_number = get("buildNumber")
     if build_number is not None and type(build_number) is not str:
         if type(build_number) not in (int, float):
-            text(item, "buildNumber")
+            text(stored, "buildNumber")
         build_number = str(build_number)
     is_terminal = status in TERMINAL_STATUSES
     recheck_at = None
     if is_terminal and finished_at is not None and observed_at < finished_at + SETTLE:
         recheck_at = finished_at + SETTLE
     return Run(
-        run_id=run_id,
+        run_id=stored["id"],
         status=status,
         is_terminal=is_terminal,
         started_at=started_at,
         finished_at=finished_at,
-        raw=storable_json(item),
+        raw=raw,
         observed_at=observed_at,
         recheck_at=recheck_at,
         build_number=build_number,
         origin=origin,
         usage_total_usd=number(item, "usageTotalUsd"),
+        partial=partial,
+        notes=note,
         **texts,
     )
 
@@ -300,7 +313,7 @@ class _Walk(Rewindable):
         if signature is not None and signature == self._last_page:
             raise PageError(f"{self.path} served the same page twice; stopping rather than looping")
         self._last_page = signature
-        parsed = [read_item(item, observed_at) for item in items]
+        parsed = [read_item(item, observed_at, partial=True) for item in items]
         runs = [p for p in parsed if isinstance(p, Run)]
         rejected = [p for p in parsed if isinstance(p, Rejected)]
         # A short page is the last one; the server may clamp the limit we asked for.
@@ -340,9 +353,7 @@ class OldestFirst(_Walk):
 
     def advance(self, body: Any, observed_at: datetime) -> Page:
         items, parsed, runs, rejected, total, last = self.read(body, observed_at)
-        newer = [
-            r.started_at for r in runs if self.watermark is None or r.started_at > self.watermark
-        ]
+        newer = [t for t in start_times(runs) if self.watermark is None or t > self.watermark]
         if newer:
             # Seek to the newest instant; the offset counts the runs read at it. Unreadable items
             # after the last of them are read again next time: that repeats, it never skips.
@@ -392,18 +403,18 @@ class NewestFirst(_Walk):
     def advance(self, body: Any, observed_at: datetime) -> Page:
         items, _, runs, rejected, total, last = self.read(body, observed_at)
         if self.until is not None:
-            runs = [r for r in runs if r.started_at <= self.until]
-        if runs:
-            newest = max(r.started_at for r in runs)
-            self.top = max(self.top, newest) if self.top else newest
+            runs = [r for r in runs if r.started_at is None or r.started_at <= self.until]
+        times = start_times(runs)
+        if times:
+            self.top = max(self.top, max(times)) if self.top else max(times)
         self.offset += len(items)
-        reached = self.floor is not None and any(r.started_at < self.floor for r in runs)
+        reached = self.floor is not None and any(t < self.floor for t in times)
         self.done = last or reached
         return _page(runs, rejected, self.checkpoint, len(items), total)
 
 
 def _page(runs, rejected, checkpoint, items, total) -> Page:
-    times = [r.started_at for r in runs]
+    times = start_times(runs)
     return Page(
         runs, rejected, checkpoint, items, total, min(times, default=None), max(times, default=None)
     )

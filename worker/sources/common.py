@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -67,7 +68,7 @@ class Source(Protocol):
 class OpenList(Source, Protocol):
     """What refresh = "open_list" needs: a list of every open status, and one run by id."""
 
-    def open_walk(self, floor: datetime) -> Paginator: ...
+    def open_walk(self) -> Paginator: ...
 
     def run_request(self, run_id: str) -> Request: ...
 
@@ -77,9 +78,9 @@ class OpenList(Source, Protocol):
 class ByWalks(Source, Protocol):
     """What refresh = "walks" needs: a list filtered by one status, and the unfiltered one."""
 
-    def status_walk(self, status: str, floor: datetime) -> Paginator: ...
+    def status_walk(self, status: str, floor: datetime | None) -> Paginator: ...
 
-    def search_walk(self, floor: datetime) -> Paginator: ...
+    def search_walk(self, floor: datetime | None) -> Paginator: ...
 
 
 class Rewindable:
@@ -128,16 +129,22 @@ def text(item: dict[str, Any], field: str, *, required: bool = False) -> str | N
 
 
 def number(item: dict[str, Any], field: str) -> float | None:
+    """A number field; None when missing, or when not finite (raw keeps it: see storable)."""
     value = item.get(field)
-    if value is None:
+    if value is None or isinstance(value, jsontext.NonFinite):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ItemError(f"{field} is {_describe(value)}, not a number")
     return value
 
 
-def check_not_future(started_at: datetime, observed_at: datetime) -> None:
-    if started_at > observed_at + MAX_CLOCK_SKEW:
+def start_times(runs: list[Run]) -> list[datetime]:
+    """The start times of the runs that have one: a queued run may have none yet."""
+    return [run.started_at for run in runs if run.started_at is not None]
+
+
+def check_not_future(started_at: datetime | None, observed_at: datetime) -> None:
+    if started_at is not None and started_at > observed_at + MAX_CLOCK_SKEW:
         raise ItemError(f"startedAt {started_at.isoformat()} is in the future")
 
 
@@ -158,22 +165,75 @@ def dump(item: Any) -> str:
 
 # An escaped NUL, not an escaped backslash followed by "u0000".
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # in a Python str every surrogate is a lone one
+_MAX_NOTES = 10
 
 
-def storable_json(item: dict[str, Any]) -> str:
-    """An item as JSON text for the raw jsonb column, which cannot hold NUL or lone surrogates."""
+def storable(item: dict[str, Any]) -> tuple[str, str | None]:
+    """An item as JSON text for the raw jsonb column, and a note of what had to be escaped.
+
+    jsonb holds no NUL and no lone surrogate, and JSON no NaN or infinity. Rather than lose the
+    run, each is stored escaped: a NUL as the six characters \\u0000, a lone surrogate as \\udXXX,
+    a non-finite number as the string of its token ("NaN", "Infinity", "1e999"). The note names
+    what was escaped where, and is stored beside raw (runs.notes); None when nothing was.
+    """
     try:
         raw = jsontext.dumps(item)
-    except ValueError:
-        raise ItemError("holds NaN or Infinity, which JSON cannot carry") from None
-    if "\\u0000" in raw and _NUL.search(raw):  # the cheap test first: this runs for every run
-        raise ItemError("contains a NUL character, which Postgres cannot store")
-    if not raw.isascii():
-        try:
-            raw.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ItemError("contains text that is not valid Unicode") from None
-    return raw
+    except (TypeError, ValueError):  # NonFinite, lone surrogates
+        pass
+    else:  # the cheap tests first: this runs for every run
+        if not ("\\u0000" in raw and _NUL.search(raw)) and (raw.isascii() or _is_unicode(raw)):
+            return raw, None
+    notes: list[str] = []
+    clean = _escaped(item, "", notes)
+    more = f" and {len(notes) - _MAX_NOTES} more" if len(notes) > _MAX_NOTES else ""
+    return jsontext.dumps(clean), "escaped " + "; ".join(notes[:_MAX_NOTES]) + more
+
+
+def escaped_item(item: dict[str, Any]) -> tuple[dict[str, Any], str, str | None]:
+    """(the item as stored, its raw text, the note): the fields of a run come from what is stored."""
+    raw, note = storable(item)
+    return (item if note is None else jsontext.loads(raw)), raw, note
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(value: Any, path: str, notes: list[str]) -> Any:
+    if type(value) is str:
+        if _UNSTORABLE.search(value) is None:
+            return value
+        notes.append(f"{_kinds(value)} in {path or 'a value'}")
+        return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if type(value) is dict:
+        escaped = {}
+        for key, item in value.items():
+            key = _escaped(key, f"a key of {path or 'the item'}", notes)
+            escaped[key] = _escaped(item, f"{path}.{key}" if path else key, notes)
+        return escaped
+    if type(value) is list:
+        return [_escaped(v, f"{path}[{i}]", notes) for i, v in enumerate(value)]
+    if isinstance(value, jsontext.NonFinite):
+        notes.append(f"{value.token} in {path}")
+        return value.token
+    if type(value) is float and not math.isfinite(value):
+        notes.append(f"{value} in {path}")
+        return str(value)
+    return value
+
+
+def _kinds(text: str) -> str:
+    kinds = []
+    if "\x00" in text:
+        kinds.append("NUL")
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        kinds.append("lone surrogate")
+    return " and ".join(kinds)
 
 
 def isoformat(moment: datetime) -> str:

@@ -8,12 +8,12 @@ again with the `status` filter (see worker/refresh.py).
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from worker import jsontext
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Page, Rejected, Request, Run
 from worker.sources.common import (
@@ -23,10 +23,11 @@ from worker.sources.common import (
     check_count,
     check_not_future,
     dump,
+    escaped_item,
     isoformat,
     newest_first_checkpoint,
     parse_time,
-    storable_json,
+    start_times,
     text,
 )
 
@@ -58,11 +59,11 @@ class RakerOneSource:
     def backfill(self, checkpoint, since, until, walk):
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
-    def status_walk(self, status: str, floor: datetime) -> KeysetWalk:
+    def status_walk(self, status: str, floor: datetime | None) -> KeysetWalk:
         """The runs that are in `status` now, newest first, down to `floor`."""
         return self._walk(Checkpoint(), floor=floor, status=status)
 
-    def search_walk(self, floor: datetime) -> KeysetWalk:
+    def search_walk(self, floor: datetime | None) -> KeysetWalk:
         """Every run, newest first, down to `floor`: finds runs that left their status."""
         return self._walk(Checkpoint(), floor=floor)
 
@@ -73,27 +74,31 @@ class RakerOneSource:
 def read_item(
     item: Any, observed_at: datetime, *, project: str, terminal: frozenset[str]
 ) -> Run | Rejected:
-    """One action run, or the reason it cannot be one. Statuses are kept as received."""
+    """One action run, or the reason it cannot be one: an object with an id and a status is a
+    run (a queued one may not have started). Statuses are kept as received."""
     try:
         if not isinstance(item, dict):
             raise ItemError(f"the item is a {type(item).__name__}, not an object")
-        run_id = text(item, "id", required=True)
+        text(item, "id", required=True)
+        stored, raw, note = escaped_item(item)
+        run_id = stored["id"]
         try:
-            status = text(item, "status", required=True)
-            started_at = parse_time(item.get("startedAt"), "startedAt")
+            status = text(stored, "status", required=True)
+            started_at = parse_time(stored.get("startedAt"), "startedAt", required=False)
             check_not_future(started_at, observed_at)
-            result = item.get("result")
+            result = stored.get("result")
             return Run(
                 run_id=run_id,
                 status=status,
                 is_terminal=status.casefold() in terminal,
                 started_at=started_at,
-                finished_at=parse_time(item.get("finishedAt"), "finishedAt", required=False),
-                raw=storable_json(item),
+                finished_at=parse_time(stored.get("finishedAt"), "finishedAt", required=False),
+                raw=raw,
                 observed_at=observed_at,
                 project=project,
-                triggered_by=text(item, "triggeredBy"),
-                result=None if result is None else json.dumps(result, separators=(",", ":")),
+                triggered_by=text(stored, "triggeredBy"),
+                result=None if result is None else jsontext.dumps(result),
+                notes=note,
             )
         except ItemError as error:
             raise ItemError(f"run {run_id[:40]}: {error}") from None
@@ -185,11 +190,13 @@ class KeysetWalk(Rewindable):
         runs = [p for p in parsed if isinstance(p, Run)]
         rejected = [p for p in parsed if isinstance(p, Rejected)]
         if self.until is not None:
-            runs = [r for r in runs if r.started_at <= self.until]
-        if runs:
-            newest = max(r.started_at for r in runs)
-            self.top = max(self.top, newest) if self.top else newest
-        reached = self.floor is not None and any(r.started_at < self.floor for r in runs)
+            runs = [r for r in runs if r.started_at is None or r.started_at <= self.until]
+        times = start_times(runs)
+        if times:
+            self.top = max(self.top, max(times)) if self.top else max(times)
+        # Runs without a start (queued, or cancelled before they started) say nothing of where
+        # the walk stands: only start times decide that it reached its floor.
+        reached = self.floor is not None and any(t < self.floor for t in times)
         if following is not None:
             if following in self._seen_cursors or following == self.cursor:
                 raise PageError(
@@ -199,7 +206,6 @@ class KeysetWalk(Rewindable):
             self._remembered += 1
         self.cursor = following
         self.done = following is None or reached
-        times = [r.started_at for r in runs]
         return Page(
             runs, rejected, self.checkpoint, len(items), None,
             min(times, default=None), max(times, default=None),
