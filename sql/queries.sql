@@ -147,6 +147,18 @@ WHERE source = $1
 UPDATE runsync.runs SET gone_at = now(), updated_at = now()
 WHERE source = $1 AND part = coalesce($2, '') AND run_id = ANY($3::text[]) AND gone_at IS NULL;
 
+-- stream_due --
+-- Whether a periodic stream ($2, e.g. the reconcile sweep) is due: its last success started $4
+-- ago or more; before any, the first pass of stream $3 stands for it. One clock: the database's.
+SELECT coalesce(
+           (SELECT p.started_at FROM runsync.passes p
+            WHERE p.source = $1 AND p.stream = $2 AND p.outcome = 'succeeded'
+            ORDER BY p.id DESC LIMIT 1),
+           (SELECT p.started_at FROM runsync.passes p
+            WHERE p.source = $1 AND p.stream = $3
+            ORDER BY p.id LIMIT 1),
+           now()) <= now() - $4::interval;
+
 -- last_pass_started --
 -- When the newest pass of a stream started, by any replica.
 SELECT started_at FROM runsync.passes

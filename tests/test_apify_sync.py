@@ -26,7 +26,9 @@ async def test_first_sync_stores_exactly_the_upstreams_runs(world, sim, db, apif
     result = await one_pass(apify_settings(page_size=10))
 
     assert result.outcome == "succeeded", result.error
-    assert result.pages == 10  # 95 runs, 10 a page: the short tenth page ends the walk
+    # 95 runs, 10 a page: the short tenth page ends the walk; then the 10 open runs, every one,
+    # whatever its age, in two pages
+    assert result.pages == 12
     assert_matches_upstream(await stored_runs(db), world.list_items())
     rows = await stored_runs(db)
     some = world.list_items()[3]
@@ -58,7 +60,7 @@ async def test_next_pass_stores_new_runs_and_finished_runs(world, sim, db, apify
     assert sorted(tuple(h) for h in history) == [("RUNNING", "FAILED")] * 5
 
 
-async def test_pass_with_nothing_new_costs_one_request_and_writes_nothing(
+async def test_pass_with_nothing_new_costs_two_requests_and_writes_nothing(
     world, sim, db, apify_settings
 ):
     seed_history(world, 25)
@@ -69,7 +71,8 @@ async def test_pass_with_nothing_new_costs_one_request_and_writes_nothing(
     result = await one_pass(settings)
 
     assert result.outcome == "succeeded"
-    assert sum(sim.requests.values()) - sum(before.values()) == 1
+    # The newest page of the list, and the list of open runs (empty here)
+    assert sum(sim.requests.values()) - sum(before.values()) == 2
     assert result.written == 0
     async with db.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM runsync.run_status_history") == 0

@@ -247,7 +247,9 @@ def test_json_is_read_fast_and_stored_exactly():
     }  # orjson would round it to a float
     run = read_item({**item("r", 0), "cost": 123456789012345678901234567890}, NOW)
     assert '"cost":123456789012345678901234567890' in run.raw
-    nan = read_item(jsontext.loads(b'{"id": "r", "status": "RUNNING", "x": NaN, "y": [-Infinity]}'), NOW)
+    nan = read_item(
+        jsontext.loads(b'{"id": "r", "status": "RUNNING", "x": NaN, "y": [-Infinity]}'), NOW
+    )
     assert json.loads(nan.raw) == {"id": "r", "status": "RUNNING", "x": "NaN", "y": ["-Infinity"]}
     assert nan.notes == "escaped NaN in x; -Infinity in y[0]"
 

@@ -29,7 +29,8 @@ RESOLUTION = timedelta(milliseconds=1)  # the upstream's start times have whole 
 async def plan(
     runtime: SourceRuntime, since: datetime | None, until: datetime | None
 ) -> tuple[list[list[str | None]], int]:
-    """[[start, end], ...] windows of [since, until] (ISO, inclusive), and the runs in it."""
+    """[[start, end], ...] windows of [since, until] (ISO, inclusive; None: unbounded), and the
+    runs in it."""
     source, client = runtime.source, runtime.client
 
     async def start_at(offset: int) -> tuple[int, datetime | None]:
@@ -39,7 +40,11 @@ async def plan(
 
     total, first = await start_at(0)
     if first is None:
-        return [], 0
+        # No run, or the oldest has no start to plan by: one window over the whole range, whose
+        # walk reads the rest and quarantines what cannot be read.
+        windows = [[since and isoformat(since), until and isoformat(until)]] if total else []
+        log.info("backfill planned", runs=total, windows=len(windows))
+        return windows, total
     count = min(runtime.config.concurrency, total // (source.page_size * MIN_WINDOW_PAGES))
     starts = [first]
     if count >= 2:
@@ -85,7 +90,7 @@ async def run(
                 return
             place = {**walk, "window": index}
             paginator = runtime.source.window(
-                resume, parse_time(start, "start"), end and parse_time(end, "end"), place
+                resume, start and parse_time(start, "start"), end and parse_time(end, "end"), place
             )
             await walk_pages(
                 runtime, writer, result, paginator, checkpointed=True,

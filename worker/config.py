@@ -75,6 +75,10 @@ class SourceConfig:
     terminal_statuses: frozenset[str] = frozenset()  # RakerOne: casefolded
     webhook_secret_env: str | None = None  # Apify: the variable holding the webhook secret
     webhook_secret: Secret | None = field(default=None, repr=False)
+    # The reconcile sweep reads the last `reconcile_lookback` of history again this often (None:
+    # never): it finds the runs that finished, ran again and finished again between two passes.
+    reconcile_every: timedelta | None = timedelta(hours=1)
+    reconcile_lookback: timedelta = timedelta(days=7)
 
     @property
     def schedule(self) -> str:
@@ -305,6 +309,12 @@ class _Reader:
             terminal_statuses=frozenset(status.casefold() for status in terminal),
             webhook_secret_env=webhook_secret_env,
             webhook_secret=webhook_secret,
+            reconcile_every=(
+                None
+                if table.get("reconcile_every") == "off"
+                else self.duration(table, "reconcile_every", where, "1h")
+            ),
+            reconcile_lookback=self.duration(table, "reconcile_lookback", where, "7d"),
         )
 
     def webhook_secret(self, table: dict[str, Any], where: str) -> tuple[str | None, Secret | None]:

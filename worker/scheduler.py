@@ -86,8 +86,9 @@ async def run_daemon(
                 running.add(task)
                 try:
                     results = await _side_by_side(
-                        rt.streams[name], rt.store, stop=stop, not_within=not_within, metrics=meters
-                    )
+                        rt.streams[name], rt.store, stop=stop, not_within=not_within,
+                        metrics=meters, reconcile=True,
+                    )  # fmt: skip
                     for result in results:
                         outcomes.record(result.source, result.stream, result.outcome, result.error)
                 except asyncio.CancelledError:
@@ -172,7 +173,7 @@ async def run_once(settings: Settings, names: Sequence[str]) -> list[sync.PassRe
     with _stop_on_signals(stop, True):
         async with runtime.open_runtime(settings, names or None) as rt:
             streams = [stream for streams in rt.streams.values() for stream in streams]
-            return await _side_by_side(streams, rt.store, stop=stop)
+            return await _side_by_side(streams, rt.store, stop=stop, reconcile=True)
 
 
 async def run_backfill(
@@ -194,5 +195,15 @@ async def run_backfill(
             )  # fmt: skip
 
 
-async def _side_by_side(streams, db, **options) -> list[sync.PassResult]:
-    return list(await asyncio.gather(*(sync.run_pass(s, db, **options) for s in streams)))
+async def _side_by_side(
+    streams, db, *, reconcile: bool = False, **options
+) -> list[sync.PassResult]:
+    """A pass of each stream, side by side; then, with `reconcile`, the sweeps that are due."""
+    results = list(await asyncio.gather(*(sync.run_pass(s, db, **options) for s in streams)))
+    if reconcile:
+        stop, metrics = options.get("stop"), options.get("metrics")
+        sweeps = await asyncio.gather(
+            *(sync.reconcile_if_due(s, db, stop=stop, metrics=metrics) for s in streams)
+        )
+        results += [sweep for sweep in sweeps if sweep is not None]
+    return results

@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -220,6 +220,16 @@ class Lease:
 
     async def forget_windows(self) -> None:
         await self.conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
+
+    async def due(self, every: timedelta, first_of: str) -> bool:
+        """Whether the stream's last success (or, before any, the first pass of stream
+        `first_of`) started `every` ago or more, by the database's clock."""
+        return await self.conn.fetchval(
+            self.q["stream_due"], self.source, self.stream, first_of, every
+        )
+
+    async def database_now(self) -> datetime:
+        return await self.conn.fetchval("SELECT now()")
 
     async def last_pass_started(self) -> datetime | None:
         return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)

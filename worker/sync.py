@@ -28,8 +28,18 @@ log = structlog.get_logger("runsync.sync")
 
 INCREMENTAL = "incremental"
 BACKFILL = "backfill"
+RECONCILE = "reconcile"  # the sweep that reads the recent history again (reconcile_lookback)
 
-__all__ = ["BACKFILL", "INCREMENTAL", "PassResult", "ProgressCallback", "SourceRuntime", "run_pass"]
+__all__ = [
+    "BACKFILL",
+    "INCREMENTAL",
+    "RECONCILE",
+    "PassResult",
+    "ProgressCallback",
+    "SourceRuntime",
+    "reconcile_if_due",
+    "run_pass",
+]
 
 
 async def run_pass(
@@ -56,6 +66,28 @@ async def run_pass(
         metrics.pass_finished(result)
         await _measure(runtime, db, metrics)
     return result
+
+
+async def reconcile_if_due(
+    runtime: SourceRuntime,
+    db: store.Store,
+    *,
+    stop: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
+) -> PassResult | None:
+    """The reconcile sweep of a stream, when `reconcile_every` has passed since the last one
+    (a new stream's first pass reads everything: the first sweep comes `reconcile_every` after
+    it); None when it is not due or switched off."""
+    every = runtime.config.reconcile_every
+    if every is None or stopping(stop):
+        return None
+    try:
+        async with db.lease(runtime.name, runtime.stream(RECONCILE)) as lease:
+            if lease is None or not await lease.due(every, runtime.stream(INCREMENTAL)):
+                return None
+    except store.DatabaseError:
+        return None  # the incremental pass reports the database's trouble
+    return await run_pass(runtime, db, stream=RECONCILE, stop=stop, metrics=metrics)
 
 
 async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
@@ -106,6 +138,8 @@ async def _run_leased(runtime, db, lease, result, stream, since, until, stop, pr
     try:
         if stream == BACKFILL:
             await _backfill(runtime, db, lease, result, since, until, restart, stop, progress)
+        elif stream == RECONCILE:
+            await _reconcile(runtime, lease, result, stop)
         else:
             await _incremental(runtime, lease, result, started_at, stop, progress)
         result.outcome = "interrupted" if stopping(stop) else "succeeded"
@@ -152,13 +186,49 @@ def _log_finished(result: PassResult, **context: object) -> None:
 
 
 async def _incremental(runtime, lease, result, started_at, stop, progress) -> None:
+    """The list walk, then the open runs. One page that cannot be read or stored does not hold
+    up the rest: a walk in flight is resumed only after the runs newer than it are read (the
+    source's head walk), and the open runs are read again even when a walk failed; the pass
+    still fails, with the walk's error, and the next one tries again from the checkpoint."""
     source: Source = runtime.source
-    paginator = source.incremental(await lease.checkpoint() or Checkpoint())
+    checkpoint = await lease.checkpoint() or Checkpoint()
     # Which runs were open must be known before the list walk crosses any of them off.
     pending = refresh.Pending(await lease.open_snapshot(source.partition, started_at))
-    await _list(runtime, lease, result, paginator, stop, progress, observe=pending.see)
+    failures: list[Exception] = []
+    walks = [
+        (source.head(checkpoint), False),
+        (source.incremental(checkpoint), True),
+    ]
+    for paginator, checkpointed in walks:
+        if paginator is None or stopping(stop):
+            continue
+        try:
+            await walk_pages(
+                runtime, lease, result, paginator, checkpointed=checkpointed, stop=stop,
+                progress=progress if checkpointed else None, observe=pending.see,
+            )  # fmt: skip
+        except (http.UpstreamError, PageError) as error:
+            log.warning("walk failed; going on with the rest", position=str(paginator))
+            failures.append(error)
     if not stopping(stop):
-        await refresh.open_runs(runtime, lease, result, pending, started_at, stop)
+        try:
+            await refresh.open_runs(runtime, lease, result, pending, started_at, stop)
+        except (http.UpstreamError, PageError) as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
+
+
+async def _reconcile(runtime, lease, result, stop) -> None:
+    """Reads every run started in the last `reconcile_lookback` again and stores what changed.
+
+    Polling reads runs stored as open and runs open now; a run that finished, was resurrected and
+    finished again between two passes is neither. This sweep, on its own schedule, is how such a
+    change reaches the table. Its cost: one request per page of runs in the lookback."""
+    floor = await lease.database_now() - runtime.config.reconcile_lookback
+    await walk_pages(
+        runtime, lease, result, runtime.source.recent(floor), checkpointed=False, stop=stop
+    )
 
 
 async def _backfill(runtime, db, lease, result, since, until, restart, stop, progress) -> None:

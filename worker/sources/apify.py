@@ -30,6 +30,7 @@ from worker.sources.common import (
     start_times,
     storable,
     text,
+    walk_top,
 )
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
@@ -65,6 +66,17 @@ class ApifySource:
             checkpoint = Checkpoint(checkpoint.watermark - self.overlap, None)
         return OldestFirst(self.list_path, checkpoint, page_size=self.page_size)
 
+    def recent(self, floor: datetime) -> OldestFirst | NewestFirst:
+        if self.newest_first:
+            return NewestFirst(self.list_path, Checkpoint(floor), page_size=self.page_size)
+        return OldestFirst(self.list_path, Checkpoint(floor), page_size=self.page_size)
+
+    def head(self, checkpoint: Checkpoint) -> NewestFirst | None:
+        top = walk_top(checkpoint) if self.newest_first else None
+        if top is None:  # oldest-first walks read the newest runs last; they have no head
+            return None
+        return NewestFirst(self.list_path, Checkpoint(top - self.overlap), page_size=self.page_size)
+
     def backfill(self, checkpoint, since, until, walk):
         checkpoint = checkpoint or Checkpoint(watermark=since)
         if self.newest_first:
@@ -90,10 +102,17 @@ class ApifySource:
         return Request(self.list_path, params)
 
     def read_probe(self, body: Any, observed_at: datetime) -> tuple[int, datetime | None]:
-        """(total, the start of the run at the probed offset) of a probe's answer."""
+        """(total, the start of the item at the probed offset) of a probe's answer. Only the
+        start is read: an item unreadable otherwise still places a window boundary (the walk
+        quarantines it). None when the item has no readable start."""
         items, total, _ = read_list(body)
-        first = read_item(items[0], observed_at) if items else None
-        return total or 0, first.started_at if isinstance(first, Run) else None
+        item = items[0] if items else None
+        started = item.get("startedAt") if isinstance(item, dict) else None
+        try:
+            start = parse_time(started, "startedAt")
+        except ItemError:
+            start = None
+        return total or 0, start
 
     def window(self, checkpoint: Checkpoint | None, start, end, walk) -> OldestFirst:
         """A walk of one window of a backfill: from `start`, up to and including `end`."""

@@ -53,6 +53,16 @@ class Source(Protocol):
 
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
 
+    def recent(self, floor: datetime) -> Paginator:
+        """Every run started since `floor`, for the reconcile sweep."""
+        ...
+
+    def head(self, checkpoint: Checkpoint) -> Paginator | None:
+        """For a newest-first walk in flight: a walk from the top down to where it began, so
+        runs newer than it are read before it resumes (and even while one of its pages is
+        stuck). None when there is no such walk."""
+        ...
+
     def backfill(
         self,
         checkpoint: Checkpoint | None,
@@ -146,6 +156,12 @@ def start_times(runs: list[Run]) -> list[datetime]:
 def check_not_future(started_at: datetime | None, observed_at: datetime) -> None:
     if started_at is not None and started_at > observed_at + MAX_CLOCK_SKEW:
         raise ItemError(f"startedAt {started_at.isoformat()} is in the future")
+
+
+def walk_top(checkpoint: Checkpoint) -> datetime | None:
+    """The newest run a newest-first walk in flight had seen when it began; None if none is."""
+    top = (checkpoint.cursor or {}).get("top")
+    return parse_time(top, "top") if top else None
 
 
 def newest_first_checkpoint(

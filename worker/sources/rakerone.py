@@ -29,6 +29,7 @@ from worker.sources.common import (
     parse_time,
     start_times,
     text,
+    walk_top,
 )
 
 MAX_RESTARTS = 3  # refused cursors in one walk before the pass gives up
@@ -55,6 +56,13 @@ class RakerOneSource:
     def incremental(self, checkpoint: Checkpoint) -> KeysetWalk:
         floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
         return self._walk(checkpoint, floor=floor)
+
+    def recent(self, floor: datetime) -> KeysetWalk:
+        return self._walk(Checkpoint(), floor=floor)
+
+    def head(self, checkpoint: Checkpoint) -> KeysetWalk | None:
+        top = walk_top(checkpoint)
+        return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
 
     def backfill(self, checkpoint, since, until, walk):
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
