@@ -57,6 +57,10 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_runs (
     partial boolean, notes text
 ) ON COMMIT DELETE ROWS;
 
+-- empty_incoming_runs --
+-- Empties the staging table within a transaction (it also empties at every commit).
+DELETE FROM incoming_runs;
+
 -- merge_incoming_runs --
 -- Stores the staged runs: a later observation wins, and a run that did not change is not written.
 -- What raw holds: the newest observation, whole, when it is a whole object (a single run, a

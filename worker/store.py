@@ -26,6 +26,10 @@ _RUN_COLUMNS = Run._fields
 
 DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
+# What the database says of one bad run, not of the database: data that cannot be stored as it is
+# (class 22) or past a limit (class 54: an index row too large, for an id of many kilobytes).
+_REFUSED_RUN = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
 KEEP = object()  # save_page: leave the stream's checkpoint as it is
 
 
@@ -309,18 +313,29 @@ class Lease:
         return [(row["run_id"], row["status"], row["started_at"]) for row in rows]
 
     async def _write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
+        """Runs and quarantined items, in the caller's transaction. A run the database refuses
+        (an id too long for the index, a value out of range) is quarantined with the database's
+        reason, and the others are stored: one bad item never holds up a page."""
         inserted = updated = 0
-        if runs:
-            # Runs are staged by binary COPY, then merged in one statement. One statement cannot
-            # touch a row twice: the last item of a run in the batch wins.
-            unique = {run.run_id: run for run in runs}.values()
-            await self.conn.copy_records_to_table(
-                "incoming_runs", records=unique, columns=_RUN_COLUMNS
-            )
-            # The staging table empties at commit: one batch per transaction.
-            rows = await self.conn.fetch(self.q["merge_incoming_runs"], self.source, upstream)
-            inserted = sum(1 for row in rows if row["inserted"])
-            updated = len(rows) - inserted
+        # One statement cannot touch a row twice: the last item of a run in the batch wins.
+        unique = list({run.run_id: run for run in runs}.values())
+        if unique:
+            try:
+                async with self.conn.transaction():  # a savepoint, should one run be refused
+                    inserted, updated = await self._merge(upstream, unique)
+            except _REFUSED_RUN:
+                refused = []
+                for run in unique:
+                    try:
+                        async with self.conn.transaction():
+                            one = await self._merge(upstream, [run], then_empty=True)
+                    except _REFUSED_RUN as error:
+                        reason = f"run {run.run_id[:40]}: the database refused it: {error}"
+                        refused.append(Rejected(reason, run.raw))
+                        continue
+                    inserted, updated = inserted + one[0], updated + one[1]
+                log.warning("runs refused by the database", count=len(refused), reason=reason)
+                rejected = [*rejected, *refused]
         if rejected:
             unique_rejects = {_sha256(r.raw): r for r in rejected}
             await self.conn.execute(
@@ -332,6 +347,18 @@ class Lease:
                 list(unique_rejects),
             )
         return Written(inserted, updated, len(rejected))
+
+    async def _merge(
+        self, upstream: str, runs: Sequence[Run], *, then_empty: bool = False
+    ) -> tuple[int, int]:
+        """(inserted, updated): runs staged by binary COPY, then merged in one statement. The
+        staging table empties at commit; `then_empty` when the transaction merges again."""
+        await self.conn.copy_records_to_table("incoming_runs", records=runs, columns=_RUN_COLUMNS)
+        rows = await self.conn.fetch(self.q["merge_incoming_runs"], self.source, upstream)
+        if then_empty:
+            await self.conn.execute(self.q["empty_incoming_runs"])
+        inserted = sum(1 for row in rows if row["inserted"])
+        return inserted, len(rows) - inserted
 
 
 def _sha256(text: str) -> str:

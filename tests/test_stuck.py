@@ -1,0 +1,102 @@
+"""One page that cannot be read or stored never freezes a stream (DESIGN.md, invariant 9).
+
+New runs and the open runs' changes keep flowing past a stuck page; the pass that meets it fails
+and says so, and the next pass tries again.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+from helpers import assert_matches_upstream, interrupted_pass, passes, stored_runs
+
+from worker.simulator import Faults
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+class Unreadable(Faults):
+    """Answers every request whose query holds `needle` with broken JSON; nothing else."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(rate=0.0)
+        self.needle = needle
+
+    def draw(self, key: str) -> tuple[str | None, int]:
+        if self.needle in key:
+            self.injected["bad-json"] += 1
+            return "bad-json", 0
+        return None, 0
+
+
+async def test_a_walk_stuck_on_a_page_lets_new_runs_and_open_runs_through(
+    raker, sim, db, raker_settings
+):
+    for i in range(20):
+        raker.add_runs(
+            "proj_a", 1, status="completed", started_at=NOW - timedelta(hours=3, minutes=i)
+        )
+    (still_open,) = raker.add_runs(
+        "proj_a", 1, status="processing", started_at=NOW - timedelta(hours=2)
+    )
+    settings = raker_settings(extra="page_size = 5\nmax_retries = 0")
+    await passes(settings)
+    for i in range(30):  # the next walk needs several pages to get back down to the watermark
+        raker.add_runs(
+            "proj_a", 1, status="completed", started_at=NOW - timedelta(hours=1, minutes=i)
+        )
+    await interrupted_pass(settings, "raker", after_pages=1)
+    async with db.pool.acquire() as conn:
+        cursor = await conn.fetchval("SELECT cursor ->> 'cursor' FROM runsync.checkpoints")
+    sim.faults = Unreadable(urlencode({"cursor": cursor}))  # the walk's next page, for good
+    newcomers = raker.add_runs(
+        "proj_a", 2, status="completed", started_at=NOW - timedelta(minutes=1)
+    )
+    raker.set_status("proj_a", still_open["id"], "completed")
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "failed" and "JSON" in result.error  # reported, never skipped
+    stored = await stored_runs(db, "raker")
+    assert {run["id"] for run in newcomers} <= stored.keys()  # new runs flow past the stuck page
+    assert stored[still_open["id"]]["status"] == "completed"  # and so do open runs' changes
+    async with db.pool.acquire() as conn:
+        after = await conn.fetchval("SELECT cursor ->> 'cursor' FROM runsync.checkpoints")
+    assert after == cursor  # the stuck page is tried again, from where the walk stood
+
+    sim.faults = None  # the page reads again: the walk ends and nothing was lost
+    (result,) = await passes(settings)
+    assert result.outcome == "succeeded"
+    assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
+
+
+async def test_a_run_the_database_refuses_is_quarantined_and_the_page_is_stored(
+    raker, sim, db, raker_settings
+):
+    for i in range(8):
+        raker.add_runs("proj_a", 1, status="completed", started_at=NOW - timedelta(minutes=i))
+    # An id of 9,000 random letters: too large for the primary key's index, whatever the page.
+    huge = "".join(random.Random(3).choices(string.ascii_letters, k=9000))
+    poison = {
+        "id": huge,
+        "status": "completed",
+        "startedAt": (NOW - timedelta(minutes=2, seconds=30)).isoformat(),
+    }
+    raker.add_raw_item("proj_a", poison, started_at=NOW - timedelta(minutes=2, seconds=30))
+    settings = raker_settings(extra="page_size = 5")
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    assert result.quarantined == 1
+    assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
+    async with db.pool.acquire() as conn:
+        (reason,) = await conn.fetch("SELECT reason FROM runsync.quarantine")
+    assert reason["reason"].startswith(f"run {huge[:40]}: the database refused it: ")
+    # The next pass is not held up either: a new run is stored.
+    (new,) = raker.add_runs("proj_a", 1, status="completed")
+    (result,) = await passes(settings)
+    assert result.outcome == "succeeded" and new["id"] in await stored_runs(db, "raker")
