@@ -217,7 +217,8 @@ parts AS (
 named AS (
     SELECT source, part,
            'incremental' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS incremental,
-           'backfill' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS backfill
+           'backfill' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS backfill,
+           'reconcile' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS reconcile
     FROM parts
 )
 SELECT n.source,
@@ -246,7 +247,9 @@ SELECT n.source,
        CASE WHEN NOT bf.done THEN progress.items END AS backfill_runs_read,
        -- the runs the upstream counted in the range when the windows were planned
        (bf.cursor ->> 'total')::bigint AS backfill_runs_planned,
-       CASE WHEN bf.done THEN done_by.finished_at END AS backfill_finished_at
+       CASE WHEN bf.done THEN done_by.finished_at END AS backfill_finished_at,
+       sweep.finished_at AS reconcile_at,
+       sweep.pages AS reconcile_requests
 FROM named n
 LEFT JOIN counts c ON c.source = n.source AND c.part = n.part
 LEFT JOIN runsync.checkpoints inc ON inc.source = n.source AND inc.stream = n.incremental
@@ -295,6 +298,12 @@ LEFT JOIN LATERAL (
       AND p.id > coalesce(last.backfill_success_id, 0)
     ) AS progress ON true
 LEFT JOIN runsync.passes done_by ON done_by.id = (bf.cursor ->> 'pass_id')::bigint
+-- The newest reconcile sweep that finished: when, and the list requests (pages) it cost.
+LEFT JOIN LATERAL (
+    SELECT p.finished_at, p.pages FROM runsync.passes p
+    WHERE p.source = n.source AND p.stream >= n.reconcile AND p.stream <= n.reconcile
+      AND p.outcome = 'succeeded'
+    ORDER BY p.stream DESC, p.id DESC LIMIT 1) AS sweep ON true
 ORDER BY n.source, n.part;
 
 -- known_sources --

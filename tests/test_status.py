@@ -17,6 +17,7 @@ SOURCE_KEYS = {
     "source", "configured", "watermark", "lag_seconds", "newest_started_at", "runs", "open_runs",
     "last_success_at", "last_success_age_seconds", "last_error_at", "last_error_age_seconds",
     "last_error", "walks_in_flight", "backfills_in_flight", "streams",
+    "reconcile_at", "reconcile_age_seconds", "reconcile_requests",
 }  # fmt: skip
 STREAM_KEYS = (SOURCE_KEYS - {"source", "configured", "walks_in_flight", "backfills_in_flight", "streams"}) | {
     "project", "walk_in_flight", "backfill",

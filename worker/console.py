@@ -54,6 +54,10 @@ def _figures(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         "last_error_at": _iso(row["last_error_at"]),
         "last_error_age_seconds": _since(row["last_error_at"], now),
         "last_error": row["last_error"],
+        # the newest reconcile sweep: when it finished, and the list requests it cost
+        "reconcile_at": _iso(row["reconcile_at"]),
+        "reconcile_age_seconds": _since(row["reconcile_at"], now),
+        "reconcile_requests": row["reconcile_requests"],
     }
 
 
@@ -148,6 +152,12 @@ def _backfill_cell(streams: list[dict[str, Any]]) -> str:
     return f"{backfill['state']}: {done}{backfill['runs_read']:,}{planned} runs read"
 
 
+def _reconcile_cell(record: dict[str, Any]) -> str:
+    if record["reconcile_at"] is None:
+        return "-"
+    return f"{_age(record['reconcile_age_seconds'])} ago, {record['reconcile_requests']:,} requests"
+
+
 def status_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title="runsync sources", title_justify="left")
     right = {"justify": "right"}
@@ -156,7 +166,7 @@ def status_table(records: list[dict[str, Any]]) -> Table:
         "last success": {},
         # one line, cut short: `status --json` has the whole message
         "last error": {"max_width": 80, "no_wrap": True, "overflow": "ellipsis"},
-        "backfill": {},
+        "backfill": {}, "reconcile": {},
     }  # fmt: skip
     for column, options in columns.items():
         table.add_column(column, **options)
@@ -172,6 +182,7 @@ def status_table(records: list[dict[str, Any]]) -> Table:
             _when(record["last_success_at"], success),
             _last_error(record, streams),
             _backfill_cell(streams),
+            _reconcile_cell(record),
         )
 
     for record in records:

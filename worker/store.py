@@ -163,6 +163,11 @@ class Store:
                     "last_success_at": max(
                         filter(None, (s["last_success_at"] for s in streams)), default=None
                     ),
+                    # The stalest stream's sweep: every stream was swept at least this recently.
+                    "reconcile_at": min(
+                        (s["reconcile_at"] for s in streams), key=_never_first, default=None
+                    ),
+                    "reconcile_requests": sum(s["reconcile_requests"] or 0 for s in streams),
                     "last_error_at": failure.get("last_error_at"),
                     "last_error": failure.get("last_error"),
                     "walks_in_flight": sum(s["walk_in_flight"] for s in streams),
@@ -359,6 +364,10 @@ class Lease:
             await self.conn.execute(self.q["empty_incoming_runs"])
         inserted = sum(1 for row in rows if row["inserted"])
         return inserted, len(rows) - inserted
+
+
+def _never_first(moment: datetime | None) -> tuple[bool, datetime | None]:
+    return (moment is not None, moment)
 
 
 def _sha256(text: str) -> str:
