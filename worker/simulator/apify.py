@@ -190,6 +190,7 @@ class ApifyWorld:
         # an actor or task id; status None holds every status.
         self._index: dict[tuple[str, str | None], list[_Record]] = {}
         self._resurrections: Counter[str] = Counter()
+        self._details: dict[str, tuple[dict, tuple[str, ...]]] = {}  # set_detail's, per run
         anchor_ms, span_ms = _to_ms(self.anchor), span // timedelta(milliseconds=1)
         self._create_account(anchor_ms, span_ms)
         self._generate(runs, anchor_ms - span_ms, anchor_ms - _HOUR_MS, open_share)
@@ -352,11 +353,16 @@ class ApifyWorld:
             "durationMillis": millis, "runTimeSecs": millis / 1000, "computeUnits": compute_units,
             "memAvgBytes": 268_435_456, "memMaxBytes": 536_870_912, "cpuAvgUsage": 12.5,
         }  # fmt: skip
-        return {
+        detail = {
             **item, "userId": self.user_id, "exitCode": _EXIT_CODES.get(run.status),
             "stats": stats, "options": _OPTIONS, "usage": {"ACTOR_COMPUTE_UNITS": compute_units},
             "usageUsd": {"ACTOR_COMPUTE_UNITS": item["usageTotalUsd"]},
         }  # fmt: skip
+        fields, omit = self._details.get(run.id, ({}, ()))
+        detail.update(fields)
+        for key in omit:
+            detail.pop(key, None)
+        return detail
 
     # The public API used by tests and demos to shape the world.
 
@@ -438,6 +444,16 @@ class ApifyWorld:
         """Removes a run entirely, as Apify's data retention does."""
         self._remove(self._runs.pop(run_id))
         self._resurrections.pop(run_id, None)
+        self._details.pop(run_id, None)
+
+    def set_detail(
+        self, run_id: str, fields: Mapping[str, object] | None = None, *, omit: Iterable[str] = ()
+    ) -> None:
+        """What GET /v2/actor-runs/{runId} says beside the generated fields (e.g. statusMessage):
+        `fields` over them, the keys in `omit` left out. Each call replaces the previous one."""
+        if run_id not in self._runs:
+            raise KeyError(f"unknown run {run_id!r}")
+        self._details[run_id] = (dict(fields or {}), tuple(omit))
 
     def add_raw_item(self, item: object, *, started_at: datetime) -> None:
         """Plants an arbitrary item in the user listing, sorted as if it started at `started_at`."""

@@ -84,8 +84,12 @@ class _RawItem:
     __slots__ = ("body", "key", "status")
 
     def __init__(self, item: object, key: tuple[int, str, int]) -> None:
-        # Encoding now fails early on unserialisable items and keeps them immutable.
-        self.body = json.dumps(item, separators=(",", ":")).encode()
+        # Encoding now fails early on unserialisable items and keeps them immutable. Bytes are
+        # served verbatim: JSON text json.dumps cannot write (e.g. 1e999).
+        if isinstance(item, bytes):
+            self.body, item = item, json.loads(item)
+        else:
+            self.body = json.dumps(item, separators=(",", ":")).encode()
         self.key = key
         status = item.get("status") if isinstance(item, dict) else None
         self.status = status if isinstance(status, str) else None
@@ -371,11 +375,25 @@ class RakerWorld:
         del found.runs[run_id]  # its id stays taken: a deleted run's id never comes back
 
     def add_raw_item(self, project: str, item: object, *, started_at: datetime) -> None:
-        """Plants an arbitrary item in the listing, sorted as if it started at `started_at`."""
+        """Plants an arbitrary item in the listing, sorted as if it started at `started_at`;
+        bytes are served as they are (JSON text)."""
         found = self._project(project)
-        item_id = item.get("id") if isinstance(item, dict) else None
+        fields = json.loads(item) if isinstance(item, bytes) else item
+        item_id = fields.get("id") if isinstance(fields, dict) else None
         sort_id = item_id if isinstance(item_id, str) else ""
         found.add([_RawItem(item, (_seconds(started_at), sort_id, next(self._raw_serials)))])
+
+    def remove_raw_items(self, project: str, item_id: str) -> int:
+        """Removes the planted items whose id is `item_id`; returns how many there were."""
+        found = self._project(project)
+        planted = [
+            r for r in found.listing.records if isinstance(r, _RawItem) and r.key[1] == item_id
+        ]
+        for record in planted:
+            found.listing.remove(record)
+            if record.status is not None:
+                found.by_status[record.status].remove(record)
+        return len(planted)
 
     def list_items(self, project: str) -> list[dict]:
         """Every well-formed run as a list item, newest first (startedAt desc, id desc)."""
