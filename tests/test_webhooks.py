@@ -267,3 +267,40 @@ async def test_a_scope_given_by_name_is_looked_up_once(db, write_config):
     assert [a.body["outcome"] for a in answers] == ["stored", "out_of_scope", "stored"]
     assert lookups == ["janedoe~my-actor"]
     assert sorted(await stored_runs(db, "named")) == ["r1", "r3"]
+
+
+async def test_a_resurrection_event_brings_the_run_back_between_two_passes(
+    world, sim, db, write_config
+):
+    """ACTOR.RUN.RESURRECTED, then ACTOR.RUN.SUCCEEDED: both changes land, with no pass at all."""
+    settings = write_config(
+        config_toml(source_toml("apify", sim.base_url, webhook_secret_env="HOOK_SECRET")),
+        env={"APIFY_TOKEN": "t0ken-abcd", "HOOK_SECRET": SECRET},
+    )
+    (run,) = world.add_runs(1, status="RUNNING", started_at=T0)
+    world.set_status(run["id"], "TIMED-OUT", usage_total_usd=0.13)
+    meters = metrics.Metrics()
+
+    async def ready():
+        return None
+
+    receiver = webhooks.Receiver(settings.sources, db, {}, meters)
+    server = health.HealthServer("127.0.0.1:0", ready, metrics=meters, webhooks=receiver)
+    await server.start()
+    try:
+        now = datetime.now(UTC)
+        events = [(world.get(run["id"]), "ACTOR.RUN.TIMED_OUT")]
+        world.set_status(run["id"], "RUNNING")
+        events.append((world.get(run["id"]), "ACTOR.RUN.RESURRECTED"))
+        world.set_status(run["id"], "SUCCEEDED", usage_total_usd=139.75)
+        events.append((world.get(run["id"]), "ACTOR.RUN.SUCCEEDED"))
+        for step, (resource, event) in enumerate(events):
+            sent = payload(resource, now + timedelta(milliseconds=step), event)
+            assert (await deliver(server.port, "apify", sent))[0] == 200
+    finally:
+        await server.stop()
+
+    row = (await stored_runs(db))[run["id"]]
+    assert (row["status"], float(row["usage_total_usd"])) == ("SUCCEEDED", 139.75)
+    assert row["raw"] == events[-1][0]  # a whole run replaces raw: nothing of the first finish
+    assert await history(db, run["id"]) == [("TIMED-OUT", "RUNNING"), ("RUNNING", "SUCCEEDED")]
