@@ -11,7 +11,7 @@ import string
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-from helpers import assert_matches_upstream, interrupted_pass, passes, stored_runs
+from helpers import assert_matches_upstream, interrupted_pass, one_pass, passes, stored_runs
 
 from worker.simulator import Faults
 
@@ -100,3 +100,23 @@ async def test_a_run_the_database_refuses_is_quarantined_and_the_page_is_stored(
     (new,) = raker.add_runs("proj_a", 1, status="completed")
     (result,) = await passes(settings)
     assert result.outcome == "succeeded" and new["id"] in await stored_runs(db, "raker")
+
+
+async def test_an_answer_over_the_size_cap_is_asked_for_again_in_smaller_pages(
+    world, sim, db, apify_settings
+):
+    planted = []
+    for i in range(800):  # 2.4 kB a run: a page of 1,000 would be 1.9 MB, over a 1 MB cap
+        started = NOW - timedelta(hours=2) + timedelta(seconds=i)
+        run = {"id": f"big{i:04d}", "status": "SUCCEEDED", "startedAt": started.isoformat(),
+               "finishedAt": started.isoformat(), "statusMessage": "x" * 2300}  # fmt: skip
+        world.add_raw_item(run, started_at=started)
+        planted.append(run["id"])
+    settings = apify_settings(page_size=1000, extra="max_response_mb = 1")
+
+    result = await one_pass(settings)
+
+    assert result.outcome == "succeeded", result.error
+    assert sorted(await stored_runs(db)) == planted
+    # Refused at 1,000 and 500 a page; read at 250.
+    assert result.pages == 4 + 1  # and the list of open runs

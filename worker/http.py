@@ -33,6 +33,10 @@ class UpstreamError(Exception):
         self.status = status
 
 
+class TooLarge(UpstreamError):
+    """An answer over the size cap: refused unread. A smaller page may pass."""
+
+
 class _Transient(Exception):
     """A failure worth another try."""
 
@@ -216,14 +220,14 @@ class Client:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         declared = response.content_length
         if declared is not None and declared > self.max_response_bytes:
-            raise UpstreamError(
+            raise TooLarge(
                 f"{self.name}: response of {declared} bytes exceeds the {self.max_response_bytes}-byte cap"
             )
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > self.max_response_bytes:
-                raise UpstreamError(
+                raise TooLarge(
                     f"{self.name}: response exceeds the {self.max_response_bytes}-byte cap"
                 )
             chunks.append(chunk)

@@ -174,11 +174,22 @@ async def _read_page(
     runtime: SourceRuntime, paginator: Paginator, request: Request, ahead: asyncio.Task | None
 ) -> Page:
     """One page of the walk (fetched ahead, or now), read again while its unreadable items
-    differ from one read to the next."""
+    differ from one read to the next. An answer over the size cap is asked for again in smaller
+    pages: only a single item over the cap stops the walk."""
     earlier: list[str] | None = None
-    for attempt in range(1, PAGE_READS + 1):
-        response = await (ahead if ahead is not None else _fetch(runtime, request))
+    attempt = 0
+    while attempt < PAGE_READS:
+        try:
+            response = await (ahead if ahead is not None else _fetch(runtime, request))
+        except http.TooLarge as error:
+            if not paginator.shrink():
+                raise
+            log.warning("answer too large; asking for smaller pages", error=str(error),
+                        page_size=paginator.page_size)  # fmt: skip
+            request, ahead = paginator.next_request(), None
+            continue
         ahead = None
+        attempt += 1
         page = paginator.advance(response.body, response.observed_at)
         unreadable = sorted(item.raw for item in page.rejected)
         if not unreadable or unreadable == earlier or attempt == PAGE_READS:

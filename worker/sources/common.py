@@ -35,6 +35,10 @@ class Paginator(Protocol):
         """Forgets the last advance, so the same page can be read again."""
         ...
 
+    def shrink(self) -> bool:
+        """Asks for half as many items a page from now on; False at one already."""
+        ...
+
     @property
     def checkpoint(self) -> Checkpoint: ...
 
@@ -94,9 +98,17 @@ class ByWalks(Source, Protocol):
 
 
 class Rewindable:
-    """A paginator whose position is a few attributes, saved before each advance for undo()."""
+    """A paginator whose position is a few attributes, saved before each advance for undo(), and
+    whose pages can be made smaller (an answer over the size cap is refused unread)."""
 
     _position: tuple[str, ...] = ()
+    page_size: int
+
+    def shrink(self) -> bool:
+        if self.page_size <= 1:
+            return False
+        self.page_size //= 2
+        return True
 
     def _save(self) -> None:
         self._saved = tuple(getattr(self, name) for name in self._position)
