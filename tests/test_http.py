@@ -59,7 +59,7 @@ async def test_token_only_in_the_authorization_header(upstream):
     assert TOKEN not in str(request.rel_url)
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 501, 502, 503, 504, 520, 599])
 async def test_transient_statuses_are_retried(upstream, status):
     server, client = upstream
     server.answers = [
@@ -67,6 +67,26 @@ async def test_transient_statuses_are_retried(upstream, status):
     ]
     answer = await client.get_json("/x")
     assert answer.body == {"ok": True} and len(server.seen) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+async def test_other_client_errors_fail_at_once(upstream, status):
+    server, client = upstream
+    server.answers = [web.json_response({"error": {"message": "no"}}, status=status)]
+    with pytest.raises(http.UpstreamError) as failure:
+        await client.get_json("/x")
+    assert failure.value.status == status and len(server.seen) == 1
+
+
+async def test_the_retry_budget_bounds_the_waits_in_total_not_each(upstream):
+    """Each wait (0.2 s, from Retry-After) is within the budget; the third would take the total
+    past it, so the request fails after three attempts rather than after all five."""
+    server, client = upstream
+    client.backoff = http.Backoff(retries=4, base=0.01, cap=0.05, budget=0.5)
+    server.answers = [web.Response(status=503, headers={"Retry-After": "0.2"}) for _ in range(5)]
+    with pytest.raises(http.UpstreamError, match="retry budget"):
+        await client.get_json("/x")
+    assert len(server.seen) == 3
 
 
 async def test_retry_after_seconds_and_date_are_honoured(upstream):
