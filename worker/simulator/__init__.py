@@ -35,13 +35,20 @@ from worker.simulator.faults import (
     truncated,
     wrong_types,
 )
-from worker.simulator.rakerone import RAKER_OPEN, RAKER_TERMINAL, RakerEndpoints, RakerWorld
+from worker.simulator.rakerone import (
+    RAKER_OPEN,
+    RAKER_QUEUED,
+    RAKER_TERMINAL,
+    RakerEndpoints,
+    RakerWorld,
+)
 
 __all__ = [
     "ALL_STATUSES",
     "FAULT_KINDS",
     "OPEN_STATUSES",
     "RAKER_OPEN",
+    "RAKER_QUEUED",
     "RAKER_TERMINAL",
     "TERMINAL_STATUSES",
     "USERNAME",
