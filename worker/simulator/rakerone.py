@@ -683,7 +683,8 @@ class RakerEndpoints:
         ]  # fmt: skip
 
     @staticmethod
-    def unauthorized() -> web.Response:
+    def unauthorized(request: web.Request) -> web.Response:
+        """The 401 for a request whose bearer token is missing or wrong."""
         return _error(401, "unauthorized")
 
     @staticmethod
