@@ -2,7 +2,8 @@
 
 Used by tests, demos and benchmarks. Each upstream is an in-memory world (apify.ApifyWorld,
 rakerone.RakerWorld) plus its endpoints; the Simulator serves the worlds it is given, optionally
-slowed down (latency) and with seeded, replayable faults (faults.Faults).
+slowed down (latency) and with seeded, replayable faults (faults.Faults). Apify's answers also go
+through the world's per-resource rate limit (apify.RateLimiter) and carry X-RateLimit-Limit.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from aiohttp import web
 
 from worker.simulator.apify import (
     ALL_STATUSES,
+    KNOWN_ORIGINS,
     OPEN_STATUSES,
     TERMINAL_STATUSES,
+    UNKNOWN_ORIGIN,
     USERNAME,
     ApifyEndpoints,
     ApifyWorld,
+    RateLimiter,
 )
 from worker.simulator.faults import (
     FAULT_KINDS,
@@ -35,19 +39,29 @@ from worker.simulator.faults import (
     truncated,
     wrong_types,
 )
-from worker.simulator.rakerone import RAKER_OPEN, RAKER_TERMINAL, RakerEndpoints, RakerWorld
+from worker.simulator.rakerone import (
+    RAKER_OPEN,
+    RAKER_QUEUED,
+    RAKER_TERMINAL,
+    RakerEndpoints,
+    RakerWorld,
+)
 
 __all__ = [
     "ALL_STATUSES",
     "FAULT_KINDS",
+    "KNOWN_ORIGINS",
     "OPEN_STATUSES",
     "RAKER_OPEN",
+    "RAKER_QUEUED",
     "RAKER_TERMINAL",
     "TERMINAL_STATUSES",
+    "UNKNOWN_ORIGIN",
     "USERNAME",
     "ApifyWorld",
     "Faults",
     "RakerWorld",
+    "RateLimiter",
     "Simulator",
     "serve",
 ]
@@ -86,12 +100,11 @@ class Simulator:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._guard])
-        endpoints = [
-            *([ApifyEndpoints(apify)] if apify is not None else []),
-            *([RakerEndpoints(rakerone)] if rakerone is not None else []),
-        ]
-        for upstream in endpoints:
-            for method, path, handler, name in upstream.routes():
+        self.app.on_response_prepare.append(self._stamp)
+        self._apify = ApifyEndpoints(apify) if apify is not None else None
+        self._rakerone = RakerEndpoints(rakerone) if rakerone is not None else None
+        for upstream in (self._apify, self._rakerone):
+            for method, path, handler, name in upstream.routes() if upstream else ():
                 self.app.router.add_route(method, path, handler, name=name)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -110,19 +123,37 @@ class Simulator:
             await self._runner.cleanup()
             self._runner = None
 
+    def _endpoints(self, path: str) -> ApifyEndpoints | RakerEndpoints | None:
+        """The served upstream whose dialect answers for `path`, if it is served."""
+        return self._rakerone if _dialect(path) is RakerEndpoints else self._apify
+
+    async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Apify's answers (all but the controls') carry X-RateLimit-Limit, errors included."""
+        path = request.path
+        apify_answer = _dialect(path) is ApifyEndpoints and not path.startswith(_CONTROLS)
+        if self._apify is not None and apify_answer:
+            self._apify.stamp(response)
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Counts routed requests, adds latency, enforces the bearer token and injects faults."""
+        """Counts routed requests, applies Apify's rate limit, adds latency, enforces the bearer
+        token and injects faults."""
         upstream = not request.path.startswith(_CONTROLS)
         unrouted = request.match_info.http_exception
         if unrouted is None:
             self.requests[request.match_info.route.name or ""] += 1
+        endpoints = self._endpoints(request.path)
+        if upstream and unrouted is None and isinstance(endpoints, ApifyEndpoints):
+            refused = endpoints.throttled(request)  # the limiter answers before the API does
+            if refused is not None:
+                return refused
         if upstream and self.latency > 0:
             await self._pause(self.latency)
         if unrouted is not None:
             return _dialect(request.path).unrouted(unrouted)
+        assert endpoints is not None  # a route exists only for an upstream that is served
         if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return _dialect(request.path).unauthorized()
+            return endpoints.unauthorized(request)
         if upstream and self.faults is not None:
             return await self._faulty(request, handler, self.faults)
         return await handler(request)

@@ -1,18 +1,24 @@
 """The simulated Apify API v2: an in-memory account (ApifyWorld) and its run endpoints.
 
-It follows Apify's "Get user runs list" and "Get list of runs" docs, and everything it generates
-is deterministic given the seed. worker.simulator.Simulator serves it over HTTP.
+It follows Apify's "Get user runs list" and "Get list of runs" docs and what the real service is
+observed to do beyond them (upstream-docs/apify-observed-behaviour.md): usage that settles a few
+seconds after a run finishes, resurrected runs, list items that omit documented fields or carry
+undocumented ones, the single run's extra fields, an open set of origins, per-resource rate
+limits, and the real error types. Everything it generates is deterministic given the seed (and
+the clock it is given). worker.simulator.Simulator serves it over HTTP.
 """
 
 from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
 import heapq
 import json
+import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, wraps
@@ -25,6 +31,14 @@ TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
 OPEN_STATUSES = frozenset({"READY", "RUNNING", "TIMING-OUT", "ABORTING"})
 ALL_STATUSES = TERMINAL_STATUSES | OPEN_STATUSES
 USERNAME = "janedoe"
+# meta.origin is an open set: these are the ones known today, and UNKNOWN_ORIGIN stands for one
+# that appears later (any client must take it as it is).
+KNOWN_ORIGINS = (
+    "DEVELOPMENT", "WEB", "API", "SCHEDULER", "TEST", "WEBHOOK", "ACTOR", "CLI", "STANDBY", "CI",
+    "MCP",
+)  # fmt: skip
+UNKNOWN_ORIGIN = "AGENT"
+RATE_LIMIT = 60  # Apify's default requests per second per resource
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Folding random bytes onto the alphabet makes id generation one C-level pass (bias is harmless).
@@ -42,16 +56,43 @@ _ACTOR_NAMES = (
     "pdf-export",
 )
 _TASK_SUFFIXES = ("daily", "hourly", "weekly", "eu")
-_ORIGINS = ("API", "WEB", "SCHEDULER", "DEVELOPMENT", "WEBHOOK", "ACTOR", "CLI")
-_ORIGIN_CUM_WEIGHTS = tuple(accumulate((40, 15, 30, 5, 5, 3, 2)))
+_ORIGINS = ("API", "WEB", "SCHEDULER", "DEVELOPMENT", "WEBHOOK", "ACTOR", "CLI", "TEST",
+            "STANDBY", "CI", "MCP", UNKNOWN_ORIGIN)  # fmt: skip
+_ORIGIN_CUM_WEIGHTS = tuple(accumulate((400, 150, 300, 50, 50, 30, 20, 5, 5, 5, 3, 2)))
 _TERMINAL_MIX = ("SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED")
 _TERMINAL_CUM_WEIGHTS = tuple(accumulate((86, 7, 3, 4)))
 _EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "TIMED-OUT": 1, "ABORTED": 143}
+_STATUS_MESSAGES = {
+    "READY": "Waiting for a server to start the run",
+    "RUNNING": "Crawled {n} of {m} pages",
+    "TIMING-OUT": "Timing out...",
+    "ABORTING": "Aborting...",
+    "SUCCEEDED": "Finished! Total {m} requests: {m} succeeded, 0 failed.",
+    "FAILED": "The Actor process exited with code 1: Error: net::ERR_CONNECTION_RESET",
+    "TIMED-OUT": "The Actor run timed out after 3600 seconds",
+    "ABORTED": "The Actor run was aborted by the user",
+}
 _OPTIONS = {"build": "latest", "timeoutSecs": 3600, "memoryMbytes": 1024, "diskMbytes": 2048}
-# The documented list-item fields in documented order; %-formatting is ~2x faster than json.dumps.
+_CU_USD = 0.4  # the price of one compute unit, which turns a run's cost into its compute units
+# The usage items a run reports; only compute units cost anything here.
+_USAGE_ITEMS = (
+    "ACTOR_COMPUTE_UNITS", "DATASET_READS", "DATASET_WRITES", "KEY_VALUE_STORE_READS",
+    "KEY_VALUE_STORE_WRITES", "KEY_VALUE_STORE_LISTS", "REQUEST_QUEUE_READS",
+    "REQUEST_QUEUE_WRITES", "DATA_TRANSFER_INTERNAL_GBYTES", "DATA_TRANSFER_EXTERNAL_GBYTES",
+    "PROXY_RESIDENTIAL_TRANSFER_GBYTES", "PROXY_SERPS",
+)  # fmt: skip
+_USER_AGENTS = (
+    "ApifyClient/2.9.3 (linux; Node/v20.11.0); isAtHome/false",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari",
+    "apify-client-python/1.8.1 (linux; Python/3.12.3); isAtHome/false",
+    "curl/8.5.0",
+)
+# The list-item fields: the documented ones in documented order (with `userId` and
+# `buildNumberInt`, which recorded items carry too); %-formatting is ~2x faster than json.dumps.
+# The actorTaskId and usageTotalUsd parts come formatted, or empty where the item omits them.
 _ITEM_TEMPLATE = (
-    '{"id":"%s","actId":"%s","actorTaskId":%s,"status":"%s","startedAt":"%s","finishedAt":%s,'
-    '"buildId":"%s","buildNumber":"%s","meta":{"origin":"%s"},"usageTotalUsd":%r,'
+    '{"id":"%s","actId":"%s","userId":"%s",%s"status":"%s","startedAt":"%s","finishedAt":%s,'
+    '"buildId":"%s","buildNumber":"%s","buildNumberInt":%d,"meta":{"origin":"%s"},%s'
     '"defaultKeyValueStoreId":"%s","defaultDatasetId":"%s","defaultRequestQueueId":"%s"}'
 )
 
@@ -83,10 +124,29 @@ def _iso(ms: int) -> str:
     return f"{_hour_prefix(hour)}{_MIN_SEC[seconds]}.{_MILLIS[millis]}Z"
 
 
+def _js_text(number: float) -> str:
+    """A number as JavaScript's JSON.stringify writes it: whole numbers without a fraction."""
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))
+    return repr(number)
+
+
+def _js(number: float) -> float | int:
+    """A number as a JavaScript service's JSON parses back: an int when it is whole."""
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
 def _store_ids(run_id: str) -> tuple[str, str, str]:
     """Default KVS, dataset and queue ids: derived from the run id, so they cost no memory."""
     rev = run_id[::-1]
     return rev[5:] + rev[:5], rev[9:] + rev[:9], rev[13:] + rev[:13]
+
+
+def _build_number_int(build_number: str) -> int:
+    """`buildNumberInt` of a "major.minor.build" number. The encoding (major * 10^8 + minor * 10^5
+    + build) is an inference: recorded items only show that the field is an integer."""
+    major, minor, build = (int(part) for part in build_number.split("."))
+    return major * 100_000_000 + minor * 100_000 + build
 
 
 def _random_ids(rng: random.Random, count: int, taken: Container[str] = ()) -> list[str]:
@@ -103,6 +163,12 @@ def _random_ids(rng: random.Random, count: int, taken: Container[str] = ()) -> l
 def _check_status(status: str) -> None:
     if status not in ALL_STATUSES:
         raise ValueError(f"unknown run status {status!r}")
+
+
+def _share(value: float, name: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1], got {value!r}")
+    return value
 
 
 class _Run:
@@ -122,7 +188,7 @@ class _Run:
         self.id, self.started, self.finished, self.status = run_id, started, finished, status
         self.act, self.task = owner
         self.origin = origin
-        self.usage: float | None = None  # None derives it from the duration
+        self.usage: float | None = None  # the final figure when set; None derives it
 
 
 class _Raw:
@@ -171,8 +237,81 @@ def _merged_slice(spans: list[tuple[list, int, int]], start: int, stop: int) -> 
     return list(islice(heapq.merge(*parts, key=_order), skip, want))
 
 
+class RateLimiter:
+    """Apify's per-resource rate limit: at most `limit` requests in any sliding one-second window.
+
+    A resource is one object's endpoint: the run list of the user, of one actor or of one task,
+    or one run (`/v2/actor-runs/{runId}`). Each resource keeps the arrival times of the requests
+    it let through in the last second; a request that finds `limit` of them there is refused
+    (HTTP 429) and is not added, so a client that keeps hammering still gets `limit` a second
+    through. `limit` None lets everything through but still counts. The per-user limit (250,000 a
+    minute over all resources) is not simulated. `clock` gives seconds (monotonic) and is
+    independent of the world's clock, so a frozen world clock does not freeze the window.
+    """
+
+    def __init__(self, limit: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"rate_limit must be at least 1 or None, got {limit!r}")
+        self.limit = limit
+        self.clock = clock
+        self.requests: Counter[str] = Counter()  # every request asked of a resource
+        self.refused: Counter[str] = Counter()  # the 429s a resource answered
+        self._windows: dict[str, deque[float]] = {}
+
+    @property
+    def refused_total(self) -> int:
+        """How many requests were answered 429 over all resources."""
+        return self.refused.total()
+
+    def admit(self, resource: str) -> bool:
+        """Counts a request to `resource`; False if it is over the limit (answer it 429)."""
+        self.requests[resource] += 1
+        if self.limit is None:
+            return True
+        now = self.clock()
+        window = self._windows.get(resource)
+        if window is None:
+            if len(self._windows) >= 4096:  # every single run is a resource: forget idle ones
+                self._windows = {k: w for k, w in self._windows.items() if w[-1] > now - 1.0}
+            window = self._windows[resource] = deque()
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= self.limit:
+            self.refused[resource] += 1
+            return False
+        window.append(now)
+        return True
+
+    def reset(self) -> None:
+        """Forgets the windows and the counts."""
+        self.requests.clear()
+        self.refused.clear()
+        self._windows.clear()
+
+
 class ApifyWorld:
-    """The simulated account: actors, tasks and their runs, in memory."""
+    """The simulated account: actors, tasks and their runs, in memory.
+
+    Options beyond the generated history (runs, seed, anchor, open_share, span):
+    - clock: the world's time, epoch milliseconds (default: real time). New runs start, runs
+      finish, open runs' durations grow and usage settles by it. The default anchor is its now.
+    - settle_seconds: how long a finished run's usage and cost stay preliminary (lower than the
+      final figure) after its finishedAt; 0 settles at once.
+    - omit_share: the share of runs whose list items omit `usageTotalUsd`, `actorTaskId` or both
+      (a seeded, stable choice per run); the single run always has them. Default 0: the existing
+      product tests index items by those keys.
+    - rate_limit: requests per second per resource (RateLimiter), None for no limit;
+      rate_clock: the limiter's monotonic clock in seconds.
+    - live_auth_error: a wrong token gets the live API's 401 `user-or-token-not-found` "User was
+      not found or authentication token is not valid" instead of the simulator's older 401
+      `token-not-valid` "Authentication token is not valid." (kept by default because an existing
+      product test looks for that message). A missing token is 401 `token-not-provided` either way.
+    - detail_meta: the single run's `meta` carries `userAgent` and `clientIp` (and `scheduleId`,
+      `scheduledAt` for scheduled runs) beyond the list item's `origin`. Off by default: the
+      product tests compare a run read one by one with the list item, `meta` included.
+    - forbidden: actors, tasks (by id or `username~name`) and runs the token may not read: their
+      endpoints answer 403 insufficient-permissions. `self.forbidden` can be changed later.
+    """
 
     def __init__(
         self,
@@ -182,15 +321,37 @@ class ApifyWorld:
         anchor: datetime | None = None,
         open_share: float = 0.02,
         span: timedelta = timedelta(days=90),
+        clock: Callable[[], int] | None = None,
+        settle_seconds: float = 10.0,
+        omit_share: float = 0.0,
+        rate_limit: int | None = RATE_LIMIT,
+        rate_clock: Callable[[], float] = time.monotonic,
+        live_auth_error: bool = False,
+        detail_meta: bool = False,
+        forbidden: Iterable[str] = (),
     ) -> None:
+        if settle_seconds < 0:
+            raise ValueError(f"settle_seconds must not be negative, got {settle_seconds!r}")
         self._rng = random.Random(seed)
-        self.anchor = anchor or datetime.now(UTC).replace(microsecond=0)
+        self._seed = seed
+        self._clock = clock or _now_ms
+        self._settle_ms = round(settle_seconds * 1000)
+        self.omit_share = _share(omit_share, "omit_share")
+        self.rate_limiter = RateLimiter(rate_limit, rate_clock)
+        self.live_auth_error = live_auth_error
+        self.detail_meta = detail_meta
+        self.forbidden: set[str] = set(forbidden)
+        self.anchor = anchor or datetime.fromtimestamp(self._clock() // 1000, UTC)
         self._runs: dict[str, _Run] = {}
         # Sorted (startedAt, id) lists keyed by (scope, status): scope "" is the whole user, else
         # an actor or task id; status None holds every status.
         self._index: dict[tuple[str, str | None], list[_Record]] = {}
         self._resurrections: Counter[str] = Counter()
         self._details: dict[str, tuple[dict, tuple[str, ...]]] = {}  # set_detail's, per run
+        # Runs that finished lately enough that their usage may still be preliminary.
+        self._settling: dict[str, None] = {}
+        self._carried: dict[str, float] = {}  # the usage a resurrected run had when it reopened
+        self._messages: dict[str, tuple[str, bool]] = {}  # statusMessage set by tests
         anchor_ms, span_ms = _to_ms(self.anchor), span // timedelta(milliseconds=1)
         self._create_account(anchor_ms, span_ms)
         self._generate(runs, anchor_ms - span_ms, anchor_ms - _HOUR_MS, open_share)
@@ -212,11 +373,12 @@ class ApifyWorld:
             )
         # Three builds per actor released across the span, so older runs report older builds.
         releases = [anchor_ms - span_ms * k // 3 for k in (4, 2, 1)]
-        self._builds: dict[str, tuple[list[int], list[tuple[str, str]]]] = {}
+        self._builds: dict[str, tuple[list[int], list[tuple[str, str, int]]]] = {}
         self._hourly_usd: dict[str, float] = {}
         for actor in self.actors:
             patch = rng.randint(1, 40)
-            builds = [(ids.pop(), f"0.1.{patch + k}") for k in range(3)]
+            numbers = [f"0.1.{patch + k}" for k in range(3)]
+            builds = [(ids.pop(), n, _build_number_int(n)) for n in numbers]
             self._builds[actor["id"]] = (releases, builds)
             self._hourly_usd[actor["id"]] = round(rng.uniform(0.05, 0.8), 3)
         # Task owners get half the actors' total weight, so about a third of runs are task runs.
@@ -258,6 +420,13 @@ class ApifyWorld:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        # Only runs that started within an hour of the settling horizon can still be settling.
+        horizon = self._clock() - self._settle_ms
+        if self._settle_ms and runs:
+            first = bisect.bisect_left(runs, horizon - _HOUR_MS, key=_started)
+            for run in runs[first:]:
+                if run.finished is not None and run.finished > horizon:
+                    self._settling[run.id] = None
 
     @staticmethod
     def _keys(record: _Record) -> tuple:
@@ -319,45 +488,139 @@ class ApifyWorld:
         """An actor or task by id or by Apify's `username~name` form."""
         return next((e for e in entities if ref in (e["id"], f"{e['username']}~{e['name']}")), None)
 
-    def _usage(self, run: _Run) -> float:
+    def _fraction(self, salt: str, run_id: str) -> float:
+        """A seeded number in [0, 1) fixed for the run: per-run traits that cost no memory."""
+        digest = hashlib.blake2b(f"{self._seed}\0{salt}\0{run_id}".encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "big") / 2**64
+
+    def _final_usage(self, run: _Run) -> float:
+        """The run's settled cost in USD (what an open run has run up so far: 0, or what it had
+        when it was resurrected)."""
         if run.usage is not None:
             return run.usage
         if run.finished is None:
-            return 0.0  # open runs report no usage until they finish
+            return self._carried.get(run.id, 0.0)
         return round(
             max(0, run.finished - run.started) / _HOUR_MS * self._hourly_usd[run.act["id"]], 4
         )
 
-    def _item_json(self, record: _Record) -> bytes:
-        """One list item as JSON bytes (this is the single definition of a list item)."""
+    def _is_settling(self, run: _Run) -> bool:
+        return (
+            run.id in self._settling
+            and run.finished is not None
+            and self._clock() < run.finished + self._settle_ms
+        )
+
+    def _usage(self, run: _Run) -> float:
+        """The cost served now: preliminary (between half and 95% of the final figure, rounded
+        down) while the run settles, final afterwards."""
+        final = self._final_usage(run)
+        if not self._is_settling(run):
+            return final
+        share = 0.5 + 0.45 * self._fraction("settle", run.id)
+        return math.floor(final * share * 10_000) / 10_000
+
+    def _finishing(self, run: _Run) -> None:
+        """Bookkeeping for a run that has just become finished."""
+        self._carried.pop(run.id, None)
+        if self._settle_ms:
+            self._settling[run.id] = None
+            if len(self._settling) > 10_000:
+                self.unsettled()  # prunes the ones that have settled
+
+    def _build(self, run: _Run) -> tuple[str, str, int]:
+        releases, builds = self._builds[run.act["id"]]
+        return builds[max(0, bisect.bisect_right(releases, run.started) - 1)]
+
+    def _item_json(self, record: _Record, *, complete: bool = False) -> bytes:
+        """One list item as JSON bytes (this is the single definition of a list item); complete
+        keeps the fields a list item may omit, as the single run does."""
         if isinstance(record, _Raw):
             return record.body
         run = record
-        releases, builds = self._builds[run.act["id"]]
-        build_id, build_number = builds[max(0, bisect.bisect_right(releases, run.started) - 1)]
+        build_id, build_number, build_int = self._build(run)
+        omit_task = omit_usage = False
+        if self.omit_share and not complete and self._fraction("omit", run.id) < self.omit_share:
+            which = self._fraction("omit-which", run.id)
+            omit_task, omit_usage = which < 2 / 3, which >= 1 / 3
+        task_part = (
+            "" if omit_task
+            else f'"actorTaskId":"{run.task["id"]}",' if run.task else '"actorTaskId":null,'
+        )  # fmt: skip
+        usage_part = "" if omit_usage else f'"usageTotalUsd":{_js_text(self._usage(run))},'
         return (_ITEM_TEMPLATE % (
-            run.id, run.act["id"], f'"{run.task["id"]}"' if run.task else "null", run.status,
-            _iso(run.started), "null" if run.finished is None else f'"{_iso(run.finished)}"',
-            build_id, build_number, run.origin, self._usage(run), *_store_ids(run.id),
+            run.id, run.act["id"], self.user_id, task_part, run.status, _iso(run.started),
+            "null" if run.finished is None else f'"{_iso(run.finished)}"',
+            build_id, build_number, build_int, run.origin, usage_part, *_store_ids(run.id),
         )).encode()  # fmt: skip
 
     def _item(self, run: _Run) -> dict:
         return json.loads(self._item_json(run))
 
+    def _status_message(self, run: _Run) -> tuple[str, bool]:
+        if run.id in self._messages:
+            return self._messages[run.id]
+        pages = 20 + int(self._fraction("pages", run.id) * 480)
+        done = pages * (self._clock() - run.started) // (10 * 60_000) if run.finished is None else 0
+        text = _STATUS_MESSAGES[run.status].format(n=max(0, min(pages - 1, done)), m=pages)
+        return text, run.status in TERMINAL_STATUSES
+
+    def _meta(self, run: _Run) -> dict:
+        meta: dict = {"origin": run.origin}
+        if not self.detail_meta:
+            return meta
+        pick = self._fraction("meta", run.id)
+        from_console = run.origin in ("WEB", "DEVELOPMENT", "TEST")
+        meta["clientIp"] = None if run.origin in ("SCHEDULER", "ACTOR", "WEBHOOK") else (
+            f"203.0.113.{int(pick * 254) + 1}"
+        )  # fmt: skip
+        meta["userAgent"] = _USER_AGENTS[1 if from_console else int(pick * len(_USER_AGENTS))]
+        if run.origin == "SCHEDULER":
+            meta["scheduleId"] = _store_ids(run.id)[0][::-1]
+            meta["scheduledAt"] = _iso(run.started - 1000 - int(pick * 2000))
+        return meta
+
     def _detail(self, run: _Run) -> dict:
-        item = self._item(run)
-        millis = (_now_ms() if run.finished is None else run.finished) - run.started
-        compute_units = round(millis / _HOUR_MS, 4)  # at 1 GB of memory, one CU per hour
+        """The run as GET /v2/actor-runs/{runId} serves it."""
+        item = json.loads(self._item_json(run, complete=True))
+        usd = float(item["usageTotalUsd"])
+        millis = max(0, (self._clock() if run.finished is None else run.finished) - run.started)
+        compute_units = round(usd / _CU_USD, 6)
+        message, message_is_terminal = self._status_message(run)
+        kvs, dataset, queue = _store_ids(run.id)
         stats = {
-            "inputBodyLen": 240, "restartCount": 0, "resurrectCount": self._resurrections[run.id],
-            "durationMillis": millis, "runTimeSecs": millis / 1000, "computeUnits": compute_units,
-            "memAvgBytes": 268_435_456, "memMaxBytes": 536_870_912, "cpuAvgUsage": 12.5,
+            "inputBodyLen": 240, "migrationCount": 0, "rebootCount": 0, "restartCount": 0,
+            "resurrectCount": self._resurrections[run.id], "durationMillis": millis,
+            "runTimeSecs": _js(millis / 1000), "computeUnits": _js(compute_units),
+            "memAvgBytes": 268_435_456, "memMaxBytes": 536_870_912, "memCurrentBytes": 0,
+            "cpuAvgUsage": 12.5, "cpuMaxUsage": 98.25, "cpuCurrentUsage": 0,
+            "netRxBytes": 1_048_576, "netTxBytes": 262_144,
         }  # fmt: skip
+        usage = dict.fromkeys(_USAGE_ITEMS, 0)
+        usage_usd = dict.fromkeys(_USAGE_ITEMS, 0)
+        usage["ACTOR_COMPUTE_UNITS"] = _js(compute_units)
+        usage_usd["ACTOR_COMPUTE_UNITS"] = _js(usd)
         detail = {
-            **item, "userId": self.user_id, "exitCode": _EXIT_CODES.get(run.status),
-            "stats": stats, "options": _OPTIONS, "usage": {"ACTOR_COMPUTE_UNITS": compute_units},
-            "usageUsd": {"ACTOR_COMPUTE_UNITS": item["usageTotalUsd"]},
-        }  # fmt: skip
+            **item,
+            "meta": self._meta(run),
+            "statusMessage": message,
+            "isStatusMessageTerminal": message_is_terminal,
+            "stats": stats,
+            "options": dict(_OPTIONS),
+            "usage": usage,
+            "usageUsd": usage_usd,
+            "platformUsageBillingModel": "USER",
+            "generalAccess": "FOLLOW_USER_SETTING",
+            "storageIds": {
+                "datasets": {"default": dataset},
+                "keyValueStores": {"default": kvs},
+                "requestQueues": {"default": queue},
+            },
+            "containerUrl": f"https://{run.id.lower()[:12]}.runs.apify.net",
+            "consoleUrl": f"https://console.apify.com/view/runs/{run.id}",
+        }
+        if run.status in TERMINAL_STATUSES:  # absent while the run is open
+            detail["exitCode"] = _EXIT_CODES[run.status]
         fields, omit = self._details.get(run.id, ({}, ()))
         detail.update(fields)
         for key in omit:
@@ -365,6 +628,10 @@ class ApifyWorld:
         return detail
 
     # The public API used by tests and demos to shape the world.
+
+    def now(self) -> datetime:
+        """The world's clock as a datetime (UTC, millisecond precision)."""
+        return _EPOCH + timedelta(milliseconds=self._clock())
 
     def add_runs(
         self,
@@ -387,7 +654,7 @@ class ApifyWorld:
             raise ValueError(f"task {task_id!r} does not belong to actor {actor_id!r}")
         rng, created = self._rng, []
         for run_id in _random_ids(rng, count, self._runs):
-            started = _now_ms() if started_at is None else _to_ms(started_at)
+            started = self._clock() if started_at is None else _to_ms(started_at)
             if task is not None:
                 owner = (self._actor_of(task), task)
             elif actor is not None:
@@ -397,6 +664,8 @@ class ApifyWorld:
             finished = started + rng.randint(1000, 600_000) if status in TERMINAL_STATUSES else None
             origin = rng.choices(_ORIGINS, cum_weights=_ORIGIN_CUM_WEIGHTS)[0]
             run = self._runs[run_id] = _Run(run_id, started, finished, status, owner, origin)
+            if finished is not None:
+                self._finishing(run)
             self._add(run)
             created.append(self._item(run))
         return created
@@ -409,22 +678,38 @@ class ApifyWorld:
         finished_at: datetime | None = None,
         usage_total_usd: float | None = None,
     ) -> dict:
-        """Changes a run; an open status clears finishedAt, as Apify resurrects finished runs."""
+        """Changes a run and returns its list item. A terminal status sets finishedAt (default:
+        now, never before startedAt), starts the usage's settling and drops exitCode's absence;
+        an open status on a finished run resurrects it (finishedAt null, resurrectCount + 1, the
+        usage it had stays until it finishes again). usage_total_usd is the final figure."""
         _check_status(status)
         run = self._runs[run_id]
         self._remove(run)  # the status is part of the index keys
         if status in OPEN_STATUSES:
-            self._resurrections[run_id] += run.status in TERMINAL_STATUSES
+            if run.status in TERMINAL_STATUSES:
+                self._resurrections[run_id] += 1
+                self._carried[run_id] = self._final_usage(run)
             run.finished = None
+            self._settling.pop(run_id, None)
         else:
             run.finished = (
-                max(_now_ms(), run.started) if finished_at is None else _to_ms(finished_at)
+                max(self._clock(), run.started) if finished_at is None else _to_ms(finished_at)
             )
+            self._finishing(run)
         run.status = status
         if usage_total_usd is not None:
             run.usage = float(usage_total_usd)
         self._add(run)
         return self._item(run)
+
+    def resurrect(self, run_id: str) -> dict:
+        """Puts a finished run back to RUNNING, as Apify does at any age: the same id and
+        startedAt, finishedAt null, stats.resurrectCount + 1, no exitCode. It finishes again with
+        set_status (or finish_open). Returns its list item; ValueError if the run is open."""
+        run = self._runs[run_id]
+        if run.status not in TERMINAL_STATUSES:
+            raise ValueError(f"run {run_id!r} is {run.status}, not finished")
+        return self.set_status(run_id, "RUNNING")
 
     def finish_open(self, status: str = "SUCCEEDED") -> int:
         """Finishes every open run with `status`; returns how many there were."""
@@ -440,11 +725,56 @@ class ApifyWorld:
             self.set_status(run.id, status)
         return len(runs)
 
+    def set_status_message(self, run_id: str, text: str | None, *, terminal: bool = False) -> None:
+        """Sets the single run's `statusMessage` (any characters: NUL, lone surrogates...) and
+        `isStatusMessageTerminal`; it stays through status changes until set again. None goes
+        back to the message the status implies."""
+        if run_id not in self._runs:
+            raise KeyError(run_id)
+        if text is None:
+            self._messages.pop(run_id, None)
+        else:
+            self._messages[run_id] = (text, terminal)
+
+    def settle_all(self) -> int:
+        """Settles every preliminary usage figure now, whatever the clock says; returns how many
+        runs were still settling."""
+        settling = self.unsettled()
+        self._settling.clear()
+        return len(settling)
+
+    def unsettled(self) -> list[str]:
+        """The ids of finished runs whose usage is still preliminary, in no particular order."""
+        settling = [run_id for run_id in self._settling if self._is_settling(self._runs[run_id])]
+        self._settling = dict.fromkeys(settling)
+        return settling
+
     def delete_run(self, run_id: str) -> None:
         """Removes a run entirely, as Apify's data retention does."""
         self._remove(self._runs.pop(run_id))
-        self._resurrections.pop(run_id, None)
-        self._details.pop(run_id, None)
+        self._forget(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        for table in (
+            self._resurrections,
+            self._settling,
+            self._carried,
+            self._messages,
+            self._details,
+        ):
+            table.pop(run_id, None)
+
+    def delete_started_before(self, moment: datetime) -> int:
+        """Data retention: deletes every run (and planted raw item) that started before `moment`,
+        so the offsets of everything after them shift down. Returns how many runs went."""
+        cut = _to_ms(moment)
+        for records in self._index.values():
+            del records[: bisect.bisect_left(records, cut, key=_started)]
+        gone = [run_id for run_id, run in self._runs.items() if run.started < cut]
+        for run_id in gone:
+            del self._runs[run_id]
+            self._forget(run_id)
+        return len(gone)
 
     def set_detail(
         self, run_id: str, fields: Mapping[str, object] | None = None, *, omit: Iterable[str] = ()
@@ -460,22 +790,34 @@ class ApifyWorld:
         self._add(_Raw(item, _to_ms(started_at)))
 
     def list_items(self) -> list[dict]:
-        """Every well-formed run as a list item, ascending by (startedAt, id)."""
+        """Every well-formed run as a list item now (omissions, settling usage and all),
+        ascending by (startedAt, id): the truth the list endpoints serve."""
         return [self._item(r) for r in self._index.get(("", None), ()) if isinstance(r, _Run)]
 
     def get(self, run_id: str) -> dict | None:
-        """One run as GET /v2/actor-runs/{runId} returns it, or None."""
+        """One run as GET /v2/actor-runs/{runId} returns it now, or None."""
         run = self._runs.get(run_id)
         return None if run is None else self._detail(run)
+
+    def details(self) -> list[dict]:
+        """Every well-formed run as the single-run endpoint returns it now, in list order."""
+        return [self._detail(r) for r in self._index.get(("", None), ()) if isinstance(r, _Run)]
 
 
 # Injected failures by status: Apify's error type and message.
 _FAILURES = {
-    429: ("rate-limit-exceeded", "You have exceeded the rate limit. Please slow down."),
+    429: (
+        "rate-limit-exceeded",
+        f"You have exceeded the rate limit of {RATE_LIMIT} requests per second",
+    ),
     500: ("internal-server-error", "Internal server error. Please try again later."),
     502: ("bad-gateway", "Bad gateway. Please try again later."),
     503: ("service-unavailable", "Service is temporarily unavailable. Please try again later."),
 }
+_PERMISSIONS = (
+    "Insufficient permissions for the {}. Make sure you're passing a correct API token and that it"
+    " has the required permissions."
+)
 
 
 class _InvalidInput(Exception):
@@ -569,8 +911,17 @@ class ApifyEndpoints:
             )
         ]
 
-    @staticmethod
-    def unauthorized() -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
+        """The 401 for a request whose bearer token is missing or wrong."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "token-not-provided", "Authentication token was not provided")
+        if self.world.live_auth_error:
+            return _error(
+                401,
+                "user-or-token-not-found",
+                "User was not found or authentication token is not valid",
+            )
         return _error(401, "token-not-valid", "Authentication token is not valid.")
 
     @staticmethod
@@ -584,6 +935,44 @@ class ApifyEndpoints:
         kind, message = _FAILURES[status]
         return _error(status, kind, message)
 
+    def resource(self, request: web.Request) -> str | None:
+        """The rate-limited resource a routed request asks for: its endpoint with the actor or
+        task named by id (both names of one are one resource); None for the controls."""
+        name, info = request.match_info.route.name, request.match_info
+        world = self.world
+        if name == "apify.list_user_runs":
+            return "/v2/actor-runs"
+        if name == "apify.list_actor_runs":
+            actor = world._lookup(world.actors, info["actorId"])
+            return f"/v2/acts/{actor['id'] if actor else info['actorId']}/runs"
+        if name == "apify.list_task_runs":
+            task = world._lookup(world.tasks, info["taskId"])
+            return f"/v2/actor-tasks/{task['id'] if task else info['taskId']}/runs"
+        if name == "apify.get_run":
+            return f"/v2/actor-runs/{info['runId']}"
+        return None
+
+    def throttled(self, request: web.Request) -> web.Response | None:
+        """The 429 for a request over its resource's rate limit, or None to go on."""
+        resource = self.resource(request)
+        limiter = self.world.rate_limiter
+        if resource is None or limiter.admit(resource):
+            return None
+        message = f"You have exceeded the rate limit of {limiter.limit} requests per second"
+        return _error(429, "rate-limit-exceeded", message)
+
+    def stamp(self, response: web.StreamResponse) -> None:
+        """Adds X-RateLimit-Limit, which every answer of the real API carries."""
+        limit = self.world.rate_limiter.limit
+        if limit is not None:
+            response.headers["X-RateLimit-Limit"] = str(limit)
+
+    def _forbidden(self, *refs: str | None) -> bool:
+        return not self.world.forbidden.isdisjoint(ref for ref in refs if ref)
+
+    def _names(self, entity: dict) -> tuple[str, str]:
+        return entity["id"], f"{entity['username']}~{entity['name']}"
+
     async def _list_user_runs(self, request: web.Request) -> web.Response:
         return self._listing(request, "", time_filter=True)
 
@@ -591,20 +980,28 @@ class ApifyEndpoints:
         actor = self.world._lookup(self.world.actors, request.match_info["actorId"])
         if actor is None:
             return _error(404, "record-not-found", "Actor was not found")
+        if self._forbidden(*self._names(actor)):
+            return _error(403, "insufficient-permissions", _PERMISSIONS.format("Actor"))
         return self._listing(request, actor["id"], time_filter=True)
 
     async def _list_task_runs(self, request: web.Request) -> web.Response:
         task = self.world._lookup(self.world.tasks, request.match_info["taskId"])
         if task is None:
             return _error(404, "record-not-found", "Actor task was not found")
+        if self._forbidden(*self._names(task)):
+            return _error(403, "insufficient-permissions", _PERMISSIONS.format("Actor task"))
         # This endpoint has no startedAfter/startedBefore, so they are ignored like unknown params.
         return self._listing(request, task["id"], time_filter=False)
 
     async def _get_run(self, request: web.Request) -> web.Response:
-        detail = self.world.get(request.match_info["runId"])
-        if detail is None:
+        world = self.world
+        run = world._runs.get(request.match_info["runId"])
+        if run is None:
             return _error(404, "record-not-found", "Actor run was not found")
-        return web.json_response({"data": detail})
+        owners = [*self._names(run.act), *(self._names(run.task) if run.task else ())]
+        if self._forbidden(run.id, *owners):
+            return _error(403, "insufficient-permissions", _PERMISSIONS.format("Actor run"))
+        return web.json_response({"data": world._detail(run)})
 
     async def _add_runs(self, request: web.Request) -> web.Response:
         count = _integer(request.query, "count", 1, 1)

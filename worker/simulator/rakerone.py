@@ -1,19 +1,33 @@
 """The simulated RakerOne API: projects' action runs (RakerWorld) and their list endpoint.
 
 It follows RakerOne's "List action runs" doc (GET /api/projects/{projectId}/action-runs): pages
-newest first by (startedAt, id), keyset cursors, {"error": code} bodies. Everything it generates is
-deterministic given the seed. worker.simulator.Simulator serves it over HTTP.
+newest first, keyset cursors, {"error": code} bodies. Everything it generates is deterministic
+given the seed (and the clock it is given). worker.simulator.Simulator serves it over HTTP.
+
+The docs say only "newest first". The simulated server orders a project's runs by when they were
+created, newest first, ties by id descending; that key never changes, which keeps keyset cursors
+stable. A run that starts as soon as it is created (every run unless asked otherwise) has its
+startedAt as its creation time, so for those the order is startedAt's. A run that waits in the
+queue first has no startedAt (the key is absent or null) while status is "queued", gets one when
+it starts, and keeps its place in the list: startedAt order is then not list order, and a client
+cannot rely on it. A run cancelled before it started never gets a startedAt.
+
+Items are free-form: `result` can be any JSON value, including non-finite numbers (written as bare
+NaN, Infinity, -Infinity, as Python's json.dumps writes them) and strings with control characters,
+NUL and lone surrogates (written as JSON \\u escapes).
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
+import copy
 import itertools
 import json
 import random
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -24,6 +38,7 @@ from aiohttp import web
 
 RAKER_TERMINAL = ("completed", "failed", "cancelled")
 RAKER_OPEN = ("processing", "needs_review")
+RAKER_QUEUED = "queued"  # created, not started yet: no startedAt
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR = 3600
@@ -39,6 +54,29 @@ _RESULTS = {
     ),
     "cancelled": ({"success": False, "details": "Cancelled by user"},),
 }
+_CANCELLED_UNSTARTED = {"success": False, "details": "Cancelled before it started"}
+# Free-form results a seeded world may give finished runs (see RakerWorld's odd_results).
+_ODD_RESULTS = (
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    {"success": True, "score": float("nan"), "details": "score not computed"},
+    {"success": False, "details": "exit\u0000code 1", "retries": float("inf")},
+    {"success": True, "details": "half a surrogate pair: \ud800"},
+    {"details": "a low half alone \udfff", "values": [1, float("-inf"), None]},
+    "plain text with a bell\x07, an escape\x1b[0m, a tab\t and a DEL\x7f",
+    "\u0000",
+    "",
+    0,
+    -1.5e308,
+    10**30,
+    True,
+    [],
+    {"nested": {"deeper": {"deepest": ["\ud83d", "\x00", float("nan"), {"": None}]}}},
+    {"success": True, "details": "Action executed successfully", "rows": 1_048_576},
+)
+_MISSING_START = ("absent", "null", "mixed")
+_UNSET: object = object()
 # Injected failures by status: RakerOne's error code.
 _FAILURES = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
 _CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
@@ -61,10 +99,22 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is an int subclass, and no cursor field is a bool
 
 
-class _ActionRun:
-    """One well-formed run; its key (startedAt, id, 0) orders every listing and never changes."""
+def _json_copy(value: object, what: str) -> object:
+    """A private copy of a JSON value; TypeError or ValueError early if it is not one."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what} is not a JSON value: {exc}") from None
+    return copy.deepcopy(value)
 
-    __slots__ = ("finished", "key", "result", "status", "triggered_by")
+
+class _ActionRun:
+    """One well-formed run. Its key (created, id, 0) orders every listing and never changes;
+    `created` is the startedAt of a run that started at once. `started` is None until it starts;
+    `extra` holds fields beyond the usual six."""
+
+    __slots__ = ("absent_start", "extra", "finished", "key", "result", "started", "status",
+                 "triggered_by")  # fmt: skip
 
     def __init__(
         self,
@@ -72,10 +122,14 @@ class _ActionRun:
         status: str,
         finished: int | None,
         triggered_by: str,
-        result: dict | None,
+        result: object,
+        started: int | None,
+        absent_start: bool = False,
     ) -> None:
         self.key, self.status, self.finished = key, status, finished
         self.triggered_by, self.result = triggered_by, result
+        self.started, self.absent_start = started, absent_start
+        self.extra: dict | None = None
 
 
 class _RawItem:
@@ -149,7 +203,23 @@ class _Project:
 
 
 class RakerWorld:
-    """Projects and their action runs, in memory."""
+    """Projects and their action runs, in memory.
+
+    Options beyond the generated history (projects, seed, anchor, span, open_share, max_limit,
+    forbidden):
+    - clock: the world's time, epoch milliseconds (default: real time); new runs are created,
+      start and finish by it, and the default anchor is its now.
+    - queue_share: the share of generated runs that waited in the queue: the newest of them are
+      still "queued" (no startedAt), a tenth of the older ones were cancelled before they started
+      (status "cancelled", no startedAt), the rest started up to ten minutes after they were
+      created, so their startedAt is out of list order. Default 0: every run starts at once.
+    - missing_start: how an item without a startedAt shows it: "absent" (no key), "null", or
+      "mixed" (a seeded, stable choice per run).
+    - odd_results: the share of finished runs (generated, or added by add_runs) whose `result`
+      is an odd free-form value: non-finite numbers, NUL and other control characters, lone
+      surrogates, bare scalars, deep nesting. Default 0.
+    With the defaults, a seed generates the very runs it generated before these options existed.
+    """
 
     def __init__(
         self,
@@ -161,11 +231,27 @@ class RakerWorld:
         open_share: float = 0.05,
         max_limit: int = 100,
         forbidden: Iterable[str] = (),
+        clock: Callable[[], int] | None = None,
+        queue_share: float = 0.0,
+        missing_start: str = "mixed",
+        odd_results: float = 0.0,
     ) -> None:
         if max_limit < 1:
             raise ValueError("max_limit must be at least 1")
+        if missing_start not in _MISSING_START:
+            raise ValueError(
+                f"missing_start must be one of {_MISSING_START}, got {missing_start!r}"
+            )
+        for name, share in (("queue_share", queue_share), ("odd_results", odd_results)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {share!r}")
         self._rng = random.Random(seed)
-        self.anchor = anchor or datetime.now(UTC).replace(microsecond=0)
+        self._seed = seed
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self.queue_share = queue_share
+        self.missing_start = missing_start
+        self.odd_results = odd_results
+        self.anchor = anchor or datetime.fromtimestamp(self._now(), UTC)
         self.max_limit = max_limit
         self.forbidden = frozenset(forbidden)
         self._projects: dict[str, _Project] = {}
@@ -185,6 +271,22 @@ class RakerWorld:
     @property
     def projects(self) -> list[str]:
         return list(self._projects)
+
+    def _now(self) -> int:
+        """The world's clock in whole seconds."""
+        return self._clock() // 1000
+
+    def _absent_start(self, run_id: str) -> bool:
+        """Whether the run's item leaves out startedAt (rather than writing null) until it starts."""
+        if self.missing_start != "mixed":
+            return self.missing_start == "absent"
+        return zlib.crc32(f"{self._seed}\0start\0{run_id}".encode()) % 2 == 0
+
+    def _terminal_result(self, status: str) -> object:
+        rng = self._rng
+        if self.odd_results and rng.random() < self.odd_results:  # no draw at all when off
+            return rng.choice(_ODD_RESULTS)
+        return rng.choice(_RESULTS[status])
 
     def _create(self, project: str) -> _Project:
         users = sorted({f"user_{self._rng.randrange(100_000):05d}" for _ in range(5)})
@@ -213,24 +315,38 @@ class RakerWorld:
             else:
                 starts.append(moment)
                 triggers.append(rng.choice(users))
-        # The key (startedAt, id, 0) sorts ties by id, so the newest `share` are the last ones.
+        # The key (created, id, 0) sorts ties by id, so the newest `share` are the last ones.
         planned = sorted(zip(starts, self._new_ids(runs), triggers, strict=True))
         open_from = runs - min(runs, round(runs * share))
         terminal = rng.choices(RAKER_TERMINAL, cum_weights=_TERMINAL_CUM_WEIGHTS, k=runs)
+        queue_share, anchor = self.queue_share, high + _HOUR
         records: list[_Record] = []
-        for i, (started, run_id, trigger) in enumerate(planned):
+        for i, (created, run_id, trigger) in enumerate(planned):
             if i >= open_from:
                 status = rng.choices(RAKER_OPEN, (4, 1))[0]
             elif rng.random() < 0.01:  # reviews can take a month, so old runs may still be open
                 status = "needs_review"
             else:
                 status = terminal[i]
+            started: int | None = created
             finished = result = None
-            if status in RAKER_TERMINAL:
+            queued = bool(queue_share) and rng.random() < queue_share  # no draw when off
+            if queued and i >= open_from:
+                status, started = RAKER_QUEUED, None
+            elif queued and rng.random() < 0.1:
+                status, started = "cancelled", None
+                finished, result = created + rng.randint(5, 600), _CANCELLED_UNSTARTED
+            elif queued:
+                started = created + rng.randint(1, 600)
+            if started is not None and status in RAKER_TERMINAL:
                 # Durations stay under an hour, so no generated run finishes after the anchor.
                 finished = started + min(_HOUR - 1, 2 + int(rng.expovariate(1 / 240)))
-                result = rng.choice(_RESULTS[status])
-            records.append(_ActionRun((started, run_id, 0), status, finished, trigger, result))
+                finished = max(started, min(finished, anchor))
+                result = self._terminal_result(status)
+            run = _ActionRun((created, run_id, 0), status, finished, trigger, result, started)
+            if started is None:
+                run.absent_start = self._absent_start(run_id)
+            records.append(run)
         project.add(records)
 
     def _project(self, project: str) -> _Project:
@@ -249,22 +365,25 @@ class RakerWorld:
         found = self._project(project)
         return found.listing if status is None else found.by_status.get(status, _Listing())
 
-    def _item(self, run: _ActionRun) -> dict:
-        """One run as the API lists it (this is the single definition of an item)."""
-        started, run_id, _ = run.key
-        return {
-            "id": run_id,
-            "status": run.status,
-            "startedAt": _iso(started),
-            "finishedAt": None if run.finished is None else _iso(run.finished),
-            "triggeredBy": run.triggered_by,
-            "result": None if run.result is None else dict(run.result),
-        }
+    def _item(self, run: _ActionRun, *, private: bool = True) -> dict:
+        """One run as the API lists it (this is the single definition of an item); private
+        copies its values, so the caller may change them."""
+        item: dict = {"id": run.key[1], "status": run.status}
+        if run.started is not None:
+            item["startedAt"] = _iso(run.started)
+        elif not run.absent_start:
+            item["startedAt"] = None
+        item["finishedAt"] = None if run.finished is None else _iso(run.finished)
+        item["triggeredBy"] = run.triggered_by
+        item["result"] = copy.deepcopy(run.result) if private else run.result
+        if run.extra:
+            item.update(copy.deepcopy(run.extra) if private else run.extra)
+        return item
 
     def _item_json(self, record: _Record) -> bytes:
         if isinstance(record, _RawItem):
             return record.body
-        return json.dumps(self._item(record), separators=(",", ":")).encode()
+        return json.dumps(self._item(record, private=False), separators=(",", ":")).encode()
 
     def _cursor(self, project: str, status: str | None, key: tuple) -> str:
         """The opaque cursor after `key`; the same position always gives the same cursor."""
@@ -297,7 +416,16 @@ class RakerWorld:
         )
         return tuple(after) if valid else None
 
+    def _restatus(self, found: _Project, run: _ActionRun, status: str) -> None:
+        found.by_status[run.status].remove(run)  # the status picks the filtered listing
+        run.status = status
+        found.by_status.setdefault(status, _Listing()).add([run])
+
     # The public API used by tests and demos to shape the world.
+
+    def now(self) -> datetime:
+        """The world's clock as a datetime (UTC, whole seconds, as RakerOne's times are)."""
+        return datetime.fromtimestamp(self._now(), UTC)
 
     def add_runs(
         self,
@@ -306,22 +434,104 @@ class RakerWorld:
         *,
         status: str = "processing",
         started_at: datetime | None = None,
+        created_at: datetime | None = None,
     ) -> list[dict]:
-        """New runs (startedAt default: now); all runs of one call share the startedAt second."""
-        found, rng, now = self._project(project), self._rng, int(time.time())
-        started = now if started_at is None else _seconds(started_at)
+        """New runs (startedAt default: now); all runs of one call share the startedAt second.
+
+        status "queued" makes runs that have not started: no startedAt (started_at must not be
+        given), listed where created_at (default now) puts them. created_at of a started run
+        (default: its startedAt) places it in the list; it must not be after started_at.
+        """
+        found, rng, now = self._project(project), self._rng, self._now()
+        unstarted = status == RAKER_QUEUED
+        if unstarted and started_at is not None:
+            raise ValueError("a queued run has not started: no started_at")
+        started = None if unstarted else now if started_at is None else _seconds(started_at)
+        created = (started if started is not None else now) if created_at is None else (
+            _seconds(created_at)
+        )  # fmt: skip
+        if started is not None and created > started:
+            raise ValueError("a run cannot start before it is created")
         runs = []
         for run_id in self._new_ids(count):
             finished = result = None
-            if status in RAKER_TERMINAL:
+            if started is not None and status in RAKER_TERMINAL:
                 # A run added as finished took a few minutes, but never finishes in the future.
                 finished = max(started, min(now, started + rng.randint(2, 600)))
-                result = rng.choice(_RESULTS[status])
+                result = self._terminal_result(status)
             trigger = rng.choice(found.triggers)
-            runs.append(_ActionRun((started, run_id, 0), status, finished, trigger, result))
+            run = _ActionRun((created, run_id, 0), status, finished, trigger, result, started)
+            if started is None:
+                run.absent_start = self._absent_start(run_id)
+            runs.append(run)
         if runs:
             found.add(runs)
         return [self._item(run) for run in runs]
+
+    def add_run(
+        self,
+        project: str,
+        *,
+        status: str = "completed",
+        started_at: datetime | None = None,
+        created_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        result: object = _UNSET,
+        fields: Mapping[str, object] | None = None,
+        triggered_by: str = "schedule",
+        unstarted: bool | None = None,
+    ) -> dict:
+        """One run with exactly the given values; unlike add_raw_item it is a real run, part of
+        list_items, and it can change status later. Returns its item.
+
+        result is any JSON value (NaN, infinities, NUL, lone surrogates and all; default: the
+        status's usual result, or null while open). fields are extra item fields, which may also
+        replace startedAt, finishedAt, triggeredBy or result as served (not id or status).
+        unstarted (default: status is "queued") leaves startedAt out; a terminal run without a
+        finished_at finishes now (never before it started).
+        """
+        found, now = self._project(project), self._now()
+        unstarted = status == RAKER_QUEUED if unstarted is None else unstarted
+        if unstarted and started_at is not None:
+            raise ValueError("an unstarted run has no started_at")
+        started = None if unstarted else now if started_at is None else _seconds(started_at)
+        created = (started if started is not None else now) if created_at is None else (
+            _seconds(created_at)
+        )  # fmt: skip
+        if started is not None and created > started:
+            raise ValueError("a run cannot start before it is created")
+        extra = dict(_json_copy(dict(fields or {}), "fields"))  # type: ignore[call-overload]
+        if {"id", "status"} & extra.keys():
+            raise ValueError("fields cannot replace id or status")
+        finished = None if finished_at is None else _seconds(finished_at)
+        if finished is None and status in RAKER_TERMINAL:
+            finished = max(now, started if started is not None else created)
+        if result is _UNSET:
+            result = None
+            if status in RAKER_TERMINAL:
+                result = _CANCELLED_UNSTARTED if unstarted else _RESULTS[status][0]
+        (run_id,) = self._new_ids(1)
+        run = _ActionRun(
+            (created, run_id, 0), status, finished, triggered_by, _json_copy(result, "result"),
+            started, self._absent_start(run_id) if started is None else False,
+        )  # fmt: skip
+        run.extra = extra or None
+        found.add([run])
+        return self._item(run)
+
+    def start_run(self, project: str, run_id: str, *, started_at: datetime | None = None) -> dict:
+        """Starts a queued run: status "processing", startedAt now (or started_at); it keeps its
+        place in the list. ValueError if it has started already or was cancelled before it did.
+        Returns its item."""
+        run, found = self._run(project, run_id), self._projects[project]
+        if run.started is not None:
+            raise ValueError(f"run {run_id!r} has started already")
+        if run.status in RAKER_TERMINAL:
+            raise ValueError(f"run {run_id!r} was {run.status} before it started")
+        run.started = self._now() if started_at is None else _seconds(started_at)
+        run.finished = run.result = None
+        self._restatus(found, run, "processing")
+        return self._item(run)
 
     def set_status(
         self,
@@ -330,30 +540,38 @@ class RakerWorld:
         status: str,
         *,
         finished_at: datetime | None = None,
-        result: dict | None = None,
+        result: object = None,
     ) -> dict:
         """Changes a run's status and returns its item.
 
         A terminal status sets finishedAt (default now) and a result, an open one clears both, and
-        any other (statuses are free-form) changes only the finished_at and result passed.
+        any other (statuses are free-form) changes only the finished_at and result passed. result
+        may be any JSON value (None: the status's usual one). A run that has not started stays
+        unstarted when queued again or cancelled (its result then says so); any other status
+        starts it now.
         """
         run, found = self._run(project, run_id), self._projects[project]
-        found.by_status[run.status].remove(run)  # the status picks the filtered listing
         finished = None if finished_at is None else _seconds(finished_at)
+        now = self._now()
+        if run.started is None and status not in (RAKER_QUEUED, "cancelled"):
+            run.started = max(now, run.key[0])
+        begun = run.key[0] if run.started is None else run.started
+        chosen = None if result is None else _json_copy(result, "result")
         if status in RAKER_TERMINAL:
-            run.finished = max(int(time.time()), run.key[0]) if finished is None else finished
-            run.result = _RESULTS[status][0] if result is None else dict(result)
-        elif status in RAKER_OPEN:
+            run.finished = max(now, begun) if finished is None else finished
+            usual = _CANCELLED_UNSTARTED if run.started is None else _RESULTS[status][0]
+            run.result = usual if chosen is None else chosen
+        elif status in RAKER_OPEN or status == RAKER_QUEUED:
             run.finished = run.result = None
         else:
             run.finished = run.finished if finished is None else finished
-            run.result = run.result if result is None else dict(result)
-        run.status = status
-        found.by_status.setdefault(status, _Listing()).add([run])
+            run.result = run.result if chosen is None else chosen
+        self._restatus(found, run, status)
         return self._item(run)
 
     def finish_open(self, project: str, status: str = "completed") -> int:
-        """Finishes every open run of the project with `status`; returns how many there were."""
+        """Finishes every open run of the project with `status`; returns how many there were.
+        Queued runs are not open in this sense: they stay queued."""
         if status not in RAKER_TERMINAL:
             raise ValueError(f"{status!r} is not a terminal status")
         found = self._project(project)
@@ -375,8 +593,9 @@ class RakerWorld:
         del found.runs[run_id]  # its id stays taken: a deleted run's id never comes back
 
     def add_raw_item(self, project: str, item: object, *, started_at: datetime) -> None:
-        """Plants an arbitrary item in the listing, sorted as if it started at `started_at`;
-        bytes are served as they are (JSON text)."""
+        """Plants an arbitrary item in the listing, sorted as if it started at `started_at`; it
+        is served but is no run: never in list_items, and it never changes. Bytes are served as
+        they are (JSON text)."""
         found = self._project(project)
         fields = json.loads(item) if isinstance(item, bytes) else item
         item_id = fields.get("id") if isinstance(fields, dict) else None
@@ -396,9 +615,15 @@ class RakerWorld:
         return len(planted)
 
     def list_items(self, project: str) -> list[dict]:
-        """Every well-formed run as a list item, newest first (startedAt desc, id desc)."""
+        """Every well-formed run as the API lists it now, in list order: newest created first,
+        ties by id descending (which is startedAt order only for runs that started at once)."""
         records = self._project(project).listing.records
         return [self._item(r) for r in reversed(records) if isinstance(r, _ActionRun)]
+
+    def get(self, project: str, run_id: str) -> dict | None:
+        """One run's item as listed now, or None (RakerOne has no endpoint for one run)."""
+        run = self._project(project).runs.get(run_id)
+        return None if run is None else self._item(run)
 
     def expire_cursors(self) -> None:
         """Every cursor handed out so far is refused from now on."""
@@ -476,7 +701,8 @@ class RakerEndpoints:
         ]  # fmt: skip
 
     @staticmethod
-    def unauthorized() -> web.Response:
+    def unauthorized(request: web.Request) -> web.Response:
+        """The 401 for a request whose bearer token is missing or wrong."""
         return _error(401, "unauthorized")
 
     @staticmethod
