@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+from datetime import datetime
 
 from worker import runtime, sync
 
@@ -51,8 +52,34 @@ async def stored_runs(db, source: str = "apify") -> dict[str, dict]:
     return {row["run_id"]: dict(row) for row in rows}
 
 
+# Each typed column and the upstream field it holds: (column, how to read the item), by upstream.
+_APIFY_COLUMNS = {
+    "actor_id": lambda i: i["actId"], "task_id": lambda i: i["actorTaskId"],
+    "build_id": lambda i: i["buildId"], "build_number": lambda i: _text(i["buildNumber"]),
+    "origin": lambda i: (i["meta"] or {}).get("origin"),
+    "usage_total_usd": lambda i: i["usageTotalUsd"],
+    "default_key_value_store_id": lambda i: i["defaultKeyValueStoreId"],
+    "default_dataset_id": lambda i: i["defaultDatasetId"],
+    "default_request_queue_id": lambda i: i["defaultRequestQueueId"],
+}  # fmt: skip
+_RAKER_COLUMNS = {"triggered_by": lambda i: i["triggeredBy"], "result": lambda i: i["result"]}
+_TIMES = {"started_at": "startedAt", "finished_at": "finishedAt"}
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
-    """Exactly the upstream's runs, each with the upstream's current list fields."""
+    """Exactly the upstream's runs, each with the upstream's current list fields: in raw, and in
+    every typed column (status, is_terminal, times, ids, usage, RakerOne's fields). A field the
+    item omits is not compared (a list item that omits one says nothing of it)."""
+    from worker.simulator import TERMINAL_STATUSES
+
     truth = {item["id"]: item for item in items}
     missing, extra = truth.keys() - stored.keys(), stored.keys() - truth.keys()
     assert not missing and not extra, f"missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
@@ -62,6 +89,20 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
         differing = {k: (raw.get(k), v) for k, v in item.items() if raw.get(k) != v}
         assert not differing, f"run {run_id} differs from upstream: {differing}"
         assert row["status"] == item["status"]
+        apify = row["upstream"] == "apify"
+        expected = {column: _time(item.get(key)) for column, key in _TIMES.items() if key in item}
+        for column, read in (_APIFY_COLUMNS if apify else _RAKER_COLUMNS).items():
+            try:
+                expected[column] = read(item)
+            except KeyError:  # omitted by this view
+                continue
+        if apify:
+            expected["is_terminal"] = item["status"] in TERMINAL_STATUSES
+        actual = {column: row[column] for column in expected}
+        if actual.get("usage_total_usd") is not None:
+            actual["usage_total_usd"] = float(actual["usage_total_usd"])
+        wrong = {c: (actual[c], expected[c]) for c in expected if actual[c] != expected[c]}
+        assert not wrong, f"run {run_id}: typed columns (stored, upstream) differ: {wrong}"
 
 
 async def interrupted_pass(settings, name: str, *, after_pages: int, **options) -> None:
