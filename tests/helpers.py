@@ -10,6 +10,7 @@ import sys
 from datetime import datetime
 
 from worker import runtime, sync
+from worker.simulator import Faults
 
 TOKEN = "test-token-4f1c9a"
 
@@ -123,3 +124,19 @@ async def interrupted_pass(settings, name: str, *, after_pages: int, **options) 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class FaultOn(Faults):
+    """One kind of fault on the requests whose key (method, path, sorted query) holds `needle`:
+    the first `times` askings of each (None: every one); no other request is touched."""
+
+    def __init__(self, needle: str, kind: str, *, times: int | None = None) -> None:
+        super().__init__(rate=0.0, kinds=(kind,))
+        self.needle, self.kind, self.times = needle, kind, times
+        self.asked: dict[str, int] = {}
+
+    def draw(self, key: str) -> tuple[str | None, int]:
+        if self.needle not in key:
+            return None, 0
+        self.asked[key] = self.asked.get(key, 0) + 1
+        return (self.kind if self.times is None or self.asked[key] <= self.times else None), 7

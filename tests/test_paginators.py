@@ -270,3 +270,16 @@ def test_text_postgres_cannot_store_is_escaped_and_noted(field, value, stored, n
     run = read_item({**item("r", 0), field: value}, NOW)
     assert run.status == "SUCCEEDED" and json.loads(run.raw)[field] == stored
     assert run.notes == note
+
+
+def test_a_keyset_page_read_again_may_hand_out_the_same_cursor_again():
+    """undo() forgets the cursors the undone page handed out: reading a page again (its items
+    were garbled on the way) is no cursor loop."""
+    walk = keyset()
+    garbled = raker_page({"id": 7, "status": "completed"}, item("y", 8), next_cursor="c1")
+    walk.advance(garbled, NOW)
+    walk.undo()
+    walk.advance(raker_page(item("z", 9), item("y", 8), next_cursor="c1"), NOW)
+    assert walk.checkpoint.cursor["cursor"] == "c1"
+    with pytest.raises(PageError, match="same cursor twice"):  # a real loop is still caught
+        walk.advance(raker_page(item("x", 7), item("w", 6), next_cursor="c1"), NOW)

@@ -11,25 +11,16 @@ import string
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-from helpers import assert_matches_upstream, interrupted_pass, one_pass, passes, stored_runs
-
-from worker.simulator import Faults
+from helpers import (
+    FaultOn,
+    assert_matches_upstream,
+    interrupted_pass,
+    one_pass,
+    passes,
+    stored_runs,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-class Unreadable(Faults):
-    """Answers every request whose query holds `needle` with broken JSON; nothing else."""
-
-    def __init__(self, needle: str) -> None:
-        super().__init__(rate=0.0)
-        self.needle = needle
-
-    def draw(self, key: str) -> tuple[str | None, int]:
-        if self.needle in key:
-            self.injected["bad-json"] += 1
-            return "bad-json", 0
-        return None, 0
 
 
 async def test_a_walk_stuck_on_a_page_lets_new_runs_and_open_runs_through(
@@ -51,7 +42,7 @@ async def test_a_walk_stuck_on_a_page_lets_new_runs_and_open_runs_through(
     await interrupted_pass(settings, "raker", after_pages=1)
     async with db.pool.acquire() as conn:
         cursor = await conn.fetchval("SELECT cursor ->> 'cursor' FROM runsync.checkpoints")
-    sim.faults = Unreadable(urlencode({"cursor": cursor}))  # the walk's next page, for good
+    sim.faults = FaultOn(urlencode({"cursor": cursor}), "bad-json")  # the next page, for good
     newcomers = raker.add_runs(
         "proj_a", 2, status="completed", started_at=NOW - timedelta(minutes=1)
     )

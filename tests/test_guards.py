@@ -1,0 +1,112 @@
+"""The guards that keep a wrong answer from becoming wrong data: the overlap before the
+watermark, the page's one transaction, answers read again, and the single-run endpoint's id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from helpers import FaultOn, assert_matches_upstream, one_pass, stored_runs
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def quarantine(db) -> list[str]:
+    async with db.pool.acquire() as conn:
+        return [r["reason"] for r in await conn.fetch("SELECT reason FROM runsync.quarantine")]
+
+
+async def test_a_run_that_shows_up_late_inside_the_overlap_is_read(world, sim, db, apify_settings):
+    for i in range(12):
+        world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(minutes=10, seconds=-i))
+    settings = apify_settings(page_size=5)
+    await one_pass(settings)
+    async with db.pool.acquire() as conn:
+        watermark = await conn.fetchval("SELECT watermark FROM runsync.checkpoints")
+    # Started two seconds before the newest run stored, but listed only now (overlap: 5 s).
+    world.add_runs(1, status="SUCCEEDED", started_at=watermark - timedelta(seconds=2))
+
+    await one_pass(settings)
+
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_a_page_whose_runs_cannot_be_written_leaves_the_checkpoint_where_it_was(
+    world, sim, db, apify_settings
+):
+    runs = [
+        world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))[0]
+        for i in range(12)
+    ]
+    async with db.pool.acquire() as conn:  # the database fails the write of one run's page
+        await conn.execute(f"""
+            CREATE FUNCTION fail_one() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.run_id = '{runs[7]["id"]}' THEN
+                    RAISE EXCEPTION 'injected failure' USING ERRCODE = 'XX000';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fail_one BEFORE INSERT ON runsync.runs
+                FOR EACH ROW EXECUTE FUNCTION fail_one();
+        """)  # fmt: skip
+    settings = apify_settings(page_size=5)
+
+    result = await one_pass(settings)
+
+    assert result.outcome == "failed" and "injected failure" in result.error
+    async with db.pool.acquire() as conn:
+        checkpoint = await conn.fetchrow("SELECT watermark, cursor FROM runsync.checkpoints")
+        await conn.execute("DROP TRIGGER fail_one ON runsync.runs")
+    # The first page's runs and checkpoint committed; the second page's did not, nor its mark.
+    assert checkpoint["watermark"] == datetime.fromisoformat(runs[4]["startedAt"])
+    assert len(await stored_runs(db)) == 5
+    assert (await one_pass(settings)).outcome == "succeeded"
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_a_page_garbled_on_the_way_is_read_again_and_nothing_is_quarantined(
+    world, sim, db, apify_settings
+):
+    for i in range(9):
+        world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))
+    sim.faults = FaultOn("/v2/actor-runs?limit=", "wrong-types", times=1)
+
+    result = await one_pass(apify_settings(page_size=5))
+
+    assert result.outcome == "succeeded" and sum(sim.faults.injected.values()) >= 1
+    assert await quarantine(db) == []
+    assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_a_single_run_garbled_on_the_way_is_read_again(world, sim, db, apify_settings):
+    (run,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=1))
+    world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(minutes=30))  # the newest
+    settings = apify_settings()
+    await one_pass(settings)
+    world.set_status(run["id"], "SUCCEEDED")
+    world.settle_all()
+    sim.faults = FaultOn(f"/v2/actor-runs/{run['id']}?", "wrong-types", times=1)
+
+    await one_pass(settings)
+
+    assert sim.faults.injected["wrong-types"] == 1
+    assert await quarantine(db) == []
+    assert (await stored_runs(db))[run["id"]]["status"] == "SUCCEEDED"
+
+
+async def test_a_single_run_answer_about_another_run_is_refused(world, sim, db, apify_settings):
+    (run,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=2))
+    (other,) = world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1))
+    settings = apify_settings()
+    await one_pass(settings)
+    world.set_status(run["id"], "FAILED")
+    world.settle_all()
+    world.set_detail(run["id"], {"id": other["id"], "status": "ABORTED"})  # the wrong run's id
+
+    await one_pass(settings)
+
+    stored = await stored_runs(db)
+    assert stored[other["id"]]["status"] == "SUCCEEDED"  # not overwritten by the answer
+    assert stored[run["id"]]["status"] == "RUNNING"  # not read: still followed
+    (reason,) = await quarantine(db)
+    assert reason == f"asked for run {run['id']}, got run {other['id']}"
