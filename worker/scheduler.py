@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from worker import cron as crontab
 from worker import health, metrics, runtime, store, sync, webhooks
 from worker.config import Settings, SourceConfig, format_duration
 
@@ -47,10 +49,36 @@ def _request_stop(stop: asyncio.Event, number: int) -> None:
 
 def trigger_for(config: SourceConfig):
     if config.cron:
-        return CronTrigger.from_crontab(config.cron, timezone=UTC)
+        return _cron_trigger(crontab.parse(config.cron))
     seconds = config.every.total_seconds()
     # Jitter spreads replicas and sources over the interval, a tenth of it at most.
     return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, 30), timezone=UTC)
+
+
+def _cron_trigger(cron: crontab.Cron):
+    """The expression as APScheduler's CronTrigger takes it: each field's values spelled out (its
+    weekdays are numbered from Monday, so they go by name), and two triggers when a day matches
+    if either day field does (CronTrigger wants both)."""
+    fields = {
+        "minute": _values(cron.minutes, 60),
+        "hour": _values(cron.hours, 24),
+        "month": _values(cron.months, 12),
+        "timezone": UTC,
+    }
+    days = _values(cron.days, 31)
+    weekdays = (
+        "*" if len(cron.weekdays) == 7 else ",".join(crontab.WEEKDAYS[d] for d in cron.weekdays)
+    )
+    if not cron.either_day:
+        return CronTrigger(day=days, day_of_week=weekdays, **fields)
+    by_weekday = CronTrigger(day_of_week=weekdays, **fields)
+    if not cron.days_of_month_come():
+        return by_weekday  # '0 0 30 2 mon': only the Mondays of February
+    return OrTrigger([CronTrigger(day=days, **fields), by_weekday])
+
+
+def _values(values: tuple[int, ...], every: int) -> str:
+    return "*" if len(values) == every else ",".join(map(str, values))
 
 
 def tick(trigger) -> timedelta:
