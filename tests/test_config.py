@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -145,6 +146,28 @@ def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, cap
     assert "every 5m" in out and "$APIFY_TOKEN (set)" in out
     assert "postgresql://postgres:***@" in out and "reachable" in out
     assert "SECRET123" not in out and "dbpassword42" not in out
+
+
+def test_check_config_prints_each_sources_next_ticks(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    weekly = GOOD.replace('every = "5m"', 'cron = "0 12 * * 0"')
+    path.write_text(weekly + GOOD.replace('name = "apify"', 'name = "often"'))
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    monkeypatch.delenv("RUNSYNC_DATABASE_URL", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ticks = {}
+    for line, after in itertools.pairwise(lines):
+        if line.startswith("source "):
+            assert after.startswith("  next ticks (UTC): "), after
+            listed = after.removeprefix("  next ticks (UTC): ").split(" (")[0].split(", ")
+            ticks[line.split(":")[0]] = [datetime.fromisoformat(t) for t in listed]
+    sundays, often = ticks["source apify"], ticks["source often"]
+    assert len(sundays) == 3 and all(t.isoweekday() == 7 and t.hour == 12 for t in sundays)
+    assert [b - a for a, b in itertools.pairwise(sundays)] == [timedelta(days=7)] * 2
+    assert len(often) == 3
+    assert [b - a for a, b in itertools.pairwise(often)] == [timedelta(minutes=5)] * 2
 
 
 def test_check_config_exits_2_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):

@@ -164,3 +164,20 @@ def test_mistakes_say_which_field(expression, message):
     with pytest.raises(cron.CronError) as caught:
         cron.parse(expression)
     assert message in str(caught.value)
+
+
+def test_the_plan_lists_the_next_fire_times():
+    friday_evening = datetime(2026, 11, 27, 17, 40, tzinfo=UTC)
+    assert scheduler.next_fire_times(source("*/15 9-17 * * 1-5"), friday_evening) == [
+        datetime(2026, 11, 27, 17, 45, tzinfo=UTC),
+        datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 9, 15, tzinfo=UTC),
+    ]
+    every = SourceConfig(
+        name="apify", kind="apify", token_env="APIFY_TOKEN", token=Secret("t"),
+        base_url="https://api.apify.com", every=timedelta(minutes=1),
+    )  # fmt: skip
+    assert scheduler.next_fire_times(every, friday_evening, 2) == [
+        friday_evening + timedelta(minutes=1),
+        friday_evening + timedelta(minutes=2),
+    ]

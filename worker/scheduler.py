@@ -90,6 +90,17 @@ def tick(trigger) -> timedelta:
     return second - first
 
 
+def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
+    """The schedule's next fire times after `now` (an interval's as if started now, no jitter)."""
+    if not config.cron:
+        return [now + config.every * n for n in range(1, count + 1)]
+    trigger = trigger_for(config)
+    times = [trigger.get_next_fire_time(None, now)]
+    while len(times) < count:
+        times.append(trigger.get_next_fire_time(times[-1], times[-1]))
+    return times
+
+
 async def run_daemon(
     settings: Settings,
     *,
