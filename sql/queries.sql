@@ -137,9 +137,9 @@ WHERE source = $1
 UPDATE runsync.runs SET gone_at = now(), updated_at = now()
 WHERE source = $1 AND run_id = ANY($2::text[]) AND gone_at IS NULL;
 
--- last_pass_started --
--- When the newest pass of a stream started, by any replica.
-SELECT started_at FROM runsync.passes
+-- last_pass_age --
+-- How long ago the newest pass of a stream started, by any replica, on the database's clock.
+SELECT now() - started_at FROM runsync.passes
 WHERE source = $1 AND stream = $2
 ORDER BY id DESC LIMIT 1;
 

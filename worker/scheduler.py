@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -81,13 +82,47 @@ def _values(values: tuple[int, ...], every: int) -> str:
     return "*" if len(values) == every else ",".join(map(str, values))
 
 
-def tick(trigger) -> timedelta:
-    """The time between two fire times of a trigger, without jitter."""
-    if isinstance(trigger, IntervalTrigger):
-        return trigger.interval
-    first = trigger.get_next_fire_time(None, datetime.now(UTC))
-    second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
-    return second - first
+# Replicas fire a cron tick at one instant, give or take their clocks' skew. A margin of half a
+# long gap would let a pass off the schedule (the pass at start, `runsync sync`) stand in for the
+# next tick: with @daily, a pass at 20:00 would skip the 03:00 tick after it.
+CRON_MARGIN = timedelta(minutes=1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One firing of a source's schedule, on the worker's clock.
+
+    A pass of the stream that any replica started after `fire_time - margin` ran this tick. The
+    margin (half the gap since the fire time before; at most CRON_MARGIN for cron) lets replicas
+    whose ticks differ by their jitter or their clocks' skew share one tick.
+    """
+
+    fire_time: datetime
+    margin: timedelta
+    clock: Callable[[], datetime] = _now
+
+    def not_within(self) -> timedelta:
+        """How recent, now, a pass must be to count for this tick, on the worker's clock: the
+        time since the fire time plus the margin. The database measures the pass's age on its
+        own clock; both are durations, so an offset between the clocks cancels."""
+        return self.clock() - self.fire_time + self.margin
+
+
+def tick_at(config: SourceConfig, woken: datetime, clock: Callable[[], datetime] = _now) -> Tick:
+    """The tick a run of the source's job woken at `woken` serves."""
+    if config.cron:
+        cron = crontab.parse(config.cron)
+        # A cron job wakes at its fire time, or later (the pass at start, a late wake-up).
+        fire_time = cron.latest_at_or_before(woken)
+        gap = fire_time - cron.previous_before(fire_time)
+        return Tick(fire_time, min(gap / 2, CRON_MARGIN), clock)
+    # An interval's job wakes at its fire time, jittered by a tenth of the interval at most. The
+    # jitter adds up, so replicas drift apart: half an interval keeps them on one tick.
+    return Tick(woken, config.every / 2, clock)
 
 
 def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
@@ -118,14 +153,21 @@ async def run_daemon(
             for name, client in clients.items():
                 client.observer = meters.upstream(name)  # a source's streams share its client
 
-            async def job(name: str, not_within: timedelta) -> None:
+            async def job(config: SourceConfig) -> None:
                 if stop.is_set():
                     return
+                # APScheduler hands a job no fire time, so the tick is read off the schedule.
+                tick = tick_at(config, datetime.now(UTC))
+                name = config.name
                 task = asyncio.current_task()
                 running.add(task)
                 try:
                     results = await _side_by_side(
-                        rt.streams[name], rt.store, stop=stop, not_within=not_within, metrics=meters
+                        rt.streams[name],
+                        rt.store,
+                        stop=stop,
+                        not_within=tick.not_within,
+                        metrics=meters,
                     )
                     for result in results:
                         outcomes.record(result.source, result.stream, result.outcome, result.error)
@@ -138,14 +180,10 @@ async def run_daemon(
 
             scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
             for config in settings.sources:
-                trigger = trigger_for(config)
-                # A pass another replica started within most of a tick counts for this tick too;
-                # the margin absorbs the jitter between the replicas' ticks.
-                not_within = tick(trigger) * 0.8
                 scheduler.add_job(
                     job,
-                    trigger,
-                    args=[config.name, not_within],
+                    trigger_for(config),
+                    args=[config],
                     id=config.name,
                     max_instances=1,  # a source never overlaps itself
                     coalesce=True,

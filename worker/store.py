@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -221,8 +221,9 @@ class Lease:
     async def forget_windows(self) -> None:
         await self.conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
 
-    async def last_pass_started(self) -> datetime | None:
-        return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)
+    async def last_pass_age(self) -> timedelta | None:
+        """How long ago the stream's newest pass started, measured by the database's clock."""
+        return await self.conn.fetchval(self.q["last_pass_age"], self.source, self.stream)
 
     async def start_pass(self) -> int:
         """A new pass record; any left running by a process that died is closed as abandoned."""
