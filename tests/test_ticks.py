@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import socket
 import time
@@ -108,6 +109,27 @@ async def test_two_replicas_with_offset_clocks_run_each_tick_once(timeline, ever
     assert ran == [1] * ticks
 
 
+async def test_replicas_whose_ticks_fall_apart_share_them(timeline):
+    """Each replica's interval starts when it does, so three may tick a third of it apart."""
+    ticks = 30
+    async with await timeline('every = "1m"') as rt:
+        passes = Timeline(rt, "apify")
+        interval = passes.config.every
+        jitter = random.Random(5)
+        wakes = sorted(
+            FRIDAY_EVENING + (n + phase) * interval + interval / 10 * jitter.random()
+            for n in range(ticks)
+            for phase in (0, 1 / 3, 2 / 3)
+        )
+        for at in wakes:
+            await passes.wake(at)
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(passes.passes)]
+    # Never two passes within most of an interval, never an interval (and jitter) without one.
+    assert all(interval * 0.8 <= gap <= interval * 1.1 for gap in gaps), gaps
+    assert len(passes.passes) >= ticks - 1
+
+
 @pytest.mark.parametrize("offsets", [(0,), (-12, 12)], ids=["one replica", "two replicas"])
 async def test_an_uneven_cron_runs_each_of_its_ticks(timeline, offsets):
     """Working hours, every 15 minutes, from a Friday evening: 63 hours until the next tick, then
@@ -168,7 +190,7 @@ def test_a_tick_knows_its_fire_time_and_margin(write_config):
     tick = scheduler.tick_at(hours, FRIDAY_EVENING)
     assert tick.fire_time == datetime(2026, 11, 27, 17, 30, tzinfo=UTC)
     tick = scheduler.tick_at(minute, monday)
-    assert (tick.fire_time, tick.margin) == (monday, timedelta(seconds=30))
+    assert (tick.fire_time, tick.margin) == (monday, timedelta(seconds=48))
 
 
 async def test_the_daemon_runs_a_cron_tick_nobody_ran_at_start_and_only_then(sim, db, write_config):

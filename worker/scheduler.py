@@ -86,6 +86,11 @@ def _values(values: tuple[int, ...], every: int) -> str:
 # long gap would let a pass off the schedule (the pass at start, `runsync sync`) stand in for the
 # next tick: with @daily, a pass at 20:00 would skip the 03:00 tick after it.
 CRON_MARGIN = timedelta(minutes=1)
+# Replicas' intervals start when each replica starts, and APScheduler's jitter adds up from tick
+# to tick, so their ticks fall anywhere in the interval. With this share of it as the margin, the
+# passes of three replicas are never closer than that; with half, they could be two per interval.
+# A replica skips its own next tick only if its pass started a fifth of an interval late.
+INTERVAL_MARGIN = 0.8
 
 
 def _now() -> datetime:
@@ -97,8 +102,9 @@ class Tick:
     """One firing of a source's schedule, on the worker's clock.
 
     A pass of the stream that any replica started after `fire_time - margin` ran this tick. The
-    margin (half the gap since the fire time before; at most CRON_MARGIN for cron) lets replicas
-    whose ticks differ by their jitter or their clocks' skew share one tick.
+    margin is a share of the gap since the fire time before (INTERVAL_MARGIN; for cron, half, at
+    most CRON_MARGIN), so replicas whose ticks differ by their phase, jitter or clocks' skew
+    share one tick.
     """
 
     fire_time: datetime
@@ -120,9 +126,8 @@ def tick_at(config: SourceConfig, woken: datetime, clock: Callable[[], datetime]
         fire_time = cron.latest_at_or_before(woken)
         gap = fire_time - cron.previous_before(fire_time)
         return Tick(fire_time, min(gap / 2, CRON_MARGIN), clock)
-    # An interval's job wakes at its fire time, jittered by a tenth of the interval at most. The
-    # jitter adds up, so replicas drift apart: half an interval keeps them on one tick.
-    return Tick(woken, config.every / 2, clock)
+    # An interval's job wakes at its fire time, jittered by a tenth of the interval at most.
+    return Tick(woken, config.every * INTERVAL_MARGIN, clock)
 
 
 def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
