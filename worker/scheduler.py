@@ -87,9 +87,10 @@ def _values(values: tuple[int, ...], every: int) -> str:
 # next tick: with @daily, a pass at 20:00 would skip the 03:00 tick after it.
 CRON_MARGIN = timedelta(minutes=1)
 # Replicas' intervals start when each replica starts, and APScheduler's jitter adds up from tick
-# to tick, so their ticks fall anywhere in the interval. With this share of it as the margin, the
-# passes of three replicas are never closer than that; with half, they could be two per interval.
-# A replica skips its own next tick only if its pass started a fifth of an interval late.
+# to tick, so their ticks fall anywhere in the interval. With this share of it as the margin, a
+# stream's passes are never closer than that, whatever the phases; with half, three replicas a
+# third of an interval apart ran one every two thirds of it. A replica skips its own next tick
+# only if its pass started a fifth of an interval late.
 INTERVAL_MARGIN = 0.8
 
 
