@@ -163,9 +163,9 @@ SELECT coalesce(
             ORDER BY p.id LIMIT 1),
            now()) <= now() - $4::interval;
 
--- last_pass_started --
--- When the newest pass of a stream started, by any replica.
-SELECT started_at FROM runsync.passes
+-- last_pass_age --
+-- How long ago the newest pass of a stream started, by any replica, on the database's clock.
+SELECT now() - started_at FROM runsync.passes
 WHERE source = $1 AND stream = $2
 ORDER BY id DESC LIMIT 1;
 

@@ -154,11 +154,12 @@ base_url = "{base_url}"
         (lambda c: c.replace('kind = "apify"', 'kind = "zapier"'), "sources.apify.kind: 'zapier' is not a known kind"),
         (lambda c: c.replace('kind = "apify"', 'kind = "rakerone"'), "sources.apify.project: required for kind 'rakerone'"),
         (lambda c: c + 'every = "often"\n', "sources.apify.every: 'often' is not a duration"),
+        (lambda c: c + 'cron = "*/15 25 * * *"\n', "sources.apify.cron: '*/15 25 * * *': hour 25 is outside 0-23"),
         (lambda c: c.replace("{base_url}", "http://api.example.com"), "plain http is only allowed to this machine"),
         (lambda c: c + c[c.index("[[sources]]"):], "sources.apify: two sources share this name"),
         (lambda c: c, "cannot connect to the database at postgresql://runsync:***@127.0.0.1:9/x"),
     ],
-    ids=["unknown kind", "missing project", "bad duration", "http to a remote host", "duplicate names", "unreachable database"],
+    ids=["unknown kind", "missing project", "bad duration", "bad cron", "http to a remote host", "duplicate names", "unreachable database"],
 )  # fmt: skip
 def test_config_mistakes_exit_2_with_one_line_before_any_work(
     sim, tmp_path, capsys, monkeypatch, mistake, message

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -50,6 +51,10 @@ def test_a_good_config_loads_with_defaults(tmp_path):
         (GOOD + 'every = "1m"', "not valid TOML"),
         (GOOD + 'page_size = 5000', "sources.apify.page_size: must be between 1 and 1000"),
         (GOOD + 'cron = "*/5 * * * *"', "give either every or cron"),
+        (GOOD.replace('every = "5m"', 'cron = "*/15 25 * * *"'), "sources.apify.cron: '*/15 25 * * *': hour 25 is outside 0-23"),
+        (GOOD.replace('every = "5m"', 'cron = "1 2 3"'), "sources.apify.cron: '1 2 3' has 3 fields; a cron expression has 5"),
+        (GOOD.replace('every = "5m"', 'cron = "0 0 30 2 *"'), "sources.apify.cron: '0 0 30 2 *' never fires"),
+        (GOOD.replace('every = "5m"', 'cron = ""'), "sources.apify.cron: '' has 0 fields"),
         ("[database]\nurl = 'mysql://x'\n" + GOOD, "is not a postgresql:// URL"),
         ("", "sources: define at least one [[sources]] table"),
     ],
@@ -59,6 +64,39 @@ def test_mistakes_name_the_key(tmp_path, text, message):
         load(tmp_path, text)
     assert message in str(caught.value)
     assert str(tmp_path) in str(caught.value)
+
+
+def test_cron_schedules(tmp_path):
+    (source,) = load(tmp_path, GOOD.replace('every = "5m"', 'cron = " 0 12 * * mon-fri "')).sources
+    assert (source.cron, source.every, source.schedule) == (
+        "0 12 * * mon-fri",
+        None,
+        "cron 0 12 * * mon-fri",
+    )
+    (source,) = load(tmp_path, GOOD.replace('every = "5m"', 'cron = "@daily"')).sources
+    assert source.cron == "@daily"
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("*/15 25 * * *", "sources.apify.cron: '*/15 25 * * *': hour 25 is outside 0-23"),
+        ("1 2 3", "sources.apify.cron: '1 2 3' has 3 fields; a cron expression has 5"),
+    ],
+)
+def test_check_config_exits_2_naming_a_bad_cron_expression(
+    tmp_path, monkeypatch, capsys, expression, message
+):
+    path = tmp_path / "runsync.toml"
+    path.write_text(GOOD.replace('every = "5m"', f'cron = "{expression}"'))
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    monkeypatch.delenv("RUNSYNC_DATABASE_URL", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"runsync: error: {path}: {message}")
+    assert "ok" not in out
 
 
 def test_database_url_precedence_and_redaction(tmp_path):
@@ -108,6 +146,28 @@ def test_check_config_prints_the_plan_without_secrets(tmp_path, monkeypatch, cap
     assert "every 5m" in out and "$APIFY_TOKEN (set)" in out
     assert "postgresql://postgres:***@" in out and "reachable" in out
     assert "SECRET123" not in out and "dbpassword42" not in out
+
+
+def test_check_config_prints_each_sources_next_ticks(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runsync.toml"
+    weekly = GOOD.replace('every = "5m"', 'cron = "0 12 * * 0"')
+    path.write_text(weekly + GOOD.replace('name = "apify"', 'name = "often"'))
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    monkeypatch.delenv("RUNSYNC_DATABASE_URL", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ticks = {}
+    for line, after in itertools.pairwise(lines):
+        if line.startswith("source "):
+            assert after.startswith("  next ticks (UTC): "), after
+            listed = after.removeprefix("  next ticks (UTC): ").split(" (")[0].split(", ")
+            ticks[line.split(":")[0]] = [datetime.fromisoformat(t) for t in listed]
+    sundays, often = ticks["source apify"], ticks["source often"]
+    assert len(sundays) == 3 and all(t.isoweekday() == 7 and t.hour == 12 for t in sundays)
+    assert [b - a for a, b in itertools.pairwise(sundays)] == [timedelta(days=7)] * 2
+    assert len(often) == 3
+    assert [b - a for a, b in itertools.pairwise(often)] == [timedelta(minutes=5)] * 2
 
 
 def test_check_config_exits_2_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):

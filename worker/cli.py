@@ -191,10 +191,15 @@ def _check_config(settings, _args) -> int:
         url = config.redact_url(settings.database_url.reveal())
         print(f"database: {url} (from {settings.database_url_origin}), reachable")
     print(f"http: {settings.listen}")
+    now = datetime.now(UTC)
     for source in settings.sources:
         paths = ", ".join(source.base_url + stream.list_path for stream in sources.build(source))
         print(f"source {source.name}: {source.kind} {paths}, {source.schedule}, "
               f"token from ${source.token_env} (set)")  # fmt: skip
+        ticks = ", ".join(f"{t:%Y-%m-%d %H:%M:%S}" for t in scheduler.next_fire_times(source, now))
+        print(
+            f"  next ticks (UTC): {ticks}" + ("" if source.cron else " (from now, before jitter)")
+        )
     return EXIT_OK
 
 

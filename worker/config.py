@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from worker import cron as crontab
+
 DEFAULT_CONFIG = Path("config/runsync.toml")
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_UNHEALTHY_AFTER = "15m"
@@ -269,7 +271,7 @@ class _Reader:
         if not token.strip():
             raise self.error(f"{where}.token_env", f"environment variable {token_env} is not set")
         every = self.duration(table, "every", where)
-        cron = self.typed(table, "cron", where, str)
+        cron = self.cron(table, where)
         if every and cron:
             raise self.error(f"{where}.cron", "give either every or cron, not both")
         if not every and not cron:
@@ -334,6 +336,15 @@ class _Reader:
                 "(make one with: openssl rand -hex 32)",
             )
         return name, Secret(secret)
+
+    def cron(self, table: dict[str, Any], where: str) -> str | None:
+        text = self.typed(table, "cron", where, str)
+        if text is None:
+            return None
+        try:
+            return crontab.parse(text).expression
+        except crontab.CronError as error:
+            raise self.error(f"{where}.cron", str(error)) from None
 
     def strings(self, table: dict[str, Any], key: str, where: str, default=()) -> tuple[str, ...]:
         value = table.get(key, list(default))

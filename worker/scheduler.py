@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from worker import cron as crontab
 from worker import health, metrics, runtime, store, sync, webhooks
 from worker.config import Settings, SourceConfig, format_duration
 
@@ -47,19 +50,96 @@ def _request_stop(stop: asyncio.Event, number: int) -> None:
 
 def trigger_for(config: SourceConfig):
     if config.cron:
-        return CronTrigger.from_crontab(config.cron, timezone=UTC)
+        return _cron_trigger(crontab.parse(config.cron))
     seconds = config.every.total_seconds()
     # Jitter spreads replicas and sources over the interval, a tenth of it at most.
     return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, 30), timezone=UTC)
 
 
-def tick(trigger) -> timedelta:
-    """The time between two fire times of a trigger, without jitter."""
-    if isinstance(trigger, IntervalTrigger):
-        return trigger.interval
-    first = trigger.get_next_fire_time(None, datetime.now(UTC))
-    second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
-    return second - first
+def _cron_trigger(cron: crontab.Cron):
+    """The expression as APScheduler's CronTrigger takes it: each field's values spelled out (its
+    weekdays are numbered from Monday, so they go by name), and two triggers when a day matches
+    if either day field does (CronTrigger wants both)."""
+    fields = {
+        "minute": _values(cron.minutes, 60),
+        "hour": _values(cron.hours, 24),
+        "month": _values(cron.months, 12),
+        "timezone": UTC,
+    }
+    days = _values(cron.days, 31)
+    weekdays = (
+        "*" if len(cron.weekdays) == 7 else ",".join(crontab.WEEKDAYS[d] for d in cron.weekdays)
+    )
+    if not cron.either_day:
+        return CronTrigger(day=days, day_of_week=weekdays, **fields)
+    by_weekday = CronTrigger(day_of_week=weekdays, **fields)
+    if not cron.days_of_month_come():
+        return by_weekday  # '0 0 30 2 mon': only the Mondays of February
+    return OrTrigger([CronTrigger(day=days, **fields), by_weekday])
+
+
+def _values(values: tuple[int, ...], every: int) -> str:
+    return "*" if len(values) == every else ",".join(map(str, values))
+
+
+# Replicas fire a cron tick at one instant, give or take their clocks' skew. A margin of half a
+# long gap would let a pass off the schedule (the pass at start, `runsync sync`) stand in for the
+# next tick: with @daily, a pass at 20:00 would skip the 03:00 tick after it.
+CRON_MARGIN = timedelta(minutes=1)
+# Replicas' intervals start when each replica starts, and APScheduler's jitter adds up from tick
+# to tick, so their ticks fall anywhere in the interval. With this share of it as the margin, a
+# stream's passes are never closer than that, whatever the phases; with half, three replicas a
+# third of an interval apart ran one every two thirds of it. A replica skips its own next tick
+# only if its pass started a fifth of an interval late.
+INTERVAL_MARGIN = 0.8
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One firing of a source's schedule, on the worker's clock.
+
+    A pass of the stream that any replica started after `fire_time - margin` ran this tick. The
+    margin is a share of the gap since the fire time before (INTERVAL_MARGIN; for cron, half, at
+    most CRON_MARGIN), so replicas whose ticks differ by their phase, jitter or clocks' skew
+    share one tick.
+    """
+
+    fire_time: datetime
+    margin: timedelta
+    clock: Callable[[], datetime] = _now
+
+    def not_within(self) -> timedelta:
+        """How recent, now, a pass must be to count for this tick, on the worker's clock: the
+        time since the fire time plus the margin. The database measures the pass's age on its
+        own clock; both are durations, so an offset between the clocks cancels."""
+        return self.clock() - self.fire_time + self.margin
+
+
+def tick_at(config: SourceConfig, woken: datetime, clock: Callable[[], datetime] = _now) -> Tick:
+    """The tick a run of the source's job woken at `woken` serves."""
+    if config.cron:
+        cron = crontab.parse(config.cron)
+        # A cron job wakes at its fire time, or later (the pass at start, a late wake-up).
+        fire_time = cron.latest_at_or_before(woken)
+        gap = fire_time - cron.previous_before(fire_time)
+        return Tick(fire_time, min(gap / 2, CRON_MARGIN), clock)
+    # An interval's job wakes at its fire time, jittered by a tenth of the interval at most.
+    return Tick(woken, config.every * INTERVAL_MARGIN, clock)
+
+
+def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
+    """The schedule's next fire times after `now` (an interval's as if started now, no jitter)."""
+    if not config.cron:
+        return [now + config.every * n for n in range(1, count + 1)]
+    trigger = trigger_for(config)
+    times = [trigger.get_next_fire_time(None, now)]
+    while len(times) < count:
+        times.append(trigger.get_next_fire_time(times[-1], times[-1]))
+    return times
 
 
 async def run_daemon(
@@ -79,14 +159,17 @@ async def run_daemon(
             for name, client in clients.items():
                 client.observer = meters.upstream(name)  # a source's streams share its client
 
-            async def job(name: str, not_within: timedelta) -> None:
+            async def job(config: SourceConfig) -> None:
                 if stop.is_set():
                     return
+                # APScheduler hands a job no fire time, so the tick is read off the schedule.
+                tick = tick_at(config, datetime.now(UTC))
+                name = config.name
                 task = asyncio.current_task()
                 running.add(task)
                 try:
                     results = await _side_by_side(
-                        rt.streams[name], rt.store, stop=stop, not_within=not_within,
+                        rt.streams[name], rt.store, stop=stop, not_within=tick.not_within,
                         metrics=meters, reconcile=True,
                     )  # fmt: skip
                     for result in results:
@@ -100,14 +183,10 @@ async def run_daemon(
 
             scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
             for config in settings.sources:
-                trigger = trigger_for(config)
-                # A pass another replica started within most of a tick counts for this tick too;
-                # the margin absorbs the jitter between the replicas' ticks.
-                not_within = tick(trigger) * 0.8
                 scheduler.add_job(
                     job,
-                    trigger,
-                    args=[config.name, not_within],
+                    trigger_for(config),
+                    args=[config],
                     id=config.name,
                     max_instances=1,  # a source never overlaps itself
                     coalesce=True,

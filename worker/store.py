@@ -240,8 +240,9 @@ class Lease:
     async def database_now(self) -> datetime:
         return await self.conn.fetchval("SELECT now()")
 
-    async def last_pass_started(self) -> datetime | None:
-        return await self.conn.fetchval(self.q["last_pass_started"], self.source, self.stream)
+    async def last_pass_age(self) -> timedelta | None:
+        """How long ago the stream's newest pass started, measured by the database's clock."""
+        return await self.conn.fetchval(self.q["last_pass_age"], self.source, self.stream)
 
     async def start_pass(self) -> int:
         """A new pass record; any left running by a process that died is closed as abandoned."""

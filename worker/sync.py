@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -51,14 +52,15 @@ async def run_pass(
     until: datetime | None = None,
     stop: asyncio.Event | None = None,
     progress: ProgressCallback | None = None,
-    not_within: timedelta | None = None,
+    not_within: Callable[[], timedelta] | None = None,
     restart: bool = False,
     metrics: Metrics | None = None,
 ) -> PassResult:
     """One pass; never raises for upstream or database trouble: the result says what happened.
 
-    `not_within`: skip the pass if any replica started one of this stream that recently, so
-    replicas on one schedule run each stream once per tick between them.
+    `not_within`: skip the pass if any replica started one of this stream more recently than it
+    says (on the worker's clock; the pass's age is measured on the database's), so replicas on
+    one schedule run each stream once per tick between them.
     `metrics`: where the daemon counts the pass, and the stream's figures read after it.
     """
     result = await _pass(runtime, db, stream, since, until, stop, progress, not_within, restart)
@@ -97,8 +99,8 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
             if lease is None:
                 return _skipped(result, "another process holds this stream's lock")
             if not_within is not None:
-                last = await lease.last_pass_started()
-                if last is not None and datetime.now(UTC) - last < not_within:
+                age = await lease.last_pass_age()
+                if age is not None and age < not_within():
                     return _skipped(result, "another replica ran this stream this tick")
             result.pass_id = await lease.start_pass()
             with structlog.contextvars.bound_contextvars(
