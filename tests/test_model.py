@@ -169,7 +169,9 @@ settings.register_profile(
 TALLY: Counter[str] = Counter()  # what the examples did, printed at the end
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # the logical clock's start; fixed, so fault draws replay
-STREAMS = ("apify", "raker/proj_a", "raker/proj_b")
+# The user's runs (oldest first by startedAfter), one task's (newest first by offset: no time
+# filter), and two RakerOne projects (newest first by cursor).
+STREAMS = ("apify", "apify-task", "raker/proj_a", "raker/proj_b")
 PROJECTS = ("proj_a", "proj_b")
 KINDS = (sync.INCREMENTAL, sync.BACKFILL)
 QUIET_PASSES = 2
@@ -261,6 +263,11 @@ class RunsyncModel(RuleBasedStateMachine):
         self.serial = 0
         self.deleted: dict[str, set[str]] = {"apify": set(), "raker": set()}
         self.known: dict[str, set[str]] = {"apify": set(), "raker": set()}
+        # The task's source reads the same account's runs as "apify" does.
+        self.deleted["apify-task"], self.known["apify-task"] = (
+            self.deleted["apify"],
+            self.known["apify"],
+        )
         # Items planted raw (no startedAt, hostile): (source, id) → the columns they must have.
         self.planted: dict[tuple[str, str], dict] = {}
         self.poisoned: dict[tuple[str, str], str] = {}  # (source, id) → where it was planted
@@ -295,6 +302,7 @@ class RunsyncModel(RuleBasedStateMachine):
         await self._admin(f"ALTER DATABASE {self.database} SET synchronous_commit = off")
         self.world = ApifyWorld(runs=0, seed=7, anchor=T0)
         self.raker = RakerWorld(projects=dict.fromkeys(PROJECTS, 0), seed=5, max_limit=3, anchor=T0)
+        self.task = self.world.tasks[0]["id"]
         self.sim = Simulator(self.world, rakerone=self.raker, token=TOKEN)
         self.sim.requests = self.tripwire
         await self.sim.start()
@@ -304,6 +312,8 @@ class RunsyncModel(RuleBasedStateMachine):
             config_toml(
                 source_toml("apify", self.sim.base_url, page_size=3,
                             webhook_secret_env="HOOK_SECRET", **common),
+                source_toml("apify-task", self.sim.base_url, page_size=3, task=self.task,
+                            **common),
                 source_toml("raker", self.sim.base_url, kind="rakerone", token_env="RAKER_TOKEN",
                             projects=list(PROJECTS), page_size=4, **common),
             )
@@ -378,12 +388,13 @@ class RunsyncModel(RuleBasedStateMachine):
 
     @initialize(apify=st.integers(0, 30), raker=st.integers(0, 15), open_every=st.integers(2, 9))
     def history(self, apify, raker, open_every):
-        """Runs from before runsync's first pass, one a second; every open_every-th still open."""
+        """Runs from before runsync's first pass, one a second; every open_every-th still open,
+        every third a run of the task."""
         for i in range(apify):
             status = "RUNNING" if i % open_every == 0 else "SUCCEEDED"
-            self.known["apify"].update(
-                item["id"] for item in self.world.add_runs(1, status=status, started_at=self.clock)
-            )
+            task = self.task if i % 3 == 0 else None
+            added = self.world.add_runs(1, status=status, started_at=self.clock, task_id=task)
+            self.known["apify"].update(item["id"] for item in added)
             self.clock += timedelta(seconds=1)
         for i in range(raker):
             status = "processing" if i % open_every == 0 else "completed"
@@ -393,12 +404,16 @@ class RunsyncModel(RuleBasedStateMachine):
             self.clock += timedelta(seconds=1)
 
     @precondition(lambda self: len(self.world.list_items()) < MAX_RUNS)
-    @rule(count=st.integers(1, 3), status=st.sampled_from(APIFY_NEW), when=WHEN)
-    def apify_add_runs(self, count, status, when):
+    @rule(
+        count=st.integers(1, 3), status=st.sampled_from(APIFY_NEW), when=WHEN, of_task=st.booleans()
+    )
+    def apify_add_runs(self, count, status, when, of_task):
         started = self._start(when)
-        added = self.world.add_runs(count, status=status, started_at=started)
+        task = self.task if of_task else None
+        added = self.world.add_runs(count, status=status, started_at=started, task_id=task)
         self.known["apify"].update(item["id"] for item in added)
-        note(f"apify: added {[i['id'] for i in added]} {status} at {iso(started)}")
+        owner = " of the task" if of_task else ""
+        note(f"apify: added {[i['id'] for i in added]}{owner} {status} at {iso(started)}")
 
     @precondition(lambda self: sum(len(self.raker.list_items(p)) for p in PROJECTS) < MAX_RUNS)
     @rule(
@@ -696,66 +711,58 @@ class RunsyncModel(RuleBasedStateMachine):
              f"{result.outcome} {result.error or ''}")  # fmt: skip
 
     def _change(self, stream: str, change: str) -> str:
-        """One upstream change, made from inside the simulator while it answers."""
-        upstream, _, project = stream.partition("/")
-        if change == "resurrect":
-            if f"{upstream}_resurrection" not in ENABLED:
-                return "nothing (resurrection off)"
-            terminal = TERMINAL_STATUSES if upstream == "apify" else RAKER_TERMINAL
-            runs = (self._apify_items if upstream == "apify" else
-                    lambda s: self._raker_items(project, s))(terminal)  # fmt: skip
-            if not runs:
-                return "nothing"
-            run = runs[len(runs) // 2]
-            if upstream == "apify":
-                self.world.set_status(run["id"], "RUNNING")
-                self.finished_at.pop(run["id"], None)
-            else:
-                self.raker.set_status(project, run["id"], "processing")
-            return f"resurrected {run['id']}"
+        """One upstream change to the stream's runs, made from inside the simulator while it
+        answers."""
+        source, _, project = stream.partition("/")
+        task = self.task if source == "apify-task" else None
+        apify = source != "raker"
+
+        def runs(statuses=None):
+            if not apify:
+                return self._raker_items(project, statuses)
+            return [i for i in self._apify_items(statuses) if not task or i["actorTaskId"] == task]
+
         if change in ("add", "tie"):
-            if upstream == "apify":
-                (item,) = self.world.add_runs(
-                    1, started_at=self._start("tie" if change == "tie" else "next")
-                )
-            else:
-                (item,) = self.raker.add_runs(
-                    project, 1, started_at=self._start("tie" if change == "tie" else "next")
-                )
-            self.known[upstream].add(item["id"])
+            started = self._start("tie" if change == "tie" else "next")
+            (item,) = (
+                self.world.add_runs(1, started_at=started, task_id=task)
+                if apify
+                else self.raker.add_runs(project, 1, started_at=started)
+            )
+            self.known[source].add(item["id"])
             return f"added {item['id']}"
-        if change == "delete":
-            if "retention" not in ENABLED:
-                return "nothing (retention off)"
-            runs = self._apify_items() if upstream == "apify" else self._raker_items(project)
-            if not runs:
+        if change == "delete":  # retention deletes the account's oldest run, whatever its task
+            oldest = self._apify_items() if apify else runs()
+            if "retention" not in ENABLED or not oldest:
                 return "nothing"
-            if upstream == "apify":
-                self.world.delete_run(runs[0]["id"])
+            if apify:
+                self.world.delete_run(oldest[0]["id"])
             else:
-                self.raker.delete_run(project, runs[0]["id"])
-            self.deleted[upstream].add(runs[0]["id"])
-            return f"deleted {runs[0]['id']}"
-        opened = OPEN_STATUSES if upstream == "apify" else RAKER_OPEN
-        runs = (
-            self._apify_items(opened) if upstream == "apify" else self._raker_items(project, opened)
-        )
-        if not runs:
-            return "nothing"
-        run = runs[0]
-        if upstream == "apify":
-            status = "SUCCEEDED" if change == "finish" else "ABORTING"
+                self.raker.delete_run(project, oldest[0]["id"])
+            self.deleted[source].add(oldest[0]["id"])
+            return f"deleted {oldest[0]['id']}"
+        if change == "resurrect":
+            candidates = runs(TERMINAL_STATUSES if apify else RAKER_TERMINAL)
+            if f"{'apify' if apify else 'raker'}_resurrection" not in ENABLED or not candidates:
+                return "nothing"
+            run, status = candidates[len(candidates) // 2], "RUNNING" if apify else "processing"
+        else:
+            candidates = runs(OPEN_STATUSES if apify else RAKER_OPEN)
+            if not candidates:
+                return "nothing"
+            run = candidates[0]
+            status = {(True, "finish"): "SUCCEEDED", (True, "progress"): "ABORTING",
+                      (False, "finish"): "completed", (False, "progress"): "needs_review"}[apify, change]  # fmt: skip
             if run["status"] == status:
                 return "nothing"
+        if apify:
             item = self.world.set_status(run["id"], status)
+            self.finished_at.pop(run["id"], None)
             if status in TERMINAL_STATUSES:
                 self.finished_at[run["id"]] = parse(item["finishedAt"])
         else:
-            status = "completed" if change == "finish" else "needs_review"
-            if run["status"] == status:
-                return "nothing"
             self.raker.set_status(project, run["id"], status)
-        return f"{run['id']} -> {status}"
+        return f"{run['id']} {run['status']} -> {status}"
 
     @on("webhooks")
     @rule(pick=PICK, later=st.booleans())
@@ -813,11 +820,14 @@ class RunsyncModel(RuleBasedStateMachine):
 
         # No stream frozen: a run added now is stored by the next pass.
         fresh = {"apify": self.world.add_runs(1, started_at=self._start("next"))[0]["id"]}
+        fresh["apify-task"] = self.world.add_runs(
+            1, started_at=self._start("next"), task_id=self.task
+        )[0]["id"]
         for project in PROJECTS:
             fresh[f"raker/{project}"] = self.raker.add_runs(
                 project, 1, started_at=self._start("next")
             )[0]["id"]
-        self.known["apify"].add(fresh["apify"])
+        self.known["apify"].update((fresh["apify"], fresh["apify-task"]))
         self.known["raker"].update(fresh[f"raker/{p}"] for p in PROJECTS)
         problems = [p for p in [await self._clean_pass(stream) for stream in STREAMS] if p]
         async with self.rt.store.pool.acquire() as conn:
@@ -858,6 +868,8 @@ class RunsyncModel(RuleBasedStateMachine):
                 "default_dataset_id": item["defaultDatasetId"],
             }
             truth["apify", item["id"]] = columns, item
+            if item["actorTaskId"] == self.task:
+                truth["apify-task", item["id"]] = columns, item
         for project in PROJECTS:
             for item in self.raker.list_items(project):
                 columns = {
