@@ -612,8 +612,14 @@ class RunsyncModel(RuleBasedStateMachine):
         source, _, project = stream.partition("/")
         return next(s for s in rt.streams[source] if s.source.partition == (project or None))
 
-    async def _pass(self, rt, stream: str, kind: str, restart: bool = False):
-        options = {"restart": restart} if kind == sync.BACKFILL else {}
+    async def _pass(self, rt, stream: str, kind: str, restart: bool = False, since: bool = False):
+        """One pass; a backfill from the beginning, or (`since`) of the last two minutes only."""
+        options = {}
+        if kind == sync.BACKFILL:
+            options = {
+                "restart": restart,
+                "since": self.clock - timedelta(minutes=2) if since else None,
+            }
         coroutine = sync.run_pass(self._target(rt, stream), rt.store, stream=kind, **options)
         try:
             result = await asyncio.wait_for(coroutine, PASS_TIMEOUT)
@@ -622,21 +628,36 @@ class RunsyncModel(RuleBasedStateMachine):
         TALLY[f"{kind} passes {result.outcome}"] += 1
         return result
 
-    @rule(stream=st.sampled_from(STREAMS), kind=st.sampled_from(KINDS), restart=st.booleans())
-    def one_pass(self, stream, kind, restart):
-        result = self.run(self._pass(self.rt, stream, kind, restart))
+    @rule(
+        stream=st.sampled_from(STREAMS),
+        kind=st.sampled_from(KINDS),
+        restart=st.booleans(),
+        since=st.booleans(),
+    )
+    def one_pass(self, stream, kind, restart, since):
+        result = self.run(self._pass(self.rt, stream, kind, restart, since))
         note(f"{kind} pass of {stream}: {result.outcome} {result.error or ''}")
 
     @rule(
         first=st.tuples(st.sampled_from(STREAMS), st.sampled_from(KINDS)),
         second=st.tuples(st.sampled_from(STREAMS), st.sampled_from(KINDS)),
+        webhook=st.none() | PICK,
     )
-    def two_passes_side_by_side(self, first, second):
-        async def both():
-            return await asyncio.gather(self._pass(self.rt, *first), self._pass(self.rt, *second))
+    def two_passes_side_by_side(self, first, second, webhook):
+        """Two passes at once (the same stream's second is skipped: its lock is taken), and
+        maybe a webhook delivery for a run beside them."""
+        runs = self._apify_items() if "webhooks" in ENABLED and webhook is not None else []
+        run = self.world.get(runs[webhook % len(runs)]["id"]) if runs else None
 
-        results = self.run(both())
-        note(f"side by side: {[(r.stream, r.outcome) for r in results]}")
+        async def together():
+            return await asyncio.gather(
+                self._pass(self.rt, *first),
+                self._pass(self.rt, *second),
+                *([self._deliver(datetime.now(UTC), run)] if run else []),
+            )
+
+        results = self.run(together())
+        note(f"side by side: {[getattr(r, 'stream', None) or r.body for r in results]}")
 
     @on("kills")
     @rule(
