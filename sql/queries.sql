@@ -116,13 +116,31 @@ WHERE r.observed_at <= EXCLUDED.observed_at
 RETURNING (xmax = 0) AS inserted;
 
 -- quarantine_items --
--- Keeps the items that could not be parsed, once each, with the reason.
-INSERT INTO runsync.quarantine AS q (source, upstream, reason, raw, raw_sha256)
-SELECT $1, $2, i.reason, i.raw, i.raw_sha256
-FROM unnest($3::text[], $4::text[], $5::text[]) AS i(reason, raw, raw_sha256)
+-- Keeps the items that could not be parsed, once each, with the reason (and the run, when its
+-- id could be read).
+INSERT INTO runsync.quarantine AS q (source, upstream, reason, raw, raw_sha256, run_id, project)
+SELECT $1, $2, i.reason, i.raw, i.raw_sha256, i.run_id, i.project
+FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+     AS i(reason, raw, raw_sha256, run_id, project)
 ORDER BY i.raw_sha256
 ON CONFLICT (source, raw_sha256) DO UPDATE
 SET reason = EXCLUDED.reason, last_seen_at = now(), seen_count = q.seen_count + 1;
+
+-- release_quarantined --
+-- Lets go of the quarantined items of runs just stored: they were bad reads, not bad runs.
+DELETE FROM runsync.quarantine q
+USING unnest($2::text[], $3::text[]) AS s(run_id, part)
+WHERE q.source = $1 AND q.run_id = s.run_id AND coalesce(q.project, '') = s.part;
+
+-- quarantined_runs --
+-- The runs of a project whose items were quarantined in the last day, to be read again by id: a
+-- garbled read passes by then; a bad run stops costing requests.
+SELECT DISTINCT q.run_id
+FROM runsync.quarantine q
+WHERE q.source = $1 AND q.run_id IS NOT NULL AND q.project IS NOT DISTINCT FROM $2
+  AND q.first_seen_at > now() - interval '1 day'
+ORDER BY q.run_id
+LIMIT $3;
 
 -- due_rechecks --
 -- Runs that finished just before they were read, due for a second look at their final figures.

@@ -110,3 +110,20 @@ async def test_a_single_run_answer_about_another_run_is_refused(world, sim, db, 
     assert stored[run["id"]]["status"] == "RUNNING"  # not read: still followed
     (reason,) = await quarantine(db)
     assert reason == f"asked for run {run['id']}, got run {other['id']}"
+
+
+async def test_an_item_garbled_alike_on_every_read_is_read_again_by_id_and_let_go(
+    world, sim, db, apify_settings
+):
+    """A page garbled the same way on both reads looks like a bad item; the run is read again by
+    id, stored, and its quarantined item let go: the quarantine holds only what stays bad."""
+    for i in range(6):
+        world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))
+    sim.faults = FaultOn("/v2/actor-runs?limit=", "wrong-types", times=2)
+
+    result = await one_pass(apify_settings(page_size=10))
+
+    assert result.outcome == "succeeded" and sim.faults.injected["wrong-types"] == 2
+    assert result.quarantined >= 1  # quarantined on the way
+    assert await quarantine(db) == []  # and let go once read well
+    assert_matches_upstream(await stored_runs(db), world.list_items())

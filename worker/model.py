@@ -46,6 +46,8 @@ class Rejected:
 
     reason: str
     raw: str
+    run_id: str | None = None  # when the item's id could be read: the run is looked for again
+    project: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

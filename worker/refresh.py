@@ -4,8 +4,9 @@ The open runs as they stood before the pass are the pending set; the pass's own 
 some off. Then, by what the upstream offers:
 - Apify: one list filtered by every open status, over the whole history (one request per
   thousand open runs), crosses off those still open, and finds the runs that are open again
-  (Apify resurrects finished runs at any age). Only runs that left the open statuses, and
-  just-finished runs due for a second look at their figures, are read one by one.
+  (Apify resurrects finished runs at any age). Only runs that left the open statuses,
+  just-finished runs due for a second look at their figures, and runs whose items are in
+  quarantine (a garbled read may read well now) are read one by one.
 - RakerOne (no endpoint for one run, one status per filter): for each status pending runs are in,
   a walk of the list filtered by it, down to the oldest of them (to the end when one has no start
   time yet): about one request per open status. Runs left over have changed status: one walk of
@@ -64,7 +65,12 @@ async def by_open_list(
     if stopping(stop):
         return
     due = await lease.due_rechecks(source.partition, pass_started)
-    await one_by_one(runtime, lease, result, [*pending.ids(), *due], stop)
+    # Runs whose items were quarantined lately: a garbled read may read well now (then its
+    # quarantined items are let go); a bad run stays in quarantine.
+    quarantined = await lease.quarantined_runs(source.partition, BATCH)
+    await one_by_one(
+        runtime, lease, result, list(dict.fromkeys([*pending.ids(), *due, *quarantined])), stop
+    )
 
 
 async def one_by_one(runtime, lease, result, run_ids: list[str], stop) -> None:

@@ -306,6 +306,11 @@ class Lease:
             figures, self._deferred = self._deferred, [0] * len(self._deferred)
             await self.conn.execute(self.q["count_page"], pass_id, *figures)
 
+    async def quarantined_runs(self, project: str | None, limit: int) -> list[str]:
+        """Runs whose items are in quarantine, to read again by id: the bad read may pass."""
+        rows = await self.conn.fetch(self.q["quarantined_runs"], self.source, project, limit)
+        return [row["run_id"] for row in rows]
+
     async def due_rechecks(self, project: str | None, observed_before: datetime) -> list[str]:
         """Runs read just as they finished, due to be read once more."""
         rows = await self.conn.fetch(self.q["due_rechecks"], self.source, project, observed_before)
@@ -323,6 +328,7 @@ class Lease:
         (an id too long for the index, a value out of range) is quarantined with the database's
         reason, and the others are stored: one bad item never holds up a page."""
         inserted = updated = 0
+        refused_ids: set[str] = set()
         # One statement cannot touch a row twice: the last item of a run in the batch wins.
         unique = list({run.run_id: run for run in runs}.values())
         if unique:
@@ -337,11 +343,20 @@ class Lease:
                             one = await self._merge(upstream, [run], then_empty=True)
                     except _REFUSED_RUN as error:
                         reason = f"run {run.run_id[:40]}: the database refused it: {error}"
-                        refused.append(Rejected(reason, run.raw))
+                        refused.append(Rejected(reason, run.raw, run.run_id, run.project))
                         continue
                     inserted, updated = inserted + one[0], updated + one[1]
                 log.warning("runs refused by the database", count=len(refused), reason=reason)
                 rejected = [*rejected, *refused]
+                refused_ids = {r.run_id for r in refused}
+        stored = [run for run in unique if run.run_id not in refused_ids]
+        if stored:  # a run read well now: what was quarantined of it was a bad read, not a bad run
+            await self.conn.execute(
+                self.q["release_quarantined"],
+                self.source,
+                [run.run_id for run in stored],
+                [run.project or "" for run in stored],
+            )
         if rejected:
             unique_rejects = {_sha256(r.raw): r for r in rejected}
             await self.conn.execute(
@@ -351,6 +366,8 @@ class Lease:
                 [r.reason for r in unique_rejects.values()],
                 [r.raw for r in unique_rejects.values()],
                 list(unique_rejects),
+                [_run_id(r) for r in unique_rejects.values()],
+                [r.project for r in unique_rejects.values()],
             )
         return Written(inserted, updated, len(rejected))
 
@@ -365,6 +382,18 @@ class Lease:
             await self.conn.execute(self.q["empty_incoming_runs"])
         inserted = sum(1 for row in rows if row["inserted"])
         return inserted, len(rows) - inserted
+
+
+# An id longer than this cannot key a run (the primary key's index refuses it): not worth retrying.
+MAX_RUN_ID_BYTES = 1000
+
+
+def _run_id(rejected: Rejected) -> str | None:
+    """The run a quarantined item is of, if it could ever be stored."""
+    run_id = rejected.run_id
+    if run_id is None or len(run_id.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES:
+        return None
+    return run_id
 
 
 def _never_first(moment: datetime | None) -> tuple[bool, datetime | None]:

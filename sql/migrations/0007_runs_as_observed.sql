@@ -14,6 +14,14 @@ ALTER TABLE runsync.runs DROP CONSTRAINT runs_pkey;
 ALTER TABLE runsync.runs ADD CONSTRAINT runs_pkey PRIMARY KEY (source, part, run_id);
 
 ALTER TABLE runsync.run_status_history ADD COLUMN project text;
+
+-- A quarantined item whose id could be read names its run: the run is read again (Apify, by id),
+-- and once it is stored its quarantined items are let go. The quarantine holds what is still
+-- unreadable.
+ALTER TABLE runsync.quarantine
+    ADD COLUMN run_id  text,
+    ADD COLUMN project text;
+CREATE INDEX quarantine_run_idx ON runsync.quarantine (source, run_id) WHERE run_id IS NOT NULL;
 DROP INDEX runsync.run_status_history_run_idx;
 CREATE INDEX run_status_history_run_idx ON runsync.run_status_history (source, run_id, id);
 

@@ -156,6 +156,7 @@ def read_item(item: Any, observed_at: datetime, *, partial: bool = False) -> Run
 
 
 def _read_carefully(item: Any, observed_at: datetime, partial: bool) -> Run | Rejected:
+    run_id = None
     try:
         if not isinstance(item, dict):
             raise ItemError(f"the item is a {type(item).__name__}, not an object")
@@ -167,7 +168,7 @@ def _read_carefully(item: Any, observed_at: datetime, partial: bool) -> Run | Re
         except ItemError as error:
             raise ItemError(f"run {run_id[:40]}: {error}") from None
     except ItemError as error:
-        return Rejected(str(error), dump(item))
+        return Rejected(str(error), dump(item), run_id)
 
 
 _fromisoformat = datetime.fromisoformat

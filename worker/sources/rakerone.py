@@ -84,6 +84,7 @@ def read_item(
 ) -> Run | Rejected:
     """One action run, or the reason it cannot be one: an object with an id and a status is a
     run (a queued one may not have started). Statuses are kept as received."""
+    run_id = None
     try:
         if not isinstance(item, dict):
             raise ItemError(f"the item is a {type(item).__name__}, not an object")
@@ -111,7 +112,7 @@ def read_item(
         except ItemError as error:
             raise ItemError(f"run {run_id[:40]}: {error}") from None
     except ItemError as error:
-        return Rejected(str(error), dump(item))
+        return Rejected(str(error), dump(item), run_id, project)
 
 
 class KeysetWalk(Rewindable):
