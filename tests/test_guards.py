@@ -127,3 +127,22 @@ async def test_an_item_garbled_alike_on_every_read_is_read_again_by_id_and_let_g
     assert result.quarantined >= 1  # quarantined on the way
     assert await quarantine(db) == []  # and let go once read well
     assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_a_page_that_reads_differently_every_time_fails_and_is_read_again(
+    world, sim, db, apify_settings
+):
+    """No read agrees on which items are unreadable: nothing is quarantined and nothing skipped;
+    the pass fails, the checkpoint stays, and the next pass reads the page again."""
+    for i in range(9):
+        world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))
+    settings = apify_settings(page_size=9)
+    sim.faults = FaultOn("/v2/actor-runs?limit=", "wrong-types", alike=False)
+
+    result = await one_pass(settings)
+
+    assert result.outcome == "failed" and "differed on each of 4 reads" in result.error
+    assert await quarantine(db) == [] and await stored_runs(db) == {}
+    sim.faults = None
+    assert (await one_pass(settings)).outcome == "succeeded"
+    assert_matches_upstream(await stored_runs(db), world.list_items())

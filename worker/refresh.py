@@ -27,7 +27,7 @@ import structlog
 
 from worker import http, store
 from worker.model import Rejected, Run
-from worker.sources.common import ByWalks, OpenList
+from worker.sources.common import ByWalks, OpenList, PageError
 from worker.walk import (
     PAGE_READS,
     PassResult,
@@ -117,9 +117,11 @@ async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | Non
             observed = Rejected(
                 f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
             )
-        if isinstance(observed, Run) or observed == earlier or attempt == PAGE_READS:
+        if isinstance(observed, Run) or observed == earlier:
             return observed
         earlier = observed
+        if attempt == PAGE_READS:  # neither quarantined nor taken: read again next pass
+            raise PageError(f"run {run_id[:40]}: its answer differed on each of {PAGE_READS} reads")
     raise AssertionError("unreachable")
 
 

@@ -17,15 +17,16 @@ import structlog
 from worker import http, store
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Page, Rejected, Request, Run
-from worker.sources import Paginator, Source
+from worker.sources import PageError, Paginator, Source
 
 log = structlog.get_logger("runsync.walk")
 
 ProgressCallback = Callable[[Page, store.Written], None]
 
-# Reads of one page with unreadable items: an item garbled on the way reads well next time,
-# and only what stays unreadable is quarantined, so a flaky upstream loses no run.
-PAGE_READS = 3
+# Reads of one page with unreadable items: an item garbled on the way reads well next time, and
+# only what two reads in a row find unreadable alike is quarantined, so a flaky upstream loses no
+# run.
+PAGE_READS = 4
 
 
 @dataclass
@@ -173,9 +174,11 @@ async def _fetch(runtime: SourceRuntime, request: Request) -> http.Response:
 async def _read_page(
     runtime: SourceRuntime, paginator: Paginator, request: Request, ahead: asyncio.Task | None
 ) -> Page:
-    """One page of the walk (fetched ahead, or now), read again while its unreadable items
-    differ from one read to the next. An answer over the size cap is asked for again in smaller
-    pages: only a single item over the cap stops the walk."""
+    """One page of the walk (fetched ahead, or now), read again until two reads in a row agree
+    on its unreadable items: only those are quarantined. A page that reads differently every
+    time fails (PageError): its items are neither quarantined nor skipped, and the next pass reads
+    it again. An answer over the size cap is asked for again in smaller pages: only a single
+    item over the cap stops the walk."""
     earlier: list[str] | None = None
     attempt = 0
     while attempt < PAGE_READS:
@@ -192,10 +195,14 @@ async def _read_page(
         attempt += 1
         page = paginator.advance(response.body, response.observed_at)
         unreadable = sorted(item.raw for item in page.rejected)
-        if not unreadable or unreadable == earlier or attempt == PAGE_READS:
+        if not unreadable or unreadable == earlier:
             return page
         earlier = unreadable
         paginator.undo()
+        if attempt == PAGE_READS:
+            raise PageError(
+                f"{request.path}: its unreadable items differed on each of {PAGE_READS} reads"
+            )
         log.info(
             "page has unreadable items; reading it again", items=len(unreadable), attempt=attempt
         )
