@@ -146,3 +146,26 @@ async def test_a_page_that_reads_differently_every_time_fails_and_is_read_again(
     sim.faults = None
     assert (await one_pass(settings)).outcome == "succeeded"
     assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+async def test_a_task_run_that_shows_up_late_inside_the_overlap_is_read(
+    world, sim, db, apify_settings
+):
+    """The task list is walked newest first: it too goes on a little below the watermark."""
+    task = world.tasks[0]["id"]
+    for i in range(8):
+        world.add_runs(1, status="SUCCEEDED", task_id=task,
+                       started_at=NOW - timedelta(minutes=10, seconds=-i))  # fmt: skip
+    # Pages of two: the first page of the next pass already reaches the watermark.
+    settings = apify_settings(page_size=2, extra=f'task = "{task}"')
+    await one_pass(settings)
+    async with db.pool.acquire() as conn:
+        watermark = await conn.fetchval("SELECT watermark FROM runsync.checkpoints")
+    (late,) = world.add_runs(1, status="SUCCEEDED", task_id=task,
+                             started_at=watermark - timedelta(seconds=2))  # fmt: skip
+
+    result = await one_pass(settings)
+
+    assert result.outcome == "succeeded" and late["id"] in await stored_runs(db)
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT watermark FROM runsync.checkpoints") == watermark

@@ -121,18 +121,12 @@ BEHAVIOURS = {
     "lone_surrogates": "free text holding a lone UTF-16 surrogate escape (\\ud83d), either upstream",
 }
 # Behaviours runsync is known to mishandle today: off by default, so the test passes; switched
-# on, the test finds them (see the report in the module's history).
+# on, the test finds them. Everything else this test found is fixed and on by default: Apify and
+# RakerOne items without startedAt, resurrection, NaN/Infinity and NUL or lone surrogates in
+# free text, items garbled alike on two reads, late runs of a task's (newest-first) list.
 KNOWN_DEFECTS = {
-    "apify_resurrection": "a terminal run set back to RUNNING is never read again",
-    "raker_resurrection": "a terminal run set back to an open status is never read again",
-    "raker_no_started_at": "items without startedAt are quarantined, not stored",
-    "raker_non_finite": "NaN/Infinity in a result: every pass of the stream fails (json cast)",
-    "raker_nul_text": "NUL in a result: the run is quarantined, not stored",
-    # Found by this test:
-    "apify_nul_text": "NUL in free text: the run is quarantined, not stored",
-    "lone_surrogates": "a lone surrogate in free text: the run is quarantined, not stored",
-    "garbled_items": "an item mistyped on every read of its page is quarantined, maybe lost",
-    "late_task_runs": "newest-first task walk has no overlap: a late run below the watermark is lost",
+    "raker_resurrection": "a RakerOne run set back to an open status was, once in 100 examples, "
+    "still stored terminal at the quiet point (not yet understood)",
 }
 
 

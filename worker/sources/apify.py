@@ -59,7 +59,10 @@ class ApifySource:
 
     def incremental(self, checkpoint: Checkpoint):
         if self.newest_first:
-            return NewestFirst(self.list_path, checkpoint, page_size=self.page_size)
+            # Like the oldest-first pass, the walk goes on a little below the watermark, so a run
+            # that becomes visible late is still read.
+            floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
+            return NewestFirst(self.list_path, checkpoint, floor=floor, page_size=self.page_size)
         if checkpoint.watermark is not None:
             # Each pass starts a little before the watermark, so a run that becomes visible late,
             # even at the watermark's own instant, is still read; unchanged runs cost no write.
@@ -396,9 +399,14 @@ class NewestFirst(_Walk):
 
     _position = (*_Walk._position, "top", "offset")
 
-    def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
+    def __init__(
+        self, path: str, checkpoint: Checkpoint, *, floor: datetime | None = None, **options: Any
+    ) -> None:
         super().__init__(path, **options)
-        self.floor = checkpoint.watermark
+        self.watermark = checkpoint.watermark
+        # Where the walk may stop: the watermark, or a little below it (an incremental pass's
+        # overlap, for runs listed late); the watermark itself moves only once the walk is done.
+        self.floor = floor if floor is not None else checkpoint.watermark
         cursor = checkpoint.cursor or {}
         self.offset = int(cursor.get("offset", 0))
         self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
@@ -410,7 +418,7 @@ class NewestFirst(_Walk):
     @property
     def checkpoint(self) -> Checkpoint:
         position = {**self.walk, "offset": self.offset}
-        return newest_first_checkpoint(self.floor, self.top, self.done, position)
+        return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
         if self.done:
