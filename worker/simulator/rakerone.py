@@ -202,6 +202,22 @@ class _Project:
         self.runs.update((r.key[1], r) for r in records if isinstance(r, _ActionRun))
 
 
+def _placed(
+    now: int, unstarted: bool, started_at: datetime | None, created_at: datetime | None
+) -> tuple[int | None, int]:
+    """(started, created) in seconds of a new run: unstarted, or started at `started_at`
+    (default now); created at `created_at`, default its start (or now), never after it."""
+    if unstarted and started_at is not None:
+        raise ValueError("an unstarted run has no started_at")
+    started = None if unstarted else now if started_at is None else _seconds(started_at)
+    created = (started if started is not None else now) if created_at is None else (
+        _seconds(created_at)
+    )  # fmt: skip
+    if started is not None and created > started:
+        raise ValueError("a run cannot start before it is created")
+    return started, created
+
+
 class RakerWorld:
     """Projects and their action runs, in memory.
 
@@ -443,15 +459,7 @@ class RakerWorld:
         (default: its startedAt) places it in the list; it must not be after started_at.
         """
         found, rng, now = self._project(project), self._rng, self._now()
-        unstarted = status == RAKER_QUEUED
-        if unstarted and started_at is not None:
-            raise ValueError("a queued run has not started: no started_at")
-        started = None if unstarted else now if started_at is None else _seconds(started_at)
-        created = (started if started is not None else now) if created_at is None else (
-            _seconds(created_at)
-        )  # fmt: skip
-        if started is not None and created > started:
-            raise ValueError("a run cannot start before it is created")
+        started, created = _placed(now, status == RAKER_QUEUED, started_at, created_at)
         runs = []
         for run_id in self._new_ids(count):
             finished = result = None
@@ -492,14 +500,7 @@ class RakerWorld:
         """
         found, now = self._project(project), self._now()
         unstarted = status == RAKER_QUEUED if unstarted is None else unstarted
-        if unstarted and started_at is not None:
-            raise ValueError("an unstarted run has no started_at")
-        started = None if unstarted else now if started_at is None else _seconds(started_at)
-        created = (started if started is not None else now) if created_at is None else (
-            _seconds(created_at)
-        )  # fmt: skip
-        if started is not None and created > started:
-            raise ValueError("a run cannot start before it is created")
+        started, created = _placed(now, unstarted, started_at, created_at)
         extra = dict(_json_copy(dict(fields or {}), "fields"))  # type: ignore[call-overload]
         if {"id", "status"} & extra.keys():
             raise ValueError("fields cannot replace id or status")
