@@ -128,15 +128,19 @@ async def interrupted_pass(settings, name: str, *, after_pages: int, **options) 
 
 class FaultOn(Faults):
     """One kind of fault on the requests whose key (method, path, sorted query) holds `needle`:
-    the first `times` askings of each (None: every one); no other request is touched."""
+    the first `times` askings of each (None: every one); no other request is touched. The same
+    corruption each time, or (vary) a different one at each asking."""
 
-    def __init__(self, needle: str, kind: str, *, times: int | None = None) -> None:
+    def __init__(
+        self, needle: str, kind: str, *, times: int | None = None, vary: bool = False
+    ) -> None:
         super().__init__(rate=0.0, kinds=(kind,))
-        self.needle, self.kind, self.times = needle, kind, times
+        self.needle, self.kind, self.times, self.vary = needle, kind, times, vary
         self.asked: dict[str, int] = {}
 
     def draw(self, key: str) -> tuple[str | None, int]:
         if self.needle not in key:
             return None, 0
         self.asked[key] = self.asked.get(key, 0) + 1
-        return (self.kind if self.times is None or self.asked[key] <= self.times else None), 7
+        seed = self.asked[key] if self.vary else 7
+        return (self.kind if self.times is None or self.asked[key] <= self.times else None), seed
