@@ -293,3 +293,59 @@ async def test_a_queued_run_is_followed_until_it_finishes(raker, sim, db, raker_
     assert (row["status"], row["is_terminal"]) == ("completed", True)
     assert row["started_at"] is not None
     assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
+
+
+def runs_at(raker, status: str, start: datetime, count: int, step: timedelta) -> list[dict]:
+    """`count` runs one `step` apart from `start` (a negative step: older and older)."""
+    return [
+        raker.add_runs("proj_a", 1, status=status, started_at=start + i * step)[0]
+        for i in range(count)
+    ]
+
+
+async def test_a_status_walk_stops_once_it_has_found_its_runs(raker, sim, db, raker_settings):
+    review_at = NOW - timedelta(days=5)
+    older = runs_at(raker, "completed", review_at - timedelta(days=5), 150, -timedelta(minutes=1))
+    (review,) = raker.add_runs("proj_a", 1, status="needs_review", started_at=review_at)
+    newer = runs_at(raker, "completed", review_at + timedelta(seconds=1), 99, timedelta(seconds=1))
+    runs_at(raker, "completed", NOW - timedelta(hours=1), 100, timedelta(seconds=1))  # the newest
+    settings = raker_settings()
+    await passes(settings)
+    for run in [*newer, *older]:  # moved into review since: one page of them above it, more below
+        raker.set_status("proj_a", run["id"], "needs_review")
+    before = requests(sim)
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    assert (await stored_runs(db, "raker"))[review["id"]]["status"] == "needs_review"
+    assert requests(sim) - before == 1 + 1  # the newest page; the page of needs_review that has it
+
+
+async def test_a_status_walk_goes_down_to_the_oldest_run_of_that_status_only(
+    raker, sim, db, raker_settings
+):
+    (processing,) = raker.add_runs(
+        "proj_a", 1, status="processing", started_at=NOW - timedelta(days=20)
+    )
+    moved = runs_at(raker, "completed", NOW - timedelta(days=10), 150, -timedelta(minutes=1))
+    (review,) = raker.add_runs(
+        "proj_a", 1, status="needs_review", started_at=NOW - timedelta(days=6)
+    )
+    runs_at(raker, "completed", NOW - timedelta(hours=1), 100, timedelta(seconds=1))  # the newest
+    settings = raker_settings()
+    await passes(settings)
+    raker.set_status("proj_a", review["id"], "completed")
+    for run in moved:  # older than it, in review now: below where its status walk stops
+        raker.set_status("proj_a", run["id"], "needs_review")
+    before = requests(sim)
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    rows = await stored_runs(db, "raker")
+    assert rows[review["id"]]["status"] == "completed"
+    assert rows[processing["id"]]["status"] == "processing"
+    # The newest page; one page of needs_review, down to the day it started; one of processing;
+    # the search for it: the newest page, then the page it is on.
+    assert requests(sim) - before == 1 + 1 + 1 + 2
