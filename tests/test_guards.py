@@ -169,3 +169,59 @@ async def test_a_task_run_that_shows_up_late_inside_the_overlap_is_read(
     assert result.outcome == "succeeded" and late["id"] in await stored_runs(db)
     async with db.pool.acquire() as conn:
         assert await conn.fetchval("SELECT watermark FROM runsync.checkpoints") == watermark
+
+
+async def test_an_open_run_the_single_run_endpoint_no_longer_has_is_marked_gone(
+    world, sim, db, apify_settings
+):
+    (deleted,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=2))
+    (kept,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=1))
+    settings = apify_settings()
+    await one_pass(settings)
+    world.delete_run(deleted["id"])  # the open list no longer has it: read alone, a 404
+
+    result = await one_pass(settings)
+
+    assert result.outcome == "succeeded", result.error
+    stored = await stored_runs(db)
+    assert stored[deleted["id"]]["gone_at"] is not None
+    assert (stored[kept["id"]]["status"], stored[kept["id"]]["gone_at"]) == ("RUNNING", None)
+    assert await quarantine(db) == []
+
+
+async def open_run_finished(world, sim, db, apify_settings) -> tuple[dict, object]:
+    """An open run stored by a first pass, finished since: the next pass reads it alone."""
+    (run,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=1))
+    world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(minutes=30))  # the newest
+    settings = apify_settings()
+    await one_pass(settings)
+    world.set_status(run["id"], "SUCCEEDED")
+    world.settle_all()
+    return run, settings
+
+
+async def test_a_single_run_garbled_the_same_way_twice_is_quarantined_after_two_reads(
+    world, sim, db, apify_settings
+):
+    run, settings = await open_run_finished(world, sim, db, apify_settings)
+    sim.faults = FaultOn(f"/v2/actor-runs/{run['id']}?", "wrong-types")
+
+    await one_pass(settings)
+
+    assert sum(sim.faults.asked.values()) == 2  # the second read says the first was no accident
+    assert len(await quarantine(db)) == 1
+    assert (await stored_runs(db))[run["id"]]["status"] == "RUNNING"  # still followed
+
+
+async def test_a_single_run_garbled_differently_each_time_fails_the_pass_after_four_reads(
+    world, sim, db, apify_settings
+):
+    run, settings = await open_run_finished(world, sim, db, apify_settings)
+    sim.faults = FaultOn(f"/v2/actor-runs/{run['id']}?", "wrong-types", alike=False)
+
+    result = await one_pass(settings)
+
+    assert sum(sim.faults.asked.values()) == 4  # walk.PAGE_READS, and no two alike
+    assert result.outcome == "failed" and "differed on each of 4 reads" in result.error
+    assert await quarantine(db) == []  # a transient is never quarantined
+    assert (await stored_runs(db))[run["id"]]["status"] == "RUNNING"  # still followed

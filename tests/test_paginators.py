@@ -10,7 +10,7 @@ import pytest
 from worker.jsontext import NonFinite
 from worker.model import Checkpoint
 from worker.sources.apify import NewestFirst, OldestFirst, read_item
-from worker.sources.common import PageError, isoformat
+from worker.sources.common import ItemError, PageError, isoformat
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 T = datetime(2026, 4, 1, tzinfo=UTC)
@@ -283,3 +283,69 @@ def test_a_keyset_page_read_again_may_hand_out_the_same_cursor_again():
     assert walk.checkpoint.cursor["cursor"] == "c1"
     with pytest.raises(PageError, match="same cursor twice"):  # a real loop is still caught
         walk.advance(raker_page(item("x", 7), item("w", 6), next_cursor="c1"), NOW)
+
+
+def test_newest_first_with_an_upper_bound_keeps_the_runs_up_to_it_and_those_without_a_start():
+    walk = NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(at(1)), page_size=4, until=at(5))
+    unstarted = {"id": "q", "status": "READY"}
+    result = walk.advance(page(item("z", 6), item("y", 5), unstarted, item("x", 4), limit=4), NOW)
+    assert [run.run_id for run in result.runs] == ["y", "q", "x"]  # 5 is the bound: kept
+    assert result.total == 99 and walk.checkpoint.cursor["top"] == isoformat(at(5))
+
+
+def test_newest_first_goes_on_past_runs_at_the_floor_itself():
+    """Runs at the watermark's own instant may go on on the next page: only a run older than it
+    says the walk has reached it."""
+    walk = NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(at(2)), page_size=2)
+    walk.advance(page(item("z", 3), item("y", 2), limit=2), NOW)
+    assert walk.next_request() is not None
+    walk.advance(page(item("x", 2), item("w", 1), limit=2), NOW)
+    assert walk.next_request() is None
+
+
+def test_a_cursor_top_that_is_not_a_time_names_the_field():
+    with pytest.raises(ItemError, match=r"^top "):
+        NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(None, {"top": "soon"}), page_size=2)
+
+
+def test_pages_shrink_by_half_down_to_one_item():
+    walk = OldestFirst("/v2/actor-runs", Checkpoint(), page_size=5)
+    sizes = []
+    while walk.shrink():
+        sizes.append(walk.page_size)
+    assert sizes == [2, 1] and walk.page_size == 1
+    assert walk.next_request().params["limit"] == "1"
+
+
+def test_an_apify_list_refusing_its_position_is_an_error_not_a_restart():
+    assert not OldestFirst("/v2/actor-runs", Checkpoint(), page_size=3).restart()
+    assert not NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(), page_size=3).restart()
+
+
+def test_a_keyset_walk_refused_at_the_top_does_not_restart():
+    """A restart goes back to the top; a 400 there is a real error, not another restart."""
+    walk = keyset(Checkpoint(None, {"cursor": "c7"}))
+    assert walk.restart() and walk.checkpoint.cursor["cursor"] is None
+    assert not walk.restart()
+
+
+def test_a_keyset_page_read_again_forgets_only_its_own_cursor():
+    walk = keyset()
+    walk.advance(raker_page(item("z", 9), item("y", 8), next_cursor="c1"), NOW)
+    walk.advance(raker_page({"id": 7, "status": "completed"}, item("w", 6), next_cursor="c2"), NOW)
+    walk.undo()
+    walk.advance(raker_page(item("x", 7), item("w", 6), next_cursor="c2"), NOW)
+    with pytest.raises(PageError, match="same cursor twice"):  # c1 is still remembered
+        walk.advance(raker_page(item("v", 5), item("u", 4), next_cursor="c1"), NOW)
+
+
+def test_numbers_stay_numbers_beside_text_that_had_to_be_escaped():
+    run = read_item({**item("r", 0), "statusMessage": "a\x00b", "usageTotalUsd": 0.25}, NOW)
+    assert json.loads(run.raw)["usageTotalUsd"] == 0.25 and run.usage_total_usd == 0.25
+    assert run.notes == "escaped NUL in statusMessage"
+
+
+def test_a_key_of_the_item_itself_is_named_in_the_note():
+    run = read_item({**item("r", 0), "k\x00": 1}, NOW)
+    assert json.loads(run.raw)["k\\u0000"] == 1
+    assert run.notes == "escaped NUL in a key of the item"

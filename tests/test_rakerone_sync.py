@@ -240,3 +240,112 @@ async def test_bad_items_are_quarantined_and_a_forbidden_project_fails_clearly(
 
     (unknown,) = await passes(raker_settings(projects=("proj_nope",)))
     assert unknown.outcome == "failed" and "HTTP 404: not_found" in unknown.error
+
+
+async def test_the_search_for_runs_that_left_their_status_stops_just_below_the_oldest(
+    raker, sim, db, raker_settings
+):
+    """It walks down to the oldest of them less the overlap: not to the end of the history, and
+    not one run short of them, though a page of newer runs lies within the overlap above them."""
+    review_at = NOW - timedelta(days=5)
+    for i in range(200):  # older history, far below them
+        raker.add_runs(
+            "proj_a", 1, status="completed", started_at=NOW - timedelta(days=15, minutes=-i)
+        )
+    (vanishing,) = raker.add_runs(
+        "proj_a", 1, status="needs_review", started_at=review_at - timedelta(seconds=2)
+    )
+    (review,) = raker.add_runs("proj_a", 1, status="needs_review", started_at=review_at)
+    for i in range(100):  # one page of newer runs, the oldest of them within the overlap
+        raker.add_runs(
+            "proj_a", 1, status="completed", started_at=review_at + timedelta(seconds=1 + i)
+        )
+    settings = raker_settings()
+    await passes(settings)
+    raker.set_status("proj_a", review["id"], "completed")
+    raker.delete_run("proj_a", vanishing["id"])
+    before = requests(sim)
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    rows = await stored_runs(db, "raker")
+    assert (rows[review["id"]]["status"], rows[review["id"]]["gone_at"]) == ("completed", None)
+    assert rows[vanishing["id"]]["gone_at"] is not None
+    # The newest page; needs_review, now empty; the search: the newer page, then theirs.
+    assert requests(sim) - before == 1 + 1 + 2
+
+
+async def test_a_queued_run_is_followed_until_it_finishes(raker, sim, db, raker_settings):
+    history(raker, "proj_a", 300)
+    (queued,) = raker.add_runs("proj_a", 1, status="queued", created_at=NOW - timedelta(days=6))
+    settings = raker_settings()
+    await passes(settings)
+    (result,) = await passes(settings)  # still queued, below the newest page: no start to go by
+    assert result.outcome == "succeeded", result.error
+
+    raker.start_run("proj_a", queued["id"])
+    raker.set_status("proj_a", queued["id"], "completed")
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    row = (await stored_runs(db, "raker"))[queued["id"]]
+    assert (row["status"], row["is_terminal"]) == ("completed", True)
+    assert row["started_at"] is not None
+    assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
+
+
+def runs_at(raker, status: str, start: datetime, count: int, step: timedelta) -> list[dict]:
+    """`count` runs one `step` apart from `start` (a negative step: older and older)."""
+    return [
+        raker.add_runs("proj_a", 1, status=status, started_at=start + i * step)[0]
+        for i in range(count)
+    ]
+
+
+async def test_a_status_walk_stops_once_it_has_found_its_runs(raker, sim, db, raker_settings):
+    review_at = NOW - timedelta(days=5)
+    older = runs_at(raker, "completed", review_at - timedelta(days=5), 150, -timedelta(minutes=1))
+    (review,) = raker.add_runs("proj_a", 1, status="needs_review", started_at=review_at)
+    newer = runs_at(raker, "completed", review_at + timedelta(seconds=1), 99, timedelta(seconds=1))
+    runs_at(raker, "completed", NOW - timedelta(hours=1), 100, timedelta(seconds=1))  # the newest
+    settings = raker_settings()
+    await passes(settings)
+    for run in [*newer, *older]:  # moved into review since: one page of them above it, more below
+        raker.set_status("proj_a", run["id"], "needs_review")
+    before = requests(sim)
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    assert (await stored_runs(db, "raker"))[review["id"]]["status"] == "needs_review"
+    assert requests(sim) - before == 1 + 1  # the newest page; the page of needs_review that has it
+
+
+async def test_a_status_walk_goes_down_to_the_oldest_run_of_that_status_only(
+    raker, sim, db, raker_settings
+):
+    (processing,) = raker.add_runs(
+        "proj_a", 1, status="processing", started_at=NOW - timedelta(days=20)
+    )
+    moved = runs_at(raker, "completed", NOW - timedelta(days=10), 150, -timedelta(minutes=1))
+    (review,) = raker.add_runs(
+        "proj_a", 1, status="needs_review", started_at=NOW - timedelta(days=6)
+    )
+    runs_at(raker, "completed", NOW - timedelta(hours=1), 100, timedelta(seconds=1))  # the newest
+    settings = raker_settings()
+    await passes(settings)
+    raker.set_status("proj_a", review["id"], "completed")
+    for run in moved:  # older than it, in review now: below where its status walk stops
+        raker.set_status("proj_a", run["id"], "needs_review")
+    before = requests(sim)
+
+    (result,) = await passes(settings)
+
+    assert result.outcome == "succeeded", result.error
+    rows = await stored_runs(db, "raker")
+    assert rows[review["id"]]["status"] == "completed"
+    assert rows[processing["id"]]["status"] == "processing"
+    # The newest page; one page of needs_review, down to the day it started; one of processing;
+    # the search for it: the newest page, then the page it is on.
+    assert requests(sim) - before == 1 + 1 + 1 + 2

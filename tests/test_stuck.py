@@ -67,8 +67,10 @@ async def test_a_walk_stuck_on_a_page_lets_new_runs_and_open_runs_through(
 async def test_a_run_the_database_refuses_is_quarantined_and_the_page_is_stored(
     raker, sim, db, raker_settings
 ):
-    for i in range(8):
-        raker.add_runs("proj_a", 1, status="completed", started_at=NOW - timedelta(minutes=i))
+    runs = [
+        raker.add_runs("proj_a", 1, status="completed", started_at=NOW - timedelta(minutes=i))[0]
+        for i in range(8)
+    ]
     # An id of 9,000 random letters: too large for the primary key's index, whatever the page.
     huge = "".join(random.Random(3).choices(string.ascii_letters, k=9000))
     poison = {
@@ -83,14 +85,18 @@ async def test_a_run_the_database_refuses_is_quarantined_and_the_page_is_stored(
 
     assert result.outcome == "succeeded", result.error
     assert result.quarantined == 1
+    assert (result.inserted, result.updated) == (8, 0)  # the page's others, merged one by one
     assert_matches_upstream(await stored_runs(db, "raker"), raker.list_items("proj_a"))
     async with db.pool.acquire() as conn:
         (reason,) = await conn.fetch("SELECT reason FROM runsync.quarantine")
     assert reason["reason"].startswith(f"run {huge[:40]}: the database refused it: ")
-    # The next pass is not held up either: a new run is stored.
+    # The next pass is not held up either: a new run is stored, and a changed one beside it.
     (new,) = raker.add_runs("proj_a", 1, status="completed")
+    raker.set_status("proj_a", runs[1]["id"], "failed")
     (result,) = await passes(settings)
     assert result.outcome == "succeeded" and new["id"] in await stored_runs(db, "raker")
+    assert (result.inserted, result.updated, result.quarantined) == (1, 1, 1)
+    assert (await stored_runs(db, "raker"))[runs[1]["id"]]["status"] == "failed"
 
 
 async def test_an_answer_over_the_size_cap_is_asked_for_again_in_smaller_pages(
