@@ -128,13 +128,13 @@ async def test_429_retry_after_carries_the_header(route: str, retry_after: float
 
 
 async def test_stall_outlasts_a_short_client_timeout() -> None:
-    faults = Faults(1.0, ("stall",), stall_seconds=1.0)
+    # The stall is a hundred times the timeout: a TimeoutError at all means the client gave up
+    # first (after the stall, the answer would be a plain 200). Stopping cuts the stall short.
+    faults = Faults(1.0, ("stall",), stall_seconds=30.0)
     async with simulated(faults, client_timeout=0.3) as (_, http):
-        started = time.monotonic()
         with pytest.raises(TimeoutError):
             async with http.get(RAKER_LIST) as response:
                 await response.read()
-        assert time.monotonic() - started < 0.9
     assert faults.injected == {"stall": 1}
 
 
@@ -156,10 +156,9 @@ async def test_stopping_cuts_a_stall_short() -> None:
         pending = asyncio.create_task(outcome(http, RAKER_LIST))
         await asyncio.sleep(0.2)
         assert faults.injected == {"stall": 1}
-        started = time.monotonic()
-        await sim.stop()
-        assert time.monotonic() - started < 2
-        await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), 2)
+        # Within half the stall, however loaded the machine: the stall did not run its course.
+        await asyncio.wait_for(sim.stop(), 30)
+        await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), 30)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -358,11 +357,11 @@ async def test_latency_delays_upstream_answers(route: str) -> None:
 
 
 async def test_latency_spares_the_controls() -> None:
-    async with simulated(latency=1.0) as (_, http):
-        started = time.monotonic()
-        async with http.post("/_simulator/apify/runs") as response:
+    # A minute's latency that the control does not wait for (a delayed answer would time out).
+    async with simulated(latency=60.0) as (_, http):
+        answer = asyncio.wait_for(http.post("/_simulator/apify/runs"), 30)
+        async with await answer as response:
             assert response.status == 201
-        assert time.monotonic() - started < 0.8
 
 
 @pytest.mark.parametrize(
