@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -61,6 +62,15 @@ async def test_concurrent_passes_of_one_source_run_once(world, sim, db, apify_se
     assert outcomes.count("succeeded") >= 1
     assert set(outcomes) <= {"succeeded", "skipped"}
     assert len(await stored_runs(db)) == 40
+    # Upserts would make the rows right without any lock: the pass records show the lock held,
+    # one pass after the other, never two at once.
+    async with db.pool.acquire() as conn:
+        records = await conn.fetch(
+            "SELECT started_at, finished_at FROM runsync.passes ORDER BY started_at"
+        )
+    assert len(records) == outcomes.count("succeeded")
+    for earlier, later in itertools.pairwise(records):
+        assert later["started_at"] >= earlier["finished_at"]
 
 
 def observation(status: str, at: datetime, **fields) -> Run:
