@@ -18,7 +18,7 @@ import structlog
 
 from worker import backfill, http, refresh, store
 from worker.model import Checkpoint
-from worker.sources import PageError, Paginator, Source
+from worker.sources import PageError, Source
 from worker.sources.common import isoformat
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
@@ -253,21 +253,7 @@ async def _backfill(runtime, db, lease, result, since, until, restart, stop, pro
         return
     paginator = runtime.source.backfill(resume, since, until, walk)
     done = Checkpoint(None, {**walk, "done": True, "pass_id": result.pass_id})
-    await _list(runtime, lease, result, paginator, stop, progress, done_checkpoint=done)
-
-
-async def _list(
-    runtime,
-    lease,
-    result,
-    paginator: Paginator,
-    stop,
-    progress,
-    *,
-    done_checkpoint=None,
-    observe=None,
-) -> None:
     await walk_pages(
-        runtime, lease, result, paginator, checkpointed=True, done_checkpoint=done_checkpoint,
-        stop=stop, progress=progress, observe=observe,
+        runtime, lease, result, paginator, checkpointed=True, done_checkpoint=done,
+        stop=stop, progress=progress,
     )  # fmt: skip
