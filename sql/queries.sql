@@ -169,6 +169,10 @@ WHERE source = $1
 UPDATE runsync.runs SET gone_at = now(), updated_at = now()
 WHERE source = $1 AND part = coalesce($2, '') AND run_id = ANY($3::text[]) AND gone_at IS NULL;
 
+-- database_now --
+-- The database's clock: ages and lookbacks are measured on it.
+SELECT now();
+
 -- stream_due --
 -- Whether a periodic stream ($2, e.g. the reconcile sweep) is due: its last success started $4
 -- ago or more; before any, the first pass of stream $3 stands for it. One clock: the database's.

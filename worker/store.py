@@ -238,7 +238,7 @@ class Lease:
         )
 
     async def database_now(self) -> datetime:
-        return await self.conn.fetchval("SELECT now()")
+        return await self.conn.fetchval(self.q["database_now"])
 
     async def last_pass_age(self) -> timedelta | None:
         """How long ago the stream's newest pass started, measured by the database's clock."""
@@ -346,7 +346,10 @@ class Lease:
                         refused.append(Rejected(reason, run.raw, run.run_id, run.project))
                         continue
                     inserted, updated = inserted + one[0], updated + one[1]
-                log.warning("runs refused by the database", count=len(refused), reason=reason)
+                if refused:
+                    log.warning(
+                        "runs refused by the database", count=len(refused), reason=refused[0].reason
+                    )
                 rejected = [*rejected, *refused]
                 refused_ids = {r.run_id for r in refused}
         stored = [run for run in unique if run.run_id not in refused_ids]
