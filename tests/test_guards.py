@@ -79,12 +79,7 @@ async def test_a_page_garbled_on_the_way_is_read_again_and_nothing_is_quarantine
 
 
 async def test_a_single_run_garbled_on_the_way_is_read_again(world, sim, db, apify_settings):
-    (run,) = world.add_runs(1, status="RUNNING", started_at=NOW - timedelta(hours=1))
-    world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(minutes=30))  # the newest
-    settings = apify_settings()
-    await one_pass(settings)
-    world.set_status(run["id"], "SUCCEEDED")
-    world.settle_all()
+    run, settings = await open_run_finished(world, sim, db, apify_settings)
     sim.faults = FaultOn(f"/v2/actor-runs/{run['id']}?", "wrong-types", times=1)
 
     await one_pass(settings)
