@@ -67,7 +67,8 @@ class SourceConfig:
     actor: str | None = None
     task: str | None = None
     page_size: int = 1000
-    max_requests_per_second: float = 20.0
+    # A cap of this source's own, under the upstream's limits (None: the limits alone pace it).
+    max_requests_per_second: float | None = None
     concurrency: int = 8
     timeout: timedelta = timedelta(seconds=30)
     max_retries: int = 6
@@ -299,8 +300,10 @@ class _Reader:
             actor=actor,
             task=task,
             page_size=self.bounded(table, "page_size", where, 1000, 1, 1000),
-            max_requests_per_second=self.bounded(
-                table, "max_requests_per_second", where, 20.0, 0.1, 1000.0, float
+            max_requests_per_second=(
+                None
+                if table.get("max_requests_per_second") is None
+                else self.bounded(table, "max_requests_per_second", where, None, 0.1, 1000.0, float)
             ),
             concurrency=self.bounded(table, "concurrency", where, 8, 1, 64),
             timeout=self.duration(table, "timeout", where, "30s"),

@@ -1,4 +1,5 @@
-"""One aiohttp session per upstream: auth, timeouts, a request rate cap, retries with backoff."""
+"""One aiohttp session per source: auth, timeouts, request pacing (ratelimit.py), retries with
+backoff."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from worker import __version__, jsontext
+from worker import __version__, jsontext, ratelimit
 
 log = structlog.get_logger("runsync.http")
 
@@ -86,7 +87,7 @@ class _Unobserved:
 
 
 class RateLimiter:
-    """Spaces request starts at most `rate` per second."""
+    """Spaces request starts at most `rate` per second: a source's own cap, fixed."""
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
@@ -111,7 +112,8 @@ class Client:
         token: str,
         *,
         name: str,
-        rate: float = 20.0,
+        limits: ratelimit.Limits | None = None,
+        rate: float | None = None,
         concurrency: int = 8,
         timeout: float = 30.0,
         backoff: Backoff | None = None,
@@ -123,7 +125,10 @@ class Client:
         self.observer: Observer = observer or _Unobserved()  # the daemon sets its metrics here
         self.backoff = backoff or Backoff()
         self.max_response_bytes = max_response_bytes
-        self._limiter = RateLimiter(rate)
+        # The upstream's limits, shared with the other sources on this token; and this source's
+        # own cap (max_requests_per_second), when it has one.
+        self.limits = limits or ratelimit.Limits(ratelimit.Published(), name)
+        self._cap = RateLimiter(rate) if rate else None
         self._slots = asyncio.Semaphore(concurrency)
         self._session = aiohttp.ClientSession(
             headers={
@@ -177,8 +182,10 @@ class Client:
         raise AssertionError("unreachable")
 
     async def _attempt(self, path: str, params: Mapping[str, str] | None) -> Response:
-        await self._limiter.wait()
         async with self._slots:
+            await self.limits.acquire(path)
+            if self._cap is not None:
+                await self._cap.wait()
             observed_at = datetime.now(UTC)
             code: str | None = "error"  # until a whole answer has been read
             try:
@@ -187,6 +194,7 @@ class Client:
                     status = response.status
                     code = str(status)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
+                    self.limits.answered(path, status, self._stated(response))
             except TimeoutError:
                 code = "timeout"
                 raise _Transient("timed out") from None
@@ -216,6 +224,10 @@ class Client:
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         except RecursionError:
             raise _Transient(f"HTTP {status} with JSON nested too deeply to read") from None
+
+    def _stated(self, response: aiohttp.ClientResponse) -> str | None:
+        header = self.limits.published.header
+        return response.headers.get(header) if header else None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         declared = response.content_length

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker import database, http, sources, store
+from worker import database, http, ratelimit, sources, store
 from worker.config import Settings, redact_url
 from worker.walk import SourceRuntime
 
@@ -31,13 +31,18 @@ class Runtime:
         return only
 
 
-def client_for(config) -> http.Client:
+def client_for(config, registry: ratelimit.Registry | None = None) -> http.Client:
+    """The source's client, paced by its token's limits (shared through `registry`)."""
+    token = config.token.reveal()
+    registry = registry or ratelimit.Registry()
     return http.Client(
         config.base_url,
-        config.token.reveal(),
+        token,
         name=config.name,
+        limits=registry.limits(config.kind, config.base_url, token, sources.limits(config)),
         rate=config.max_requests_per_second,
-        concurrency=config.concurrency,
+        # A backfill's windows each fetch their next page while they write one.
+        concurrency=2 * config.concurrency,
         timeout=config.timeout.total_seconds(),
         backoff=http.Backoff(retries=config.max_retries),
         max_response_bytes=config.max_response_mb * 1024 * 1024,
@@ -74,8 +79,9 @@ async def open_runtime(
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(open_store(settings))
         streams = {}
+        registry = ratelimit.Registry()  # the sources on one token share its limits
         for config in configs:
-            client = await stack.enter_async_context(client_for(config))
+            client = await stack.enter_async_context(client_for(config, registry))
             streams[config.name] = [
                 SourceRuntime(config, source, client) for source in sources.build(config)
             ]

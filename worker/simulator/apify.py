@@ -338,6 +338,9 @@ class ApifyWorld:
         self._settle_ms = round(settle_seconds * 1000)
         self.omit_share = _share(omit_share, "omit_share")
         self.rate_limiter = RateLimiter(rate_limit, rate_clock)
+        # Whether answers state the limit in X-RateLimit-Limit, as Apify's do; off, a client can
+        # learn it only from its 429s.
+        self.stamp_rate_limit = True
         self.live_auth_error = live_auth_error
         self.detail_meta = detail_meta
         self.forbidden: set[str] = set(forbidden)
@@ -964,7 +967,7 @@ class ApifyEndpoints:
     def stamp(self, response: web.StreamResponse) -> None:
         """Adds X-RateLimit-Limit, which every answer of the real API carries."""
         limit = self.world.rate_limiter.limit
-        if limit is not None:
+        if limit is not None and self.world.stamp_rate_limit:
             response.headers["X-RateLimit-Limit"] = str(limit)
 
     def _forbidden(self, *refs: str | None) -> bool:

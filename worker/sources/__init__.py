@@ -7,10 +7,11 @@ I/O: they say which request comes next and read the parsed answer; sync.py owns 
 from __future__ import annotations
 
 from worker.config import SourceConfig
+from worker.ratelimit import Published
 from worker.sources import apify, rakerone
 from worker.sources.common import PageError, Paginator, Source
 
-__all__ = ["PageError", "Paginator", "Source", "build"]
+__all__ = ["PageError", "Paginator", "Source", "build", "limits"]
 
 
 def build(config: SourceConfig) -> list[Source]:
@@ -20,3 +21,8 @@ def build(config: SourceConfig) -> list[Source]:
     if config.kind == "rakerone":
         return [rakerone.RakerOneSource(config, project) for project in config.projects]
     raise ValueError(f"no source for kind {config.kind!r}")
+
+
+def limits(config: SourceConfig) -> Published:
+    """The upstream's published request limits."""
+    return {"apify": apify.LIMITS, "rakerone": rakerone.LIMITS}[config.kind]

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.ratelimit import Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
     ItemError,
@@ -37,6 +38,18 @@ TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
 OPEN_STATUSES = ("READY", "RUNNING", "TIMING-OUT", "ABORTING")
 # Apify: usage and cost of a just-finished run can be preliminary for about ten seconds.
 SETTLE = timedelta(seconds=15)
+
+
+def _resource(path: str) -> str | None:
+    """A list of runs is one resource; each single run is its own, read once a pass at most."""
+    return None if path.startswith("/v2/actor-runs/") else path
+
+
+# Apify's published limits: 60 requests a second per resource (stated in X-RateLimit-Limit on
+# every answer), 250,000 a minute per user over all resources.
+LIMITS = Published(
+    per_resource=60.0, per_token=250_000 / 60, header="X-RateLimit-Limit", resource=_resource
+)
 
 
 class ApifySource:

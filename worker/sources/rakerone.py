@@ -16,6 +16,7 @@ from urllib.parse import quote
 from worker import jsontext
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.ratelimit import Published
 from worker.sources.common import (
     ItemError,
     PageError,
@@ -34,6 +35,10 @@ from worker.sources.common import (
 
 MAX_RESTARTS = 3  # refused cursors in one walk before the pass gives up
 REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the history's size
+
+# RakerOne publishes no limit: a conservative pace over all of a token's requests, which halves on
+# a 429 and climbs back as for any upstream.
+LIMITS = Published(per_token=20.0)
 
 
 class RakerOneSource:
