@@ -34,6 +34,16 @@ SELECT pg_advisory_unlock(hashtextextended('runsync:source:' || $1 || ':' || $2,
 -- Where a stream of a source stands.
 SELECT watermark, cursor FROM runsync.checkpoints WHERE source = $1 AND stream = $2;
 
+-- needs_first_copy --
+-- Whether an incremental stream has no checkpoint, and no finished backfill of all of history
+-- (range [null, null]) can stand in for one.
+SELECT NOT EXISTS (SELECT 1 FROM runsync.checkpoints WHERE source = $1 AND stream = $2)
+   AND NOT EXISTS (
+       SELECT 1 FROM runsync.checkpoints
+        WHERE source = $1 AND stream = $3 AND watermark IS NOT NULL
+          AND coalesce((cursor ->> 'done')::boolean, false)
+          AND cursor -> 'range' = '[null, null]'::jsonb);
+
 -- save_checkpoint --
 -- Moves a stream's checkpoint; runs in the same transaction as the page it follows.
 INSERT INTO runsync.checkpoints AS c (source, stream, watermark, cursor)

@@ -42,11 +42,14 @@ async def test_sync_then_status(world, sim, db, database_url, tmp_path):
     code, _, err = await runsync(database_url, "--config", path, "sync")
 
     assert code == 0, err
-    # runs: the 124 of the list walk, then the 4 open ones again in the list of open runs
     assert_matches_upstream(await stored_runs(db), world.list_items())
     lines = log_lines(err)
-    finished = [line for line in lines if line["event"] == "pass succeeded"]
-    assert finished and finished[0]["source"] == "apify" and finished[0]["runs"] == 128
+    finished = {line["stream"]: line for line in lines if line["event"] == "pass succeeded"}
+    # The first sync copies the history (a backfill of it all), then goes on incrementally from
+    # the copy's end: the newest runs, and the 4 open ones again in the list of open runs.
+    assert list(finished) == ["backfill", "incremental"]
+    assert finished["backfill"]["source"] == "apify" and finished["backfill"]["runs"] == 124
+    assert finished["incremental"]["written"] == 0
     assert all("pass_id" in line for line in lines if line["logger"] == "runsync.sync")
     assert TOKEN not in err
 

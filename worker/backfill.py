@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import datetime, timedelta
 
 import structlog
@@ -22,6 +23,7 @@ from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, w
 
 log = structlog.get_logger("runsync.backfill")
 
+PROGRESS_EVERY = 10.0  # seconds between the log lines that say how far a backfill is
 MIN_WINDOW_PAGES = 4  # a window shorter than this is not worth its probe
 RESOLUTION = timedelta(milliseconds=1)  # the upstream's start times have whole milliseconds
 
@@ -72,31 +74,45 @@ async def run(
     until: datetime | None,
 ) -> None:
     windows = (saved.cursor or {}).get("windows") if saved else None
+    planned = (saved.cursor or {}).get("total") if windows is not None else None
     if windows is None:
         await lease.forget_windows()  # an earlier plan's windows must not count for this one
-        windows, total = await plan(runtime, since, until)
-        await lease.save_checkpoint(Checkpoint(None, {**walk, "windows": windows, "total": total}))
+        windows, planned = await plan(runtime, since, until)
+        await lease.save_checkpoint(
+            Checkpoint(None, {**walk, "windows": windows, "total": planned})
+        )
         if progress is not None:
-            progress(Page([], [], Checkpoint(), 0, total), store.Written())
+            progress(Page([], [], Checkpoint(), 0, planned), store.Written())
+
+    reached: dict[int, datetime | None] = {}  # how far each finished window read
+    read, logged = 0, time.monotonic()
 
     def window_progress(page: Page, written: store.Written) -> None:
+        nonlocal read, logged
         if progress is not None:  # a window's total is not the backfill's
             progress(dataclasses.replace(page, total=None), written)
+        read += page.items
+        if time.monotonic() - logged >= PROGRESS_EVERY:  # for a daemon's log, or a pipe's
+            logged = time.monotonic()
+            log.info("backfill progress", runs_read=read, runs_planned=planned,
+                     windows_done=len(reached), windows=len(windows))  # fmt: skip
 
     async def walk_window(index: int, start: str, end: str | None) -> None:
         async with db.writer(runtime.name, f"{lease.stream}#{index}", result.pass_id) as writer:
             resume = await writer.checkpoint()
             if resume is not None and resume.cursor.get("done"):
+                reached[index] = resume.watermark
                 return
             place = {**walk, "window": index}
             paginator = runtime.source.window(
                 resume, start and parse_time(start, "start"), end and parse_time(end, "end"), place
             )
-            await walk_pages(
+            if await walk_pages(
                 runtime, writer, result, paginator, checkpointed=True,
                 done_checkpoint=Checkpoint(None, {**place, "done": True}),
                 stop=stop, progress=window_progress,
-            )  # fmt: skip
+            ):  # fmt: skip
+                reached[index] = paginator.checkpoint.watermark
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -105,7 +121,10 @@ async def run(
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from None  # the other windows were cancelled with it
     if not stopping(stop):
+        # The last window is open-ended when the range is: how far it read is how far the whole
+        # backfill did, runs that started while it ran included.
+        end = reached.get(len(windows) - 1) if windows else None
         await lease.save_checkpoint(
-            Checkpoint(None, {**walk, "windows": windows, "done": True, "pass_id": result.pass_id})
+            Checkpoint(end, {**walk, "windows": windows, "done": True, "pass_id": result.pass_id})
         )
         await lease.forget_windows()

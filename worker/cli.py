@@ -129,7 +129,20 @@ def _run(settings, _args) -> int:
 def _sync(settings, args) -> int:
     for name in args.sources:
         settings.source(name)  # an unknown name is a usage error before any work
-    results = asyncio.run(scheduler.run_once(settings, args.sources))
+    with console.PassProgress() as bars:
+        if bars.live:  # the bars and a line per pass below them, rather than every log line
+            observability.configure(level=getattr(args, "log_level", "WARNING"))
+        results = asyncio.run(
+            scheduler.run_once(settings, args.sources, progress_for=bars.bar if bars.live else None)
+        )
+    if bars.live:
+        for result in results:
+            line = (f"{result.stream} pass of {result.label} {result.outcome}: {result.items:,} "
+                    f"runs read, {result.written:,} written")  # fmt: skip
+            if result.outcome == "failed":
+                console.error(f"{line}; {result.error}")
+            else:
+                print(line)
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
@@ -137,14 +150,15 @@ def _backfill(settings, args) -> int:
     settings.source(args.source)
     if args.since and args.until and args.since > args.until:
         raise config.ConfigError("--since is after --until")
-    with console.BackfillProgress(args.source) as progress:
-        if progress.live:
+    with console.PassProgress() as bars:
+        if bars.live:
             observability.configure(level=getattr(args, "log_level", "WARNING"))
         results = asyncio.run(
             scheduler.run_backfill(
-                settings, args.source, args.since, args.until, progress, restart=args.restart
+                settings, args.source, args.since, args.until, bars.bar(f"backfill {args.source}"),
+                restart=args.restart,
             )
-        )
+        )  # fmt: skip
     for result in results:
         if result.note:
             print(f"backfill of {result.label}: {result.note}")

@@ -1,10 +1,11 @@
-"""What people read on a terminal: the status table and the backfill progress bar (rich)."""
+"""What people read on a terminal: the status table and the progress bars of passes (rich)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -205,12 +207,13 @@ def print_status(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         Console().print(status_table(records))
 
 
-class BackfillProgress:
-    """A progress bar fed by the pass's page callback; the first page's total sets its length."""
+class PassProgress:
+    """Progress bars fed by passes' page callbacks, one per stream that reads pages; the first
+    page's total sets a bar's length. Shown only on a terminal."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self) -> None:
         self._console = Console(stderr=True)
-        self._bar = Progress(
+        self._bars = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -221,31 +224,38 @@ class BackfillProgress:
             console=self._console,
             transient=False,
         )
-        self._task = self._bar.add_task(f"backfill {source}", total=None, reached="-")
-        self._reached: datetime | None = None
 
     @property
     def live(self) -> bool:
         return self._console.is_terminal
 
-    def __enter__(self) -> BackfillProgress:
-        self._bar.start()
+    def __enter__(self) -> PassProgress:
+        self._bars.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._bar.stop()
+        self._bars.stop()
 
-    def __call__(self, page: Page, _written: object) -> None:
-        task = self._bar.tasks[0]
-        if task.total is None and page.total is not None:
-            self._bar.update(self._task, total=page.total)
-        # An oldest-first walk reaches ever newer runs, a newest-first walk ever older ones.
-        if page.newest and (self._reached is None or page.newest > self._reached):
-            self._reached = page.newest
-        elif page.oldest:
-            self._reached = page.oldest
-        reached = self._reached.strftime("%Y-%m-%d %H:%M") if self._reached else "-"
-        self._bar.update(self._task, advance=page.items, reached=reached)
+    def bar(self, description: str) -> Callable[[Page, object], None]:
+        """The page callback of one bar, which appears with its first page."""
+        task: TaskID | None = None
+        reached: datetime | None = None
+
+        def advance(page: Page, _written: object) -> None:
+            nonlocal task, reached
+            if task is None:
+                task = self._bars.add_task(description, total=None, reached="-")
+            if self._bars.tasks[task].total is None and page.total is not None:
+                self._bars.update(task, total=page.total)
+            # An oldest-first walk reaches ever newer runs, a newest-first walk ever older ones.
+            if page.newest and (reached is None or page.newest > reached):
+                reached = page.newest
+            elif page.oldest:
+                reached = page.oldest
+            when = reached.strftime("%Y-%m-%d %H:%M") if reached else "-"
+            self._bars.update(task, advance=page.items, reached=when)
+
+        return advance
 
 
 def error(message: str) -> None:

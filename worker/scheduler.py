@@ -246,13 +246,21 @@ async def _drain(running: set[asyncio.Task], seconds: float) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def run_once(settings: Settings, names: Sequence[str]) -> list[sync.PassResult]:
-    """One incremental pass of each named source, side by side."""
+async def run_once(
+    settings: Settings,
+    names: Sequence[str],
+    *,
+    progress_for: Callable[[str], sync.ProgressCallback] | None = None,
+) -> list[sync.PassResult]:
+    """One incremental pass of each named source, side by side. `progress_for` gives the page
+    callback of a stream (by its label), for a progress bar."""
     stop = asyncio.Event()
     with _stop_on_signals(stop, True):
         async with runtime.open_runtime(settings, names or None) as rt:
             streams = [stream for streams in rt.streams.values() for stream in streams]
-            return await _side_by_side(streams, rt.store, stop=stop, reconcile=True)
+            return await _side_by_side(
+                streams, rt.store, stop=stop, reconcile=True, progress_for=progress_for
+            )
 
 
 async def run_backfill(
@@ -275,10 +283,17 @@ async def run_backfill(
 
 
 async def _side_by_side(
-    streams, db, *, reconcile: bool = False, **options
+    streams, db, *, reconcile: bool = False, progress_for=None, **options
 ) -> list[sync.PassResult]:
     """A pass of each stream, side by side; then, with `reconcile`, the sweeps that are due."""
-    results = list(await asyncio.gather(*(sync.run_pass(s, db, **options) for s in streams)))
+
+    def one(stream):
+        if progress_for is not None:
+            label = sync.PassResult(stream.name, stream.stream(sync.INCREMENTAL)).label
+            return sync.run_pass(stream, db, progress=progress_for(label), **options)
+        return sync.run_pass(stream, db, **options)
+
+    results = list(await asyncio.gather(*(one(s) for s in streams)))
     if reconcile:
         stop, metrics = options.get("stop"), options.get("metrics")
         sweeps = await asyncio.gather(

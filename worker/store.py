@@ -103,6 +103,12 @@ class Store:
                 except DatabaseError:
                     conn.terminate()  # the lock goes with the session
 
+    async def needs_first_copy(self, source: str, incremental: str, backfill: str) -> bool:
+        """Whether an incremental stream has never run and no finished backfill of the whole
+        history stands in for it (see sync.covers)."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(self.q["needs_first_copy"], source, incremental, backfill)
+
     async def ping(self) -> None:
         """Raises when the database cannot answer."""
         async with self.pool.acquire(timeout=5) as conn:
@@ -252,8 +258,11 @@ class Lease:
     async def finish_pass(self, pass_id: int, outcome: str, error: str | None = None) -> None:
         await self.conn.execute(self.q["finish_pass"], pass_id, outcome, error)
 
-    async def checkpoint(self) -> Checkpoint | None:
-        row = await self.conn.fetchrow(self.q["load_checkpoint"], self.source, self.stream)
+    async def checkpoint(self, stream: str | None = None) -> Checkpoint | None:
+        """Where this stream stands; or, to read only, another stream of the source."""
+        row = await self.conn.fetchrow(
+            self.q["load_checkpoint"], self.source, stream or self.stream
+        )
         return Checkpoint(row["watermark"], row["cursor"]) if row else None
 
     async def save_page(

@@ -19,7 +19,7 @@ import structlog
 from worker import backfill, http, refresh, store
 from worker.model import Checkpoint
 from worker.sources import PageError, Source
-from worker.sources.common import isoformat
+from worker.sources.common import isoformat, parse_time
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
 if TYPE_CHECKING:
@@ -58,11 +58,19 @@ async def run_pass(
 ) -> PassResult:
     """One pass; never raises for upstream or database trouble: the result says what happened.
 
+    A new stream's first incremental pass copies the history first, as a backfill in windows
+    (where the upstream's list can be cut into them); the pass then goes on from where the copy
+    ended. `progress` hears that copy's pages too.
+
     `not_within`: skip the pass if any replica started one of this stream more recently than it
     says (on the worker's clock; the pass's age is measured on the database's), so replicas on
     one schedule run each stream once per tick between them.
     `metrics`: where the daemon counts the pass, and the stream's figures read after it.
     """
+    if stream == INCREMENTAL and runtime.source.windowed:
+        copied = await _first_copy(runtime, db, stop, progress, metrics)
+        if copied is not None:
+            return copied
     result = await _pass(runtime, db, stream, since, until, stop, progress, not_within, restart)
     if metrics is not None:
         metrics.pass_finished(result)
@@ -90,6 +98,38 @@ async def reconcile_if_due(
     except store.DatabaseError:
         return None  # the incremental pass reports the database's trouble
     return await run_pass(runtime, db, stream=RECONCILE, stop=stop, metrics=metrics)
+
+
+async def _first_copy(
+    runtime: SourceRuntime,
+    db: store.Store,
+    stop: asyncio.Event | None,
+    progress: ProgressCallback | None,
+    metrics: Metrics | None,
+) -> PassResult | None:
+    """The history copied by a backfill of all of it, when the incremental stream has never run
+    and no finished backfill covers it; None when the incremental pass may go on. A copy killed
+    midway resumes its windows on the next pass. Otherwise the incremental pass's result: skipped
+    while another process copies, or the copy's failure."""
+    try:
+        needed = await db.needs_first_copy(
+            runtime.name, runtime.stream(INCREMENTAL), runtime.stream(BACKFILL)
+        )
+    except store.DatabaseError:
+        return None  # the incremental pass reports the database's trouble
+    if not needed:
+        return None
+    with structlog.contextvars.bound_contextvars(first_copy=True):  # on each of its log lines
+        copy = await run_pass(
+            runtime, db, stream=BACKFILL, stop=stop, progress=progress, metrics=metrics
+        )
+    if copy.outcome == "succeeded" and not stopping(stop):
+        return None
+    result = PassResult(runtime.name, runtime.stream(INCREMENTAL), outcome=copy.outcome)
+    if copy.outcome == "skipped":
+        return _skipped(result, "another process is copying the history (its backfill)")
+    result.error = copy.error and f"the first copy (backfill pass {copy.pass_id}): {copy.error}"
+    return result
 
 
 async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
@@ -194,6 +234,10 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
     still fails, with the walk's error, and the next one tries again from the checkpoint."""
     source: Source = runtime.source
     checkpoint = await lease.checkpoint() or Checkpoint()
+    copied = await lease.checkpoint(runtime.stream(BACKFILL))
+    if covers(copied, checkpoint):
+        log.info("going on from the end of the finished backfill", watermark=copied.watermark)
+        checkpoint = Checkpoint(copied.watermark)
     # Which runs were open must be known before the list walk crosses any of them off.
     pending = refresh.Pending(await lease.open_snapshot(source.partition, started_at))
     failures: list[Exception] = []
@@ -219,6 +263,23 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
             failures.append(error)
     if failures:
         raise failures[0]
+
+
+def covers(copied: Checkpoint | None, checkpoint: Checkpoint) -> bool:
+    """Whether a backfill (its checkpoint `copied`) read every run the incremental stream at
+    `checkpoint` has yet to: it finished, its range reaches the present, it began at or before
+    the stream's watermark (the beginning of history, for a stream that never ran), and it
+    ended past that watermark."""
+    if copied is None or copied.watermark is None or not (copied.cursor or {}).get("done"):
+        return False
+    since, until = copied.cursor.get("range") or [None, None]
+    if until is not None:
+        return False
+    if checkpoint.watermark is None:
+        return since is None and not checkpoint.cursor
+    return (since is None or parse_time(since, "since") <= checkpoint.watermark) and (
+        copied.watermark > checkpoint.watermark
+    )
 
 
 async def _reconcile(runtime, lease, result, stop) -> None:

@@ -132,7 +132,9 @@ async def walk_pages(
             if not checkpointed:
                 checkpoint = store.KEEP
             elif following is None and done_checkpoint is not None:
-                checkpoint = done_checkpoint  # a finished backfill says so, for the range it walked
+                # A finished backfill says so, for the range it walked, and how far it read: an
+                # incremental stream may go on from there (sync.covers).
+                checkpoint = Checkpoint(page.checkpoint.watermark, done_checkpoint.cursor)
             else:
                 checkpoint = page.checkpoint
             refreshed = 0 if checkpointed else page.items
