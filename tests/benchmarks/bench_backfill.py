@@ -129,8 +129,10 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> dict[str, fl
     )
     if done.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    seconds, kilobytes, user, system = done.stderr.strip().splitlines()[-1].split()
+    *output, last = done.stderr.strip().splitlines()
+    seconds, kilobytes, user, system = last.split()
     return {
+        "stderr": "\n".join(output),
         "seconds": float(seconds),
         "peak_mb": int(kilobytes) / 1024,
         "cpu_s": float(user) + float(system),
@@ -138,8 +140,26 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> dict[str, fl
     }
 
 
-def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> dict[str, float]:
-    url = asyncio.run(fresh_database(server, "bench_runsync"))
+def simulator_counts(base_url: str) -> tuple[dict[str, int], int]:
+    """The simulator's requests so far by endpoint, and its 429s."""
+    from urllib.request import Request, urlopen
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with urlopen(Request(f"{base_url}/_simulator/requests", headers=headers)) as answer:
+        body = json.load(answer)
+    return body["requests"], body["rate_limited"]
+
+
+def slowdowns(stderr: str) -> list[float]:
+    """The rates runsync's limiter settled at after each 429 it met (its warning lines)."""
+    lines = (json.loads(x) for x in stderr.splitlines() if x.startswith("{"))
+    return [x["settling_at"] for x in lines if x.get("event") == "rate limited; slowing down"]
+
+
+def bench_runsync(server: str, base_url: str, runs: int, work: Path, first: bool) -> dict:
+    """runsync with default settings: its first `sync` on an empty database (first=True), or
+    `runsync backfill` followed by the `sync` a daemon would run next."""
+    url = asyncio.run(fresh_database(server, "bench_first" if first else "bench_runsync"))
     config = work / "runsync.toml"
     config.write_text(
         textwrap.dedent(f"""
@@ -148,24 +168,36 @@ def bench_runsync(server: str, base_url: str, runs: int, work: Path) -> dict[str
             kind = "apify"
             token_env = "BENCH_TOKEN"
             base_url = "{base_url}"
-            page_size = 1000
-            concurrency = 8
-            max_requests_per_second = 60   # Apify's documented limit per resource
         """)
     )
     runsync = [sys.executable, "-m", "worker", "--config", str(config), "--database-url", url]
     env = {**os.environ, "BENCH_TOKEN": TOKEN}
     subprocess.run([*runsync, "migrate"], check=True, capture_output=True, env=env)
-    figures = timed([*runsync, "--log-level", "WARNING", "backfill", "apify"], env)
+    _, refused = simulator_counts(base_url)
+    command = ["sync"] if first else ["backfill", "apify"]
+    figures = timed([*runsync, "--log-level", "WARNING", *command], env)
+    requests, refused_after = simulator_counts(base_url)
+    figures["rate_limited"] = refused_after - refused
+    figures["settled_at"] = slowdowns(figures.pop("stderr"))
     stored = asyncio.run(count(url, "runsync.runs"))
     assert stored == runs, f"runsync stored {stored} runs of {runs}"
-    # Then the daemon's case: incremental passes, the second of which finds nothing new.
-    for _ in range(2):
-        done = subprocess.run([*runsync, "sync"], capture_output=True, text=True, env=env)
-    line = next(json.loads(x) for x in done.stderr.splitlines() if '"pass succeeded"' in x)
-    print(f"  runsync  incremental pass with nothing new: {line['pages']} list requests "
-          f"({line['refreshed']} open runs seen again), {line['duration_ms']} ms, "
-          f"{line['cpu_ms']} ms of runsync's own CPU", flush=True)  # fmt: skip
+    if first:
+        return figures
+    # The daemon's next pass, right after the backfill.
+    started = time.perf_counter()
+    done = subprocess.run([*runsync, "sync"], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    after, _ = simulator_counts(base_url)
+    line = next(
+        json.loads(x) for x in done.stderr.splitlines()
+        if '"pass succeeded"' in x and '"incremental"' in x
+    )  # fmt: skip
+    figures["next_sync"] = {
+        "list_requests": after["apify.list_user_runs"] - requests["apify.list_user_runs"],
+        "run_requests": after.get("apify.get_run", 0) - requests.get("apify.get_run", 0),
+        "pass_ms": line["duration_ms"],
+        "process_s": round(seconds, 2),
+    }
     return figures
 
 
@@ -192,6 +224,7 @@ def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> dict[str, fl
         str(work / "dlt"),
     ]
     figures = timed(command)
+    figures.pop("stderr")
     stored = asyncio.run(count(url, "dlt_bench.runs"))
     assert stored == runs, f"dlt stored {stored} runs of {runs}"
     return figures
@@ -274,8 +307,8 @@ def run_benchmark(args: argparse.Namespace, server: str, work: Path) -> list[dic
                     if tool in ("copy", "merge") and latency != args.latency[0]:
                         continue  # these do not touch the upstream: once per size is enough
                     simulator_cpu = process_cpu(simulator.pid)
-                    if tool == "runsync":
-                        figures = bench_runsync(server, base_url, runs, work)
+                    if tool in ("first", "runsync"):
+                        figures = bench_runsync(server, base_url, runs, work, tool == "first")
                     elif tool == "dlt":
                         figures = bench_dlt(server, base_url, runs, work)
                     elif tool == "merge":
@@ -288,6 +321,11 @@ def run_benchmark(args: argparse.Namespace, server: str, work: Path) -> list[dic
                     results.append(row)
                     print(f"  {tool:8s} {runs:>9,} runs {latency:>4g} ms {row['seconds']:7.1f} s "
                           f"{row['runs_per_s']:>9,.0f} runs/s", flush=True)  # fmt: skip
+                    if "rate_limited" in row:
+                        print(f"           429s: {row['rate_limited']}; the limiter settled at "
+                              f"{row['settled_at'] or '-'} requests/s", flush=True)  # fmt: skip
+                    if "next_sync" in row:
+                        print(f"           the sync after it: {row['next_sync']}", flush=True)
                     if "cpu_s" in row:
                         print(cpu_account(row), flush=True)
             finally:
@@ -313,30 +351,43 @@ def cpu_account(row: dict) -> str:
 def report(results: list[dict]) -> str:
     """The figures as a Markdown table: one row per size and latency."""
 
-    def rate(runs: int, latency: float, tool: str) -> float | None:
+    def find(runs: int, latency: float, tool: str) -> dict | None:
         for row in results:
             same_latency = tool in ("copy", "merge") or row["latency_ms"] == latency
             if row["runs"] == runs and row["tool"] == tool and same_latency:
-                return row["runs_per_s"]
+                return row
         return None
 
-    def figure(value: float | None, form: str) -> str:
-        return "-" if value is None else format(value, form) + ("x" if form == ".1f" else "")
+    def rate(row: dict | None) -> str:
+        return "-" if row is None else f"{row['runs_per_s']:,.0f}"
+
+    def ratio(row: dict | None, dlt: dict | None) -> str:
+        if row is None or dlt is None:
+            return "-"
+        return f"{row['runs_per_s'] / dlt['runs_per_s']:.1f}x"
 
     lines = [
-        "| runs | latency | runsync runs/s | dlt runs/s | raw COPY rows/s | runsync's writes alone "
-        "| runsync / dlt | runsync / COPY | runsync peak memory |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| runs | latency | first `sync` runs/s | `backfill` runs/s | dlt runs/s "
+        "| first sync / dlt | backfill / dlt | raw COPY rows/s | runsync's writes alone "
+        "| 429s (first, backfill) | the `sync` after the backfill "
+        "| peak memory (first, backfill) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
-    for row in (r for r in results if r["tool"] == "runsync"):
-        runs, latency, ours = row["runs"], row["latency_ms"], row["runs_per_s"]
-        dlt, copy = rate(runs, latency, "dlt"), rate(runs, latency, "copy")
-        merge = rate(runs, latency, "merge")
+    ours = [r for r in results if r["tool"] in ("first", "runsync")]
+    for runs, latency in sorted({(r["runs"], r["latency_ms"]) for r in ours}):
+        first, backfill = find(runs, latency, "first"), find(runs, latency, "runsync")
+        dlt, copy, merge = (find(runs, latency, t) for t in ("dlt", "copy", "merge"))
+        refused = "/".join(str(r["rate_limited"]) if r else "-" for r in (first, backfill))
+        memory = "/".join(f"{r['peak_mb']:.0f}" if r else "-" for r in (first, backfill))
+        after = "-"
+        if backfill and "next_sync" in backfill:
+            n = backfill["next_sync"]
+            after = (f"{n['list_requests']} list + {n['run_requests']} run requests, "
+                     f"pass {n['pass_ms']} ms")  # fmt: skip
         lines.append(
-            f"| {runs:,} | {latency:g} ms | {ours:,.0f} | {figure(dlt, ',.0f')} "
-            f"| {figure(copy, ',.0f')} | {figure(merge, ',.0f')} "
-            f"| {figure(dlt and ours / dlt, '.1f')} "
-            f"| {figure(copy and ours / copy, '.0%')} | {row['peak_mb']:.0f} MB |"
+            f"| {runs:,} | {latency:g} ms | {rate(first)} | {rate(backfill)} | {rate(dlt)} "
+            f"| {ratio(first, dlt)} | {ratio(backfill, dlt)} | {rate(copy)} | {rate(merge)} "
+            f"| {refused} | {after} | {memory} MB |"
         )
     return "\n".join(lines)
 
@@ -354,9 +405,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--latency", type=float, nargs="+", default=[0, 20], help="milliseconds")
     parser.add_argument(
-        "--tools", type=lambda v: v.split(","), default=["runsync", "dlt", "copy", "merge"]
+        "--latency", type=float, nargs="+", default=[0, 20, 100, 200], help="milliseconds"
+    )
+    parser.add_argument(
+        "--tools",
+        type=lambda v: v.split(","),
+        default=["first", "runsync", "dlt", "copy", "merge"],
+        help="first (runsync's first sync), runsync (backfill, then sync), dlt, copy, merge",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

@@ -106,6 +106,15 @@ class Simulator:
         for upstream in (self._apify, self._rakerone):
             for method, path, handler, name in upstream.routes() if upstream else ():
                 self.app.router.add_route(method, path, handler, name=name)
+        self.app.router.add_get(
+            "/_simulator/requests", self._request_counts, name="control.requests"
+        )
+
+    async def _request_counts(self, _request: web.Request) -> web.Response:
+        """The requests answered so far, by endpoint, and the 429s of Apify's rate limit: what a
+        benchmark in another process reads."""
+        refused = self._apify.world.rate_limiter.refused_total if self._apify else 0
+        return web.json_response({"requests": dict(self.requests), "rate_limited": refused})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listens on host:port (port 0 picks a free one) and returns the base URL."""
