@@ -125,7 +125,9 @@ async def _first_copy(
         )
     if copy.outcome == "succeeded" and not stopping(stop):
         return None
-    result = PassResult(runtime.name, runtime.stream(INCREMENTAL), outcome=copy.outcome)
+    # A copy that succeeded as the stop came: the incremental pass did not run.
+    outcome = "interrupted" if copy.outcome == "succeeded" else copy.outcome
+    result = PassResult(runtime.name, runtime.stream(INCREMENTAL), outcome=outcome)
     if copy.outcome == "skipped":
         return _skipped(result, "another process is copying the history (its backfill)")
     result.error = copy.error and f"the first copy (backfill pass {copy.pass_id}): {copy.error}"
@@ -236,7 +238,9 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
     checkpoint = await lease.checkpoint() or Checkpoint()
     copied = await lease.checkpoint(runtime.stream(BACKFILL))
     if covers(copied, checkpoint):
-        log.info("going on from the end of the finished backfill", watermark=copied.watermark)
+        log.info(
+            "going on from the end of the finished backfill", watermark=isoformat(copied.watermark)
+        )
         checkpoint = Checkpoint(copied.watermark)
     # Which runs were open must be known before the list walk crosses any of them off.
     pending = refresh.Pending(await lease.open_snapshot(source.partition, started_at))
