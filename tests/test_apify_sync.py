@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from helpers import assert_matches_upstream, interrupted_pass, one_pass, stored_runs
+from helpers import (
+    assert_matches_upstream,
+    begin_on_empty_history,
+    interrupted_pass,
+    one_pass,
+    stored_runs,
+)
 
 from worker import runtime, sync
 
@@ -26,9 +32,14 @@ async def test_first_sync_stores_exactly_the_upstreams_runs(world, sim, db, apif
     result = await one_pass(apify_settings(page_size=10))
 
     assert result.outcome == "succeeded", result.error
-    # 95 runs, 10 a page: the short tenth page ends the walk; then the 10 open runs, every one,
-    # whatever its age, in two pages
-    assert result.pages == 12
+    # The first pass copies the history first, as a backfill pass in windows (two here: 47 and 48
+    # runs, 5 pages each, the short fifth page ending each window); then the incremental pass goes
+    # on from the copy's end: one page (the newest run, read again within the overlap), then the
+    # 10 open runs, every one, whatever its age, in two pages.
+    async with db.pool.acquire() as conn:
+        records = await conn.fetch("SELECT stream, pages, items FROM runsync.passes ORDER BY id")
+    assert [tuple(r) for r in records] == [("backfill", 10, 95), ("incremental", 1 + 2, 1)]
+    assert result.pages == 1 + 2
     assert_matches_upstream(await stored_runs(db), world.list_items())
     rows = await stored_runs(db)
     some = world.list_items()[3]
@@ -79,15 +90,20 @@ async def test_pass_with_nothing_new_costs_two_requests_and_writes_nothing(
 
 
 async def test_killed_pass_resumes_without_losing_or_duplicating(world, sim, db, apify_settings):
-    seed_history(world, 100)
     settings = apify_settings(page_size=10)
+    # The history arrives after the stream began, so the pass killed below is an incremental walk
+    # of it (not the first pass's copy: see test_first_copy).
+    await begin_on_empty_history(settings)
+    seed_history(world, 100)
     # Cancelled mid-flight: the fourth page's request or write is under way.
     await interrupted_pass(settings, "apify", after_pages=3)
 
     stored = await stored_runs(db)
     assert 30 <= len(stored) <= 40
     async with db.pool.acquire() as conn:
-        watermark = await conn.fetchval("SELECT watermark FROM runsync.checkpoints")
+        watermark = await conn.fetchval(
+            "SELECT watermark FROM runsync.checkpoints WHERE stream = 'incremental'"
+        )
     # The checkpoint is exactly the newest stored run: never past uncommitted data.
     assert watermark == max(row["started_at"] for row in stored.values())
 
@@ -102,14 +118,19 @@ async def test_killed_pass_resumes_without_losing_or_duplicating(world, sim, db,
 
 
 async def test_page_and_checkpoint_commit_together(world, sim, db, apify_settings):
+    settings = apify_settings(page_size=10)
+    # The history arrives after the stream began: the pass below walks it incrementally, one page
+    # and its checkpoint at a time (not as the first pass's copy).
+    await begin_on_empty_history(settings)
     seed_history(world, 50)
     async with db.pool.acquire() as conn:
-        # The database refuses the third checkpoint update, mid-transaction.
+        # The database refuses the third checkpoint update of the pass in flight, mid-transaction.
         await conn.execute(
             """
             CREATE FUNCTION fail_third() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF (SELECT count(*) FROM runsync.passes WHERE pages >= 2) > 0 THEN
+                IF (SELECT count(*) FROM runsync.passes
+                     WHERE outcome = 'running' AND pages >= 2) > 0 THEN
                     RAISE EXCEPTION 'disk full';
                 END IF;
                 RETURN NEW;
@@ -118,14 +139,18 @@ async def test_page_and_checkpoint_commit_together(world, sim, db, apify_setting
                 FOR EACH ROW EXECUTE FUNCTION fail_third();
             """
         )
-    result = await one_pass(apify_settings(page_size=10))
+    result = await one_pass(settings)
 
     assert result.outcome == "failed" and "disk full" in result.error
     stored = await stored_runs(db)
     assert len(stored) == 20  # the third page's runs rolled back with its checkpoint
     async with db.pool.acquire() as conn:
-        watermark = await conn.fetchval("SELECT watermark FROM runsync.checkpoints")
-        outcome = await conn.fetchval("SELECT outcome FROM runsync.passes")
+        watermark = await conn.fetchval(
+            "SELECT watermark FROM runsync.checkpoints WHERE stream = 'incremental'"
+        )
+        outcome = await conn.fetchval(
+            "SELECT outcome FROM runsync.passes WHERE id = $1", result.pass_id
+        )
     assert watermark == max(row["started_at"] for row in stored.values())
     assert outcome == "failed"
 
@@ -157,7 +182,9 @@ async def test_a_resurrected_run_is_taken_as_it_is(world, sim, db, apify_setting
     assert (await stored_runs(db))[run["id"]]["status"] == "SUCCEEDED"
 
     world.set_status(run["id"], "RUNNING")  # Apify resurrects the run
-    result = await one_pass(settings, stream=sync.BACKFILL)  # a later observation of it
+    # A later observation of it: a backfill of all of history, walked again (--restart), since the
+    # first pass's copy already finished one and left its mark.
+    result = await one_pass(settings, stream=sync.BACKFILL, restart=True)
 
     assert result.outcome == "succeeded"
     row = (await stored_runs(db))[run["id"]]

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from helpers import FaultOn, assert_matches_upstream, one_pass, stored_runs
+from helpers import (
+    FaultOn,
+    assert_matches_upstream,
+    begin_on_empty_history,
+    one_pass,
+    stored_runs,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -33,6 +39,10 @@ async def test_a_run_that_shows_up_late_inside_the_overlap_is_read(world, sim, d
 async def test_a_page_whose_runs_cannot_be_written_leaves_the_checkpoint_where_it_was(
     world, sim, db, apify_settings
 ):
+    settings = apify_settings(page_size=5)
+    # The runs arrive after the stream began: the pass below walks them incrementally, page by
+    # page with its checkpoint (not as the first pass's copy).
+    await begin_on_empty_history(settings)
     runs = [
         world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))[0]
         for i in range(12)
@@ -49,13 +59,14 @@ async def test_a_page_whose_runs_cannot_be_written_leaves_the_checkpoint_where_i
             CREATE TRIGGER fail_one BEFORE INSERT ON runsync.runs
                 FOR EACH ROW EXECUTE FUNCTION fail_one();
         """)  # fmt: skip
-    settings = apify_settings(page_size=5)
 
     result = await one_pass(settings)
 
     assert result.outcome == "failed" and "injected failure" in result.error
     async with db.pool.acquire() as conn:
-        checkpoint = await conn.fetchrow("SELECT watermark, cursor FROM runsync.checkpoints")
+        checkpoint = await conn.fetchrow(
+            "SELECT watermark, cursor FROM runsync.checkpoints WHERE stream = 'incremental'"
+        )
         await conn.execute("DROP TRIGGER fail_one ON runsync.runs")
     # The first page's runs and checkpoint committed; the second page's did not, nor its mark.
     assert checkpoint["watermark"] == datetime.fromisoformat(runs[4]["startedAt"])
@@ -112,11 +123,15 @@ async def test_an_item_garbled_alike_on_every_read_is_read_again_by_id_and_let_g
 ):
     """A page garbled the same way on both reads looks like a bad item; the run is read again by
     id, stored, and its quarantined item let go: the quarantine holds only what stays bad."""
+    settings = apify_settings(page_size=10)
+    # The runs arrive after the stream began: the incremental pass reads their page by one
+    # request, garbled twice (a first pass's copy would read it by requests of its own).
+    await begin_on_empty_history(settings)
     for i in range(6):
         world.add_runs(1, status="SUCCEEDED", started_at=NOW - timedelta(hours=1, minutes=-i))
     sim.faults = FaultOn("/v2/actor-runs?limit=", "wrong-types", times=2)
 
-    result = await one_pass(apify_settings(page_size=10))
+    result = await one_pass(settings)
 
     assert result.outcome == "succeeded" and sim.faults.injected["wrong-types"] == 2
     assert result.quarantined >= 1  # quarantined on the way

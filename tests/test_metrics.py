@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import TOKEN, config_toml, interrupted_pass, source_toml, spawn, stored_runs
+from helpers import (
+    TOKEN,
+    begin_on_empty_history,
+    config_toml,
+    interrupted_pass,
+    source_toml,
+    spawn,
+    stored_runs,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker import http, metrics, runtime, scheduler, sync
@@ -89,17 +97,29 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
 
         found = await eventually(scraped)
         stream = {"source": "apify", "stream": "incremental"}
+        # The pass at start is the stream's first: it copies the history first, as a pass of the
+        # backfill stream counted under its own label, then goes on from the copy's end.
+        copy = {"source": "apify", "stream": "backfill"}
         rows = await stored_runs(db)
         assert len(rows) == 124
-        assert value(found, "runsync_runs_inserted_total", **stream) == 124
+        assert value(found, "runsync_passes_total", **copy, outcome="succeeded") == 1
+        assert value(found, "runsync_runs_inserted_total", **copy) == 124
+        assert value(found, "runsync_runs_inserted_total", **stream) == 0
+        assert value(found, "runsync_runs_updated_total", **copy) == 0
         assert value(found, "runsync_runs_updated_total", **stream) == 0
         async with db.pool.acquire() as conn:
-            (record,) = await conn.fetch("SELECT pages, items FROM runsync.passes")
-        assert (
-            value(found, "runsync_pages_total", **stream) == record["pages"] == 4
-        )  # and the list of open runs
-        assert record["items"] == 124  # the list walk's; the metric counts the open list's too
-        assert value(found, "runsync_items_read_total", **stream) == 124 + 4
+            copied, record = await conn.fetch(
+                "SELECT stream, pages, items FROM runsync.passes ORDER BY id"
+            )
+        assert (copied["stream"], record["stream"]) == ("backfill", "incremental")
+        # The copy: one window (124 runs are too few to cut), pages of 50, 50 and 24.
+        assert value(found, "runsync_pages_total", **copy) == copied["pages"] == 3
+        assert value(found, "runsync_items_read_total", **copy) == copied["items"] == 124
+        # The incremental pass: the newest page from the copy's end less the overlap (the 4 open
+        # runs, started just now), and the list of open runs.
+        assert value(found, "runsync_pages_total", **stream) == record["pages"] == 1 + 1
+        assert record["items"] == 4  # the list walk's; the metric counts the open list's too
+        assert value(found, "runsync_items_read_total", **stream) == 4 + 4
         # Every request the simulator served, each answered 200, and nothing else.
         requests = {
             dict(labels)["code"]: count
@@ -115,6 +135,7 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
             abs(value(found, "runsync_last_success_timestamp_seconds", **stream) - time.time()) < 30
         )
         assert value(found, "runsync_pass_duration_seconds_count", **stream) == 1
+        assert value(found, "runsync_pass_duration_seconds_count", **copy) == 1
         assert await get(port, "/readyz") == (200, '{"status": "ok"}')
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -148,11 +169,13 @@ async def test_readyz_names_a_source_failing_longer_than_the_threshold(
         async def failed_once():
             _, text = await get(port, "/metrics")
             found = samples(text)
+            # The source's first pass fails in its copy of the history, a pass of the backfill
+            # stream; the incremental pass, which did not start, has no figures of its own.
             return value(
                 found,
                 "runsync_passes_total",
                 source="revoked",
-                stream="incremental",
+                stream="backfill",
                 outcome="failed",
             )
 
@@ -168,6 +191,7 @@ async def test_readyz_names_a_source_failing_longer_than_the_threshold(
         assert body["reason"] == "failing for longer than 2s: revoked"
         (failing,) = body["failing"]
         assert failing["source"] == "revoked" and failing["last_success_at"] is None
+        assert failing["stream"] == "incremental"  # the pass that failed in its first copy
         assert "HTTP 401" in failing["error"] and "revoked-token-0000" not in json.dumps(body)
         # A source that never succeeded counts from the daemon's start.
         assert datetime.now(UTC) - datetime.fromisoformat(failing["since"]) < timedelta(seconds=30)
@@ -258,10 +282,14 @@ def test_each_metrics_object_has_its_own_registry():
 async def test_backfill_progress_and_open_runs_come_from_the_database(
     world, sim, db, apify_settings
 ):
+    settings = apify_settings(page_size=10)
+    # The incremental stream began before the backfill below: otherwise its next pass would take
+    # the unfinished backfill of all of history as its first copy and finish it.
+    await begin_on_empty_history(settings)
     world.add_runs(100, status="SUCCEEDED", started_at=T0)
     world.add_runs(2, status="RUNNING", started_at=T0 + timedelta(days=1))
-    settings = apify_settings(page_size=10)
-    await interrupted_pass(settings, "apify", after_pages=2, stream=sync.BACKFILL)
+    # All of history walked again (its first, empty, copy is done), and interrupted.
+    await interrupted_pass(settings, "apify", after_pages=2, stream=sync.BACKFILL, restart=True)
     meters = metrics.Metrics()
 
     async def incremental_pass():
@@ -271,7 +299,9 @@ async def test_backfill_progress_and_open_runs_come_from_the_database(
 
     found = await incremental_pass()
     async with db.pool.acquire() as conn:
-        read = await conn.fetchval("SELECT items FROM runsync.passes WHERE stream = 'backfill'")
+        read = await conn.fetchval(
+            "SELECT items FROM runsync.passes WHERE stream = 'backfill' ORDER BY id DESC LIMIT 1"
+        )
     assert 0 < read < 100  # interrupted midway
     assert value(found, "runsync_backfill_runs_read", source="apify", stream="backfill") == read
     assert value(found, "runsync_open_runs", source="apify", stream="incremental") == 2

@@ -6,7 +6,7 @@ import json
 import logging
 
 import structlog
-from helpers import interrupted_pass, one_pass
+from helpers import begin_on_empty_history, interrupted_pass, one_pass
 
 from worker import observability, runtime, store, sync
 
@@ -43,8 +43,12 @@ def json_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().err.splitlines()]
 
 
+def finished_lines(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if line["event"].startswith("pass ") and "outcome" in line]
+
+
 def finished(lines: list[dict]) -> dict:
-    (line,) = [line for line in lines if line["event"].startswith("pass ") and "outcome" in line]
+    (line,) = finished_lines(lines)
     return line
 
 
@@ -83,7 +87,14 @@ async def test_the_pass_finished_line_has_stable_keys(world, sim, apify_settings
     result = await one_pass(settings)
 
     lines = json_lines(capsys)
-    line = finished(lines)
+    # The first pass copies the history first, a backfill pass of its own whose lines say
+    # first_copy; then the incremental pass goes on from the copy's end.
+    copy, line = finished_lines(lines)
+    assert set(copy) == PASS_KEYS | {"first_copy"} and copy["first_copy"] is True
+    assert copy["event"] == "pass succeeded" and copy["outcome"] == "succeeded"
+    assert (copy["source"], copy["stream"]) == ("apify", "backfill")
+    assert copy["pass_id"] not in (None, result.pass_id)
+    assert (copy["pages"], copy["runs"], copy["written"]) == (3, 25, 25)  # one window
     assert set(line) == PASS_KEYS
     assert line["event"] == "pass succeeded" and line["outcome"] == "succeeded"
     assert (line["source"], line["stream"], line["pass_id"]) == (
@@ -91,10 +102,15 @@ async def test_the_pass_finished_line_has_stable_keys(world, sim, apify_settings
         "incremental",
         result.pass_id,
     )
-    assert (line["pages"], line["runs"], line["written"]) == (4, 27, 25)  # 2 open
+    # The runs all started just now, within the overlap before the copy's end: the list walk
+    # reads the 25 again in 3 pages, and the 2 open ones in the list of open runs; nothing new.
+    assert (line["pages"], line["runs"], line["written"]) == (4, 27, 0)
     assert line["duration_ms"] == result.duration_ms >= 0
     assert all(
-        line["pass_id"] == result.pass_id for line in lines if line["logger"] == "runsync.sync"
+        each["pass_id"] in (copy["pass_id"], result.pass_id)
+        and each.get("first_copy", False) == (each["pass_id"] == copy["pass_id"])
+        for each in lines
+        if each["logger"] == "runsync.sync"
     )
 
     # A second pass reads the newest page again (runs), and writes nothing new (written).
@@ -106,9 +122,13 @@ async def test_the_pass_finished_line_has_stable_keys(world, sim, apify_settings
 async def test_failed_and_interrupted_passes_end_with_the_same_keys(
     world, sim, apify_settings, database_url, capsys
 ):
-    world.add_runs(60, status="SUCCEEDED")
-    observability.configure(level="INFO", json=True)
     settings = apify_settings(page_size=10)
+    observability.configure(level="INFO", json=True)
+    # The runs arrive after the stream began: the passes below are incremental walks of them (a
+    # first pass's copy ends with the same keys and first_copy: see the test above).
+    await begin_on_empty_history(settings)
+    json_lines(capsys)  # that first pass's lines
+    world.add_runs(60, status="SUCCEEDED")
 
     await interrupted_pass(settings, "apify", after_pages=2)
     line = finished(json_lines(capsys))

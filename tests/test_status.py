@@ -81,7 +81,15 @@ async def test_per_source_and_per_project(world, raker, sim, db, write_config, c
     # Apify: one stream, the whole source.
     assert (apify["runs"], apify["open_runs"], apify["last_error"]) == (17, 2, None)
     (stream,) = apify["streams"]
-    assert stream["project"] is None and stream["runs"] == 17 and stream["backfill"] is None
+    assert stream["project"] is None and stream["runs"] == 17
+    # Its first pass copied the history first: a backfill of all of it, done, in one window.
+    copy = stream["backfill"]
+    assert (copy["state"], copy["since"], copy["until"], copy["windows"], copy["windows_done"]) == (
+        "done", None, None, 1, 1,
+    )  # fmt: skip
+    assert copy["runs_read"] is None and copy["finished_at"] is not None
+    assert apify["backfills_in_flight"] == 0
+    assert console._backfill_cell(apify["streams"]) == "done"
     assert 5 * 60 <= apify["lag_seconds"] < 6 * 60 and 0 <= apify["last_success_age_seconds"] < 60
     # RakerOne: the source sums its projects; the missing project is listed with its error.
     by_project = {s["project"]: s for s in raker_status["streams"]}

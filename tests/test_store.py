@@ -63,14 +63,21 @@ async def test_concurrent_passes_of_one_source_run_once(world, sim, db, apify_se
     assert set(outcomes) <= {"succeeded", "skipped"}
     assert len(await stored_runs(db)) == 40
     # Upserts would make the rows right without any lock: the pass records show the lock held,
-    # one pass after the other, never two at once.
+    # one pass after the other, never two at once. The stream's first pass copies the history
+    # first, under the lock of the backfill stream (whose records are its own): the copies, one
+    # after the other, read the history once between them; so do the incremental passes.
     async with db.pool.acquire() as conn:
         records = await conn.fetch(
-            "SELECT started_at, finished_at FROM runsync.passes ORDER BY started_at"
+            "SELECT stream, started_at, finished_at, items FROM runsync.passes ORDER BY started_at"
         )
-    assert len(records) == outcomes.count("succeeded")
-    for earlier, later in itertools.pairwise(records):
-        assert later["started_at"] >= earlier["finished_at"]
+    incremental = [r for r in records if r["stream"] == "incremental"]
+    copies = [r for r in records if r["stream"] == "backfill"]
+    assert len(incremental) + len(copies) == len(records)
+    assert len(incremental) == outcomes.count("succeeded")
+    assert copies and sum(r["items"] for r in copies) == 40
+    for stream in (incremental, copies):
+        for earlier, later in itertools.pairwise(stream):
+            assert later["started_at"] >= earlier["finished_at"]
 
 
 def observation(status: str, at: datetime, **fields) -> Run:

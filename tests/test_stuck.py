@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from helpers import (
     FaultOn,
     assert_matches_upstream,
+    begin_on_empty_history,
     interrupted_pass,
     one_pass,
     passes,
@@ -102,6 +103,10 @@ async def test_a_run_the_database_refuses_is_quarantined_and_the_page_is_stored(
 async def test_an_answer_over_the_size_cap_is_asked_for_again_in_smaller_pages(
     world, sim, db, apify_settings
 ):
+    settings = apify_settings(page_size=1000, extra="max_response_mb = 1")
+    # The runs arrive after the stream began: the pass below reads them as an incremental walk,
+    # whose pages are counted below (a first pass's copy would walk them in windows).
+    await begin_on_empty_history(settings)
     planted = []
     for i in range(800):  # 2.4 kB a run: a page of 1,000 would be 1.9 MB, over a 1 MB cap
         started = NOW - timedelta(hours=2) + timedelta(seconds=i)
@@ -109,7 +114,6 @@ async def test_an_answer_over_the_size_cap_is_asked_for_again_in_smaller_pages(
                "finishedAt": started.isoformat(), "statusMessage": "x" * 2300}  # fmt: skip
         world.add_raw_item(run, started_at=started)
         planted.append(run["id"])
-    settings = apify_settings(page_size=1000, extra="max_response_mb = 1")
 
     result = await one_pass(settings)
 
