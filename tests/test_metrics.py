@@ -10,9 +10,19 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import helpers
 import pytest
 from aiohttp import web
-from helpers import TOKEN, config_toml, interrupted_pass, source_toml, spawn, stored_runs
+from helpers import (
+    TOKEN,
+    config_toml,
+    interrupted_pass,
+    samples,
+    source_toml,
+    spawn,
+    stored_runs,
+    value,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker import health, http, metrics, runtime, scheduler, sync
@@ -26,34 +36,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels): value} of a Prometheus text exposition, read by its own parser."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(found: dict, name: str, **labels: str) -> float | None:
-    return found.get((name, frozenset(labels.items())))
-
-
 async def get(port: int, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{port}{path}") as r:
         return r.status, await r.text()
 
 
 async def eventually(check, seconds: float = 20.0):
-    """Polls `check` until it returns something true, and returns that."""
-    async with asyncio.timeout(seconds):
-        while True:
-            try:
-                if found := await check():
-                    return found
-            except aiohttp.ClientError:
-                pass  # not listening yet
-            await asyncio.sleep(0.05)
+    """Polls `check` until it returns something true, and returns that; not listening yet is false."""
+    return await helpers.eventually(check, seconds, ignoring=(aiohttp.ClientError,))
 
 
 async def test_the_daemon_serves_health_readiness_and_metrics(
