@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker import runtime, sync
 from worker.simulator import Faults
@@ -34,6 +39,42 @@ async def spawn(database_url: str, *args: str, env=None, prefix=(), stdout=None,
         env={**os.environ, "APIFY_TOKEN": TOKEN, "RUNSYNC_DATABASE_URL": database_url, **(env or {})},
         stdout=stdout or asyncio.subprocess.DEVNULL, stderr=stderr or asyncio.subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def eventually(
+    check: Callable[[], Any],
+    seconds: float = 20.0,
+    *,
+    ignoring: tuple[type[BaseException], ...] = (),
+    interval: float = 0.05,
+) -> Any:
+    """Polls `check` (a function, or a coroutine function) until it returns something true, and
+    returns that; an exception in `ignoring` counts as false. `seconds` only keeps a broken test
+    from hanging: it is no bound on how fast the code under test is, so make it generous."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                found = check()
+                if inspect.isawaitable(found):
+                    found = await found
+            except ignoring:
+                found = None
+            if found:
+                return found
+            await asyncio.sleep(interval)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} of a Prometheus text exposition, read by its own parser."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: dict, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
 
 
 async def one_pass(settings, name: str = "apify", **options) -> sync.PassResult:

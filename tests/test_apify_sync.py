@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 from helpers import (
     assert_matches_upstream,
     begin_on_empty_history,
+    eventually,
     interrupted_pass,
     one_pass,
     stored_runs,
@@ -242,7 +242,15 @@ async def test_a_just_finished_run_is_read_once_more_after_it_settles(
     assert sim.requests["apify.get_run"] == gets  # not due yet
 
     world.set_status(run["id"], "SUCCEEDED", finished_at=finished, usage_total_usd=1.25)
-    await asyncio.sleep((row["recheck_at"] - datetime.now(UTC)).total_seconds() + 0.05)
+
+    async def due() -> bool:
+        """Both clocks that matter have passed recheck_at: the database's, which says when the
+        run is due, and ours, which stamps what a read observed."""
+        async with db.pool.acquire() as conn:
+            passed = await conn.fetchval("SELECT now() >= $1::timestamptz", row["recheck_at"])
+        return passed and datetime.now(UTC) >= row["recheck_at"]
+
+    await eventually(due)
     await one_pass(settings)
 
     row = (await stored_runs(db))[run["id"]]

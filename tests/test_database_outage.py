@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 import pytest
+from helpers import eventually, samples, value
 
 from worker import config, scheduler, store
 
@@ -62,12 +63,6 @@ async def readiness(port: int) -> int | None:
         return None
 
 
-async def eventually(condition, seconds: float = 20.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not await condition():  # noqa: ASYNC110 - the condition is outside this process
-            await asyncio.sleep(0.1)
-
-
 async def test_the_daemon_rides_out_a_database_restart(world, sim, server, tmp_path):
     url = server.get_uri()
     with socket.socket() as probe:
@@ -98,17 +93,33 @@ every = "250ms"
     async def readiness_is(status: int | None) -> bool:
         return await readiness(port) == status
 
+    async def passes(outcome: str) -> float:
+        """The daemon's incremental passes that ended so, by its /metrics."""
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{port}/metrics") as answer,
+        ):
+            found = samples(await answer.text())
+        labels = {"source": "apify", "stream": "incremental", "outcome": outcome}
+        return value(found, "runsync_passes_total", **labels) or 0
+
+    async def more_passes(outcome: str, than: float) -> bool:
+        return await passes(outcome) > than
+
     await eventually(lambda: holds(20))
     await eventually(lambda: readiness_is(200))
 
     await asyncio.to_thread(stop_server, server)
     await eventually(lambda: readiness_is(503))  # alive, and says it cannot work
     world.add_runs(15, status="SUCCEEDED", started_at=T0 + timedelta(minutes=1))
-    await asyncio.sleep(1)  # several ticks fail while the database is down
+    failed, succeeded = await passes("failed"), await passes("succeeded")
+    await eventually(lambda: more_passes("failed", failed + 2))  # several ticks fail meanwhile
     assert not daemon.done()
 
     await asyncio.to_thread(server.ensure_postgres_running)
     await eventually(lambda: holds(35))  # it resumed by itself
+    # ...and a pass ran to its end (stopping as soon as the runs are in may interrupt it).
+    await eventually(lambda: more_passes("succeeded", succeeded))
     await eventually(lambda: readiness_is(200))
 
     stop.set()

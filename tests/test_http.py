@@ -23,6 +23,12 @@ class Scripted:
         self.answers: list = []
         self.seen: list[web.Request] = []
         self.runner: web.AppRunner | None = None
+        self.released = asyncio.Event()  # set when the test ends: stalled answers go then
+
+    async def stalled(self, request: web.Request) -> web.StreamResponse:
+        """An answer that never comes while the test runs, however long the client waits."""
+        await self.released.wait()
+        return web.json_response({})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request)
@@ -47,6 +53,7 @@ async def upstream():
     client = http.Client(base, TOKEN, name="test", rate=1000, backoff=FAST, timeout=0.5)
     yield server, client
     await client.close()
+    server.released.set()
     await server.runner.cleanup()
 
 
@@ -113,11 +120,7 @@ async def test_broken_json_truncation_and_stalls_are_retried(upstream):
         request.transport.close()  # the connection drops mid-body
         return response
 
-    async def stalled(request):
-        await asyncio.sleep(2)
-        return web.json_response({})
-
-    server.answers = [web.Response(text="<html>oops</html>"), truncated, stalled]
+    server.answers = [web.Response(text="<html>oops</html>"), truncated, server.stalled]
     assert (await client.get_json("/x")).body == {"ok": True}
     assert len(server.seen) == 4
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from aiohttp import web
-from helpers import config_toml, source_toml, spawn
+from helpers import config_toml, eventually, source_toml, spawn
 
 from worker import http
 
@@ -49,7 +49,7 @@ async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, t
     env = {"APIFY_TOKEN": APIFY_SECRET, "RAKER_TOKEN": APIFY_SECRET, "OLD_TOKEN": WRONG_SECRET}
     outputs = []
 
-    async def runsync(*args, stop_after: float | None = None, extra_env=None):
+    async def runsync(*args, stop_when=None, extra_env=None):
         pipe = asyncio.subprocess.PIPE
         process = await spawn(
             url,
@@ -60,8 +60,8 @@ async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, t
             stdout=pipe,
             stderr=pipe,
         )
-        if stop_after is not None:
-            await asyncio.sleep(stop_after)
+        if stop_when is not None:
+            await eventually(stop_when)
             process.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(process.communicate(), 60)
         outputs.append((args, process.returncode, out.decode() + err.decode()))
@@ -74,7 +74,22 @@ async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, t
     assert await runsync("backfill", "apify") == 0
     assert await runsync("status") == 0
     assert await runsync("status", "--json") == 0
-    assert await runsync("run", "--log-level", "DEBUG", stop_after=3) == 0
+    async with db.pool.acquire() as conn:
+        before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM runsync.passes")
+
+    async def two_ticks_each() -> bool:
+        """The daemon ran the pass at start and a scheduled one of each source to their end."""
+        async with db.pool.acquire() as conn:
+            counts = await conn.fetch(
+                "SELECT source, count(*) FROM runsync.passes"
+                " WHERE id > $1 AND finished_at IS NOT NULL GROUP BY source",
+                before,
+            )
+        return {row["source"]: row["count"] >= 2 for row in counts} == dict.fromkeys(
+            ("apify", "raker", "revoked"), True
+        )
+
+    assert await runsync("run", "--log-level", "DEBUG", stop_when=two_ticks_each) == 0
     unreachable = f"postgresql://runsync:{DB_SECRET}@127.0.0.1:9/x"
     assert await runsync("status", extra_env={"RUNSYNC_DATABASE_URL": unreachable}) == 2
 

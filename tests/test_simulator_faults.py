@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
+from helpers import eventually
 
 from worker.simulator import FAULT_KINDS, ApifyWorld, Faults, RakerWorld, Simulator, serve
 
@@ -157,7 +158,7 @@ async def test_stopping_cuts_a_stall_short() -> None:
     faults = Faults(1.0, ("stall",), stall_seconds=60)
     async with simulated(faults, client_timeout=60) as (sim, http):
         pending = asyncio.create_task(outcome(http, RAKER_LIST))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: faults.injected)  # the request is stalled now
         assert faults.injected == {"stall": 1}
         # Within half the stall, however loaded the machine: the stall did not run its course.
         await asyncio.wait_for(sim.stop(), 30)

@@ -93,20 +93,27 @@ class PassOutcomes:
     daemon's start) is older than the threshold. Skipped and interrupted passes tell nothing.
     """
 
-    def __init__(self, threshold: timedelta, started_at: datetime | None = None) -> None:
+    def __init__(
+        self,
+        threshold: timedelta,
+        started_at: datetime | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.threshold = threshold
-        self.started_at = started_at or datetime.now(UTC)
+        self.clock = clock  # tests pass their own
+        self.started_at = started_at or clock()
         self._streams: dict[tuple[str, str], _Stream] = {}
 
     def record(self, source: str, stream: str, outcome: str, error: str | None = None) -> None:
         state = self._streams.setdefault((source, stream), _Stream())
         if outcome == "succeeded":
-            state.last_success, state.failed, state.error = datetime.now(UTC), False, None
+            state.last_success, state.failed, state.error = self.clock(), False, None
         elif outcome == "failed":
             state.failed, state.error = True, error
 
     def failing(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        now = now or datetime.now(UTC)
+        now = now or self.clock()
         found = []
         for (source, stream), state in sorted(self._streams.items()):
             since = state.last_success or self.started_at
