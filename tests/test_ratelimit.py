@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from helpers import assert_matches_upstream, stored_runs
 
-from worker import ratelimit, scheduler
+from worker import ratelimit, scheduler, sources
 from worker.sources import apify, rakerone
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -52,6 +52,7 @@ def test_a_429_halves_the_rate_and_it_settles_below_where_it_was_refused():
     clock = Clock()
     pace = ratelimit.Pace(60, "list", clock=clock)
     before = pace.rate
+    starts(pace, clock, 1)  # requests as fast as the pace lets them: it holds them back
     pace.refused()
     assert pace.rate == before / 2
     # The requests in flight when the limit was crossed come back refused together: one halving.
@@ -68,6 +69,7 @@ def test_after_a_quiet_spell_the_ceiling_climbs_back_to_the_limit():
     clock = Clock()
     pace = ratelimit.Pace(60, "list", clock=clock)
     top = pace.rate
+    starts(pace, clock, 1)
     pace.refused()
     starts(pace, clock, 5)
     assert pace.rate < top
@@ -79,10 +81,37 @@ def test_repeated_429s_slow_down_to_the_floor_and_no_further():
     clock = Clock()
     pace = ratelimit.Pace(60, "list", clock=clock)
     for _ in range(50):
+        starts(pace, clock, 2)
         pace.refused()
-        clock.now += 10
-    assert pace.rate == ratelimit.FLOOR
-    assert pace.reserve() == 0 and round(pace.reserve(), 6) == 1 / ratelimit.FLOOR
+    # A tenth of the limit: below it, the retries' own backoff spaces the requests out.
+    assert pace.floor == 60 * ratelimit.LOWEST_SHARE
+    assert pace.rate == pace.ceiling == pace.floor
+    clock.now += 10
+    assert pace.reserve() == 0 and round(pace.reserve(), 6) == round(1 / pace.floor, 6)
+    # A tiny limit's floor is the absolute one.
+    assert ratelimit.Pace(1, "tiny", clock=clock).floor == ratelimit.FLOOR
+
+
+def test_429s_that_are_not_about_the_pace_do_not_lower_where_it_settles():
+    """Requests slower than the pace allows, refused now and then (the budget spent by another
+    client, or an upstream refusing at random): each 429 halves the rate, which climbs straight
+    back; the ceiling stays, so a stream of such 429s never drives the pace to its floor."""
+    clock = Clock()
+    pace = ratelimit.Pace(60, "list", clock=clock)
+    top = pace.ceiling
+    for _ in range(100):
+        clock.now += 0.5  # two requests a second, far below the pace's 54
+        assert pace.reserve() == 0
+        pace.refused()
+        for _ in range(30):
+            clock.now += 0.5
+            assert pace.reserve() == 0
+            pace.answered()
+    assert pace.ceiling == top and pace.rate == top
+    # Once the pace holds requests back, a 429 is about it: it settles below.
+    starts(pace, clock, 1)
+    pace.refused()
+    assert pace.ceiling == top * ratelimit.HEADROOM
 
 
 def test_the_limit_the_upstream_states_replaces_the_published_one():
@@ -106,8 +135,35 @@ def test_an_upstream_without_a_published_limit_is_paced_conservatively_and_adapt
     assert limits.pace("/api/projects/p/action-runs") is None
     token = limits.token
     assert token is not None and token.rate <= 20
+    token.reserve(), token.reserve()  # requests at the pace
     limits.answered("/api/projects/p/action-runs", 429, None)
     assert token.rate < 20 * ratelimit.HEADROOM and token.refusals == 1
+
+
+def test_a_source_states_the_limit_an_upstream_does_not_publish_and_only_caps_a_published_one(
+    write_config,
+):
+    settings = write_config(
+        """
+        [[sources]]
+        name = "raker"
+        kind = "rakerone"
+        token_env = "RAKER_TOKEN"
+        project = "p"
+        every = "1m"
+        max_requests_per_second = 100
+
+        [[sources]]
+        name = "apify"
+        kind = "apify"
+        token_env = "APIFY_TOKEN"
+        every = "1m"
+        max_requests_per_second = 100
+        """,
+        env={"RAKER_TOKEN": "t", "APIFY_TOKEN": "t"},
+    )
+    assert sources.limits(settings.source("raker")).per_token == 100
+    assert sources.limits(settings.source("apify")) == apify.LIMITS  # a cap, applied by the client
 
 
 def test_sources_on_one_token_share_its_limits_and_other_tokens_do_not():

@@ -28,7 +28,8 @@ import structlog
 log = structlog.get_logger("runsync.ratelimit")
 
 HEADROOM = 0.9  # pace at this share of a limit: jitter on the way must not push a second over it
-FLOOR = 0.2  # requests per second: a pace never drops below this, however many 429s
+FLOOR = 0.2  # requests per second: no pace drops below this, however many 429s
+LOWEST_SHARE = 0.1  # nor below this share of its limit: past it, the retries' backoff slows down
 QUIET = 30.0  # seconds without a 429 before a lowered ceiling climbs back up a step
 MAX_RESOURCES = 1024  # the resources whose pace is remembered; the least recently used go first
 
@@ -46,6 +47,9 @@ class Published:
     per_token: float | None = None  # requests per second over all resources of one token
     header: str | None = None  # the answer header that states the per-resource limit in force
     resource: Callable[[str], str | None] = field(default=lambda path: None)
+    # The upstream publishes no limit: `per_token` is runsync's conservative guess, which a
+    # source's max_requests_per_second replaces (see sources.limits).
+    guessed: bool = False
 
 
 class Pace:
@@ -67,12 +71,19 @@ class Pace:
         self._next = -math.inf  # the earliest start of the next request
         self._last_refusal = -math.inf
         self._slowed_at = -math.inf  # when the last 429 halved the rate
+        self._held_at = -math.inf  # when a request last had to wait for this pace
+
+    @property
+    def floor(self) -> float:
+        return max(FLOOR, self.limit * LOWEST_SHARE)
 
     def reserve(self) -> float:
         """Takes the next start; returns the seconds to wait for it."""
         now = self.clock()
         start = max(now, self._next)
         self._next = start + 1.0 / self.rate
+        if start > now:
+            self._held_at = now
         return start - now
 
     def learned(self, limit: float) -> None:
@@ -85,16 +96,21 @@ class Pace:
         self.rate = min(self.rate, self.ceiling)
 
     def refused(self) -> None:
-        """A 429: halve the rate, and settle below it from now on. The requests in flight when
-        the limit was crossed are refused together; they count as one."""
+        """A 429: halve the rate; and when this pace was what held the requests back (so they
+        came at its rate), settle below that rate from now on. A 429 while the requests came
+        slower than the pace allows is not about the pace (another client spent the budget, or
+        the upstream refuses at random): the rate climbs back to where it was. The requests in
+        flight when the limit was crossed are refused together; they count as one."""
         now = self.clock()
         self.refusals += 1
         self._last_refusal = now
-        if now - self._slowed_at < max(1.0, 2.0 / self.rate):
+        burst = max(1.0, 2.0 / self.rate)
+        if now - self._slowed_at < burst:
             return
         self._slowed_at = now
-        self.ceiling = max(FLOOR, min(self.ceiling, self.rate * HEADROOM))
-        self.rate = max(FLOOR, self.rate / 2)
+        if now - self._held_at < burst:
+            self.ceiling = max(self.floor, min(self.ceiling, self.rate * HEADROOM))
+        self.rate = max(self.floor, self.rate / 2)
         self._next = max(self._next, now + 1.0 / self.rate)
         log.warning(
             "rate limited; slowing down",

@@ -6,6 +6,8 @@ I/O: they say which request comes next and read the parsed answer; sync.py owns 
 
 from __future__ import annotations
 
+import dataclasses
+
 from worker.config import SourceConfig
 from worker.ratelimit import Published
 from worker.sources import apify, rakerone
@@ -24,5 +26,9 @@ def build(config: SourceConfig) -> list[Source]:
 
 
 def limits(config: SourceConfig) -> Published:
-    """The upstream's published request limits."""
-    return {"apify": apify.LIMITS, "rakerone": rakerone.LIMITS}[config.kind]
+    """The upstream's published request limits; for one that publishes none, the source's own
+    max_requests_per_second in place of runsync's guess."""
+    published = {"apify": apify.LIMITS, "rakerone": rakerone.LIMITS}[config.kind]
+    if published.guessed and config.max_requests_per_second is not None:
+        return dataclasses.replace(published, per_token=config.max_requests_per_second)
+    return published

@@ -37,8 +37,8 @@ MAX_RESTARTS = 3  # refused cursors in one walk before the pass gives up
 REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the history's size
 
 # RakerOne publishes no limit: a conservative pace over all of a token's requests, which halves on
-# a 429 and climbs back as for any upstream.
-LIMITS = Published(per_token=20.0)
+# a 429 and climbs back as for any upstream, and which max_requests_per_second replaces.
+LIMITS = Published(per_token=20.0, guessed=True)
 
 
 class RakerOneSource:
