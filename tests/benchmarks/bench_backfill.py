@@ -67,7 +67,8 @@ COPY_COLUMNS = (
     ("origin", "text"), ("usage_total_usd", "numeric"), ("default_key_value_store_id", "text"),
     ("default_dataset_id", "text"), ("default_request_queue_id", "text"), ("project", "text"),
     ("triggered_by", "text"), ("result", "jsonb"), ("raw", "jsonb"),
-    ("observed_at", "timestamptz"), ("recheck_at", "timestamptz"),
+    ("observed_at", "timestamptz"), ("recheck_at", "timestamptz"), ("partial", "boolean"),
+    ("notes", "text"),
 )  # fmt: skip
 
 
