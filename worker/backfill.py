@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from datetime import datetime, timedelta
 
 import structlog
@@ -63,7 +64,6 @@ async def plan(
 
 async def run(
     runtime: SourceRuntime,
-    db: store.Store,
     lease: store.Lease,
     result: PassResult,
     walk: dict,
@@ -98,7 +98,7 @@ async def run(
                      windows_done=len(reached), windows=len(windows))  # fmt: skip
 
     async def walk_window(index: int, start: str, end: str | None) -> None:
-        async with db.writer(runtime.name, f"{lease.stream}#{index}", result.pass_id) as writer:
+        async with lease.writer(f"{lease.stream}#{index}", result.pass_id) as writer:
             resume = await writer.checkpoint()
             if resume is not None and resume.cursor.get("done"):
                 reached[index] = resume.watermark
@@ -114,10 +114,32 @@ async def run(
             ):  # fmt: skip
                 reached[index] = paginator.checkpoint.watermark
 
+    # The pass's own place walks windows one after another; each spare place the process's
+    # budget grants walks more beside it (budget.Passes.try_extra), now or as windows end.
+    pending = deque(enumerate(windows))
+
+    async def walker(window: tuple[int, list], extra: bool, group: asyncio.TaskGroup) -> None:
+        try:
+            while True:
+                index, (start, end) = window
+                await walk_window(index, start, end)
+                grow(group)
+                if not pending or stopping(stop):
+                    return
+                window = pending.popleft()
+        finally:
+            if extra:
+                runtime.passes.give_back_extra()
+
+    def grow(group: asyncio.TaskGroup) -> None:
+        while pending and not stopping(stop) and runtime.passes.try_extra():
+            group.create_task(walker(pending.popleft(), True, group))
+
     try:
         async with asyncio.TaskGroup() as group:
-            for index, (start, end) in enumerate(windows):
-                group.create_task(walk_window(index, start, end))
+            if pending:
+                group.create_task(walker(pending.popleft(), False, group))
+                grow(group)
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from None  # the other windows were cancelled with it
     if not stopping(stop):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker import database, http, ratelimit, sources, store
+from worker import budget, database, http, ratelimit, sources, store
 from worker.config import Settings, redact_url
 from worker.walk import SourceRuntime
 
@@ -24,6 +24,7 @@ class Runtime:
     settings: Settings
     store: store.Store
     streams: dict[str, list[SourceRuntime]]  # per configured source: one per project, or one
+    passes: budget.Passes  # the places of the passes of all of them
 
     def stream(self, name: str) -> SourceRuntime:
         """The only stream of a source that has one (an Apify source)."""
@@ -53,11 +54,11 @@ def client_for(config, registry: ratelimit.Registry | None = None) -> http.Clien
 async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[store.Store]:
     with database.database_url(settings) as url:
         try:
-            # A pass holds one connection for its whole length (it carries the stream's lock);
-            # the rest serve status, readiness and the backfill beside them.
-            streams = sum(max(len(s.projects), 1) for s in settings.sources)
-            windows = max(s.concurrency for s in settings.sources)  # a backfill's writers
-            db = await store.Store.open(url, max_size=streams + windows + 2)
+            db = await store.Store.open(
+                url,
+                max_connections=settings.max_connections,
+                takeover_after=settings.takeover_after,
+            )
         except (*store.DatabaseError, TimeoutError) as error:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {redact_url(url)}: {error}"
@@ -80,9 +81,11 @@ async def open_runtime(
         db = await stack.enter_async_context(open_store(settings))
         streams = {}
         registry = ratelimit.Registry()  # the sources on one token share its limits
+        passes = budget.Passes(settings.max_passes)
         for config in configs:
             client = await stack.enter_async_context(client_for(config, registry))
             streams[config.name] = [
-                SourceRuntime(config, source, client) for source in sources.build(config)
+                SourceRuntime(config, source, client, passes) for source in sources.build(config)
             ]
-        yield Runtime(settings, db, streams)
+        db.start_renewing(passes.figures)
+        yield Runtime(settings, db, streams, passes)
