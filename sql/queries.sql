@@ -60,6 +60,8 @@ DELETE FROM runsync.processes WHERE holder = $1 OR renewed_at < now() - interval
 -- processes --
 -- The processes renewed within $1, with their leases.
 SELECT p.holder, p.started_at, p.renewed_at, p.figures,
+       -- by the database's clock, as the rows' times are
+       extract(epoch FROM now() - p.renewed_at)::int AS renewed_age_seconds,
        (SELECT count(*) FROM runsync.leases l
         WHERE l.holder = p.holder AND l.expires_at > now()) AS leases
 FROM runsync.processes p

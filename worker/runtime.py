@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import structlog
 
 from worker import budget, database, http, ratelimit, sources, store
@@ -16,7 +17,28 @@ log = structlog.get_logger("runsync.runtime")
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached; the message carries no password."""
+    """The database cannot be used; the message carries no password.
+
+    `transient`: it may answer later (down, starting, out of connections, unreachable), as
+    opposed to a configuration mistake (a wrong password, user or database name).
+    """
+
+    def __init__(self, message: str, *, transient: bool, cause: str = "") -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.cause = cause  # the error's kind, safe to show anywhere
+
+
+# What may pass by itself: the server down, starting or stopping, out of connections, or out of
+# reach. Anything else (a wrong password, user or database name; a migration refused) is a
+# mistake that waiting will not mend.
+_TRANSIENT = (
+    OSError,  # refused, reset, no route, a name that does not resolve (yet)
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08, the connection lost on the way
+    asyncpg.InsufficientResourcesError,  # class 53: too many clients already, disk full
+    asyncpg.OperatorInterventionError,  # class 57: starting up, shutting down
+)
 
 
 @dataclass
@@ -60,15 +82,24 @@ async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterat
                 takeover_after=settings.takeover_after,
             )
         except (*store.DatabaseError, TimeoutError) as error:
-            raise DatabaseUnavailable(
-                f"cannot connect to the database at {redact_url(url)}: {error}"
-            ) from None
+            raise _unavailable(url, "cannot connect to the database", error) from None
         try:
             if migrate:
-                await db.migrate()
+                try:
+                    await db.migrate()
+                except (*store.DatabaseError, TimeoutError) as error:
+                    raise _unavailable(url, "cannot migrate the database", error) from None
             yield db
         finally:
             await db.close()
+
+
+def _unavailable(url: str, what: str, error: BaseException) -> DatabaseUnavailable:
+    reason = str(error) or type(error).__name__
+    transient = isinstance(error, _TRANSIENT)
+    return DatabaseUnavailable(
+        f"{what} at {redact_url(url)}: {reason}", transient=transient, cause=type(error).__name__
+    )
 
 
 @asynccontextmanager

@@ -36,6 +36,10 @@ log = structlog.get_logger("runsync.store")
 _RUN_COLUMNS = Run._fields
 
 MAX_CONNECTIONS = 10  # the default budget of one process
+# A server out of connections (other clients, replicas whose budgets add up past its limit) or
+# starting up refuses a new one: wait for one of ours to come back, or for the server, this long.
+FULL_SERVER_PATIENCE = 120.0
+_FULL_SERVER = (asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError)
 TAKEOVER_AFTER = timedelta(seconds=30)  # the default life of a lease not renewed
 
 
@@ -82,6 +86,7 @@ class Connections:
         self.peak = 0  # the most in use at once
         self.waits = 0  # acquisitions that found the budget spent
         self.waited_seconds = 0.0
+        self.refused = 0  # new connections the server refused (too many clients, starting up)
         self._waiting: dict[object, float] = {}  # each waiter's start
 
     @property
@@ -100,6 +105,7 @@ class Connections:
             "connection_waits": self.waits,
             "connections_waiting": self.waiting,
             "connection_oldest_wait_seconds": round(self.oldest_wait(), 3),
+            "connections_refused": self.refused,
         }
 
 
@@ -168,7 +174,7 @@ class Store:
             figures.waits += 1
         figures._waiting[key] = started
         try:
-            conn = await self.pool.acquire(timeout=wait)
+            conn = await self._acquire(wait)
         finally:
             del figures._waiting[key]
             figures.waited_seconds += figures.clock() - started
@@ -179,6 +185,23 @@ class Store:
         finally:
             figures.in_use -= 1
             await self.pool.release(conn)
+
+    async def _acquire(self, wait: float | None) -> asyncpg.Connection:
+        """A connection of the pool; a server that refuses to open one more is asked again, with
+        backoff, while the pool's own connections come and go."""
+        patience = FULL_SERVER_PATIENCE if wait is None else wait
+        deadline, pause = time.monotonic() + patience, 0.05
+        while True:
+            left = None if wait is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                return await self.pool.acquire(timeout=left)
+            except _FULL_SERVER as error:
+                self.connections.refused += 1
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.debug("the server refused a connection; asking again", error=str(error))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def start_renewing(self, figures: Callable[[], dict[str, Any]] | None = None) -> None:
         """Renews this process's leases every third of `takeover_after`, and its row in
