@@ -115,24 +115,39 @@ async def run(
                 reached[index] = paginator.checkpoint.watermark
 
     # The pass's own place walks windows one after another; each spare place the process's
-    # budget grants walks more beside it (budget.Passes.try_extra), now or as windows end.
+    # budget grants walks one more window beside it (budget.Passes.try_extra), now or as windows
+    # end. A spare place is given back after each window: a pass waiting in line gets it first.
     pending = deque(enumerate(windows))
+    extras = 0  # spare places taken and not given back yet
+
+    def take_extra() -> bool:
+        nonlocal extras
+        taken = runtime.passes.try_extra()
+        extras += taken
+        return taken
+
+    def give_back_extra() -> None:
+        nonlocal extras
+        extras -= 1
+        runtime.passes.give_back_extra()
 
     async def walker(window: tuple[int, list], extra: bool, group: asyncio.TaskGroup) -> None:
-        try:
-            while True:
-                index, (start, end) = window
+        while True:
+            index, (start, end) = window
+            try:
                 await walk_window(index, start, end)
-                grow(group)
-                if not pending or stopping(stop):
-                    return
-                window = pending.popleft()
-        finally:
-            if extra:
-                runtime.passes.give_back_extra()
+            finally:
+                if extra:
+                    give_back_extra()
+            if not pending or stopping(stop):
+                return
+            if extra and not take_extra():
+                return  # the pass's own place walks the rest
+            window = pending.popleft()
+            grow(group)
 
     def grow(group: asyncio.TaskGroup) -> None:
-        while pending and not stopping(stop) and runtime.passes.try_extra():
+        while pending and not stopping(stop) and take_extra():
             group.create_task(walker(pending.popleft(), True, group))
 
     try:
@@ -142,6 +157,9 @@ async def run(
                 grow(group)
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from None  # the other windows were cancelled with it
+    finally:
+        while extras:  # those of walkers cancelled before they started
+            give_back_extra()
     if not stopping(stop):
         # The last window is open-ended when the range is: how far it read is how far the whole
         # backfill did, runs that started while it ran included.
