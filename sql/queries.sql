@@ -22,13 +22,51 @@ SELECT version FROM runsync.migrations ORDER BY version;
 -- Notes that one migration has been applied.
 INSERT INTO runsync.migrations (version, name) VALUES ($1, $2);
 
--- try_lock_source --
--- Takes the session lock of one stream of a source, or says another session holds it.
-SELECT pg_try_advisory_lock(hashtextextended('runsync:source:' || $1 || ':' || $2, 0));
+-- take_lease --
+-- Takes a stream's lease ($1 source, $2 stream) as token $3 for holder $4, for $5; nothing when
+-- another holds it and it has not expired.
+INSERT INTO runsync.leases AS l (source, stream, token, holder, expires_at)
+VALUES ($1, $2, $3, $4, now() + $5::interval)
+ON CONFLICT (source, stream) DO UPDATE
+    SET token = excluded.token, holder = excluded.holder, taken_at = now(), renewed_at = now(),
+        expires_at = excluded.expires_at
+    WHERE l.expires_at < now()
+RETURNING true;
 
--- unlock_source --
--- Gives back the session lock taken by try_lock_source.
-SELECT pg_advisory_unlock(hashtextextended('runsync:source:' || $1 || ':' || $2, 0));
+-- renew_leases --
+-- Renews the leases of tokens $1 for $2; returns those still held.
+UPDATE runsync.leases SET renewed_at = now(), expires_at = now() + $2::interval
+WHERE token = ANY($1::uuid[])
+RETURNING token;
+
+-- hold_lease --
+-- In a write's transaction: whether lease $1 is still held. FOR KEY SHARE: a taker's update of the
+-- token waits until the write commits, while the windows of one backfill write side by side.
+SELECT true FROM runsync.leases WHERE token = $1 FOR KEY SHARE;
+
+-- release_lease --
+-- Gives a lease back.
+DELETE FROM runsync.leases WHERE token = $1;
+
+-- renew_process --
+-- The process's row: renewed, with its budgets' figures ($2).
+INSERT INTO runsync.processes AS p (holder, figures) VALUES ($1, $2)
+ON CONFLICT (holder) DO UPDATE SET renewed_at = now(), figures = excluded.figures;
+
+-- forget_process --
+-- A process that stops removes its row, and those of processes gone for a day.
+DELETE FROM runsync.processes WHERE holder = $1 OR renewed_at < now() - interval '1 day';
+
+-- processes --
+-- The processes renewed within $1, with their leases.
+SELECT p.holder, p.started_at, p.renewed_at, p.figures,
+       -- by the database's clock, as the rows' times are
+       extract(epoch FROM now() - p.renewed_at)::int AS renewed_age_seconds,
+       (SELECT count(*) FROM runsync.leases l
+        WHERE l.holder = p.holder AND l.expires_at > now()) AS leases
+FROM runsync.processes p
+WHERE p.renewed_at > now() - $1::interval
+ORDER BY p.holder;
 
 -- load_checkpoint --
 -- Where a stream of a source stands.
@@ -202,8 +240,8 @@ WHERE source = $1 AND stream = $2
 ORDER BY id DESC LIMIT 1;
 
 -- abandon_passes --
--- Closes the passes of a stream still marked running: their processes died, since the caller
--- holds the stream's lock.
+-- Closes the passes of a stream still marked running: their processes died or lost the stream's
+-- lease, since the caller holds it.
 UPDATE runsync.passes SET outcome = 'abandoned', finished_at = now()
 WHERE source = $1 AND stream = $2 AND outcome = 'running';
 
@@ -220,7 +258,9 @@ WHERE id = $1;
 
 -- finish_pass --
 -- Closes the record of one pass.
-UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1;
+-- One closed as abandoned (its lease was taken over) stays so.
+UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3
+WHERE id = $1 AND outcome = 'running';
 
 -- stream_status --
 -- Per stream of runs of each source ($1; a RakerOne project, or the whole source: part ''): the
@@ -265,11 +305,10 @@ SELECT n.source,
        failure.error AS last_error,
        CASE WHEN bf.cursor IS NULL THEN NULL
             WHEN bf.done THEN 'done'
-            -- try_lock_source's lock is held: a process is walking it now
-            WHEN EXISTS (SELECT 1 FROM pg_locks l
-                         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-                           AND (l.classid::bigint << 32 | l.objid::bigint) = hashtextextended(
-                               'runsync:source:' || n.source || ':' || n.backfill, 0))
+            -- its lease is held: a process is walking it now
+            WHEN EXISTS (SELECT 1 FROM runsync.leases l
+                         WHERE l.source = n.source AND l.stream = n.backfill
+                           AND l.expires_at > now())
                  THEN 'running'
             ELSE 'stopped' END AS backfill_state,
        bf.cursor -> 'range' AS backfill_range,

@@ -20,9 +20,11 @@ from worker.simulator import Faults
 TOKEN = "test-token-4f1c9a"
 
 
-def config_toml(*sources: str, listen: str = "127.0.0.1:0") -> str:
-    """A config file's text: the [http] table, then the [[sources]] tables."""
-    return f'[http]\nlisten = "{listen}"\n' + "".join(sources)
+def config_toml(*sources: str, listen: str = "127.0.0.1:0", **database) -> str:
+    """A config file's text: the [database] keys given, the [http] table, then the [[sources]]
+    tables."""
+    keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in database.items())
+    return f"[database]\n{keys}" + f'[http]\nlisten = "{listen}"\n' + "".join(sources)
 
 
 def source_toml(name: str, base_url: str, *, kind: str = "apify", **keys) -> str:

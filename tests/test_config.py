@@ -170,13 +170,13 @@ def test_check_config_prints_each_sources_next_ticks(tmp_path, monkeypatch, caps
     assert [b - a for a, b in itertools.pairwise(often)] == [timedelta(minutes=5)] * 2
 
 
-def test_check_config_exits_2_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):
+def test_check_config_exits_1_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):
     path = tmp_path / "runsync.toml"
     path.write_text(GOOD)
     monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
     url = "postgresql://runsync:dbpassword42@127.0.0.1:9/analytics"
 
-    assert cli.main(["check-config", "--config", str(path), "--database-url", url]) == 2
+    assert cli.main(["check-config", "--config", str(path), "--database-url", url]) == 1
     err = capsys.readouterr().err
     assert "cannot connect to the database at postgresql://runsync:***@127.0.0.1:9/analytics" in err
     assert "dbpassword42" not in err

@@ -1,11 +1,14 @@
-"""The database goes away under a running daemon, and comes back.
+"""The database goes away under a running daemon and comes back; is not there yet when replicas
+start; has fewer connections than their budgets add up to.
 
-This test has its own embedded server (not the shared one), so it can stop and start it.
+These tests have their own embedded server (not the shared one), so they can stop, start and
+reconfigure it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -13,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 import pytest
-from helpers import eventually, samples, value
+from helpers import config_toml, eventually, samples, source_toml, spawn, stored_runs, value
 
 from worker import config, scheduler, store
 
@@ -133,3 +136,202 @@ every = "250ms"
     finally:
         await db.close()
     assert "succeeded" in outcomes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def readyz(port: int) -> tuple[int, dict] | None:
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{port}/readyz") as answer,
+        ):
+            return answer.status, await answer.json()
+    except aiohttp.ClientError:
+        return None
+
+
+async def test_a_replica_started_before_the_database_waits_for_it(world, sim, server, tmp_path):
+    """Down at start is not a configuration mistake: the daemon stays up, says why it is not
+    ready, and goes to work once the database answers."""
+    url = server.get_uri()
+    await asyncio.to_thread(stop_server, server)
+    world.add_runs(30, status="SUCCEEDED", started_at=T0)
+    port = free_port()
+    path = tmp_path / "early.toml"
+    path.write_text(config_toml(source_toml("apify", sim.base_url), listen=f"127.0.0.1:{port}"))
+    daemon = await spawn(url, "--config", str(path), "run", stderr=asyncio.subprocess.PIPE)
+    try:
+
+        async def waiting() -> bool:
+            answer = await readyz(port)
+            return answer is not None and answer[0] == 503 and answer[1]
+
+        body = await eventually(waiting)
+        assert body["reason"].startswith("waiting for the database (")
+        assert daemon.returncode is None
+        assert sum(sim.requests.values()) == 0  # no work without the database
+
+        await asyncio.to_thread(server.ensure_postgres_running)
+        await eventually(lambda: runs_in_is(url, 30), seconds=60)
+        await eventually(lambda: _status_is(port, 200), seconds=30)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = await daemon.communicate()
+    assert daemon.returncode == 0
+    log = err.decode()
+    assert "database unavailable; trying again" in log and '"level": "error"' not in log
+
+
+async def runs_in_is(url: str, count: int) -> bool:
+    return await runs_in(url) == count
+
+
+async def _status_is(port: int, status: int) -> bool:
+    answer = await readyz(port)
+    return answer is not None and answer[0] == status
+
+
+@pytest.mark.parametrize(
+    ("server_max", "budget"), [(14, 3), (8, 5)], ids=["budgets fit", "budgets exceed the server"]
+)
+async def test_three_replicas_on_a_small_server(
+    world, raker, sim, server, tmp_path, server_max, budget
+):
+    """Three replicas started together on a server with few connections. When their budgets fit
+    (3 x 3 of 14, beside the test's), each takes part. When they do not (3 x 5 of 8), a replica
+    refused a connection at start waits, alive and not ready, and one refused a connection more
+    later asks again. Either way none exits, no pass fails, every change is stored, and no
+    process ever holds more connections than its budget."""
+    url = server.get_uri()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET max_connections = {server_max}")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(stop_server, server)
+    await asyncio.to_thread(server.ensure_postgres_running)
+    task = world.tasks[0]
+    for i in range(200):
+        world.add_runs(1, status="RUNNING" if i % 40 == 0 else "SUCCEEDED",
+                       started_at=T0 + timedelta(minutes=i), task_id=task["id"] if i % 2 else None)  # fmt: skip
+    for project in ("proj_a", "proj_b"):
+        raker.add_runs(project, 80, status="completed", started_at=T0)
+    ports = [free_port() for _ in range(3)]
+    replicas = []
+    for port in ports:
+        path = tmp_path / f"replica-{port}.toml"
+        path.write_text(
+            config_toml(
+                source_toml("apify", sim.base_url, page_size=50),
+                source_toml("task", sim.base_url, page_size=50, task=task["id"]),
+                source_toml("raker", sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
+                listen=f"127.0.0.1:{port}",
+                max_connections=budget,
+                takeover_after="2s",
+            )
+        )
+        replicas.append(
+            await spawn(url, "--config", str(path), "run", stderr=asyncio.subprocess.PIPE)
+        )
+    peaks: dict[str, int] = {}
+    watching = asyncio.create_task(_watch_connections(url, peaks))
+    db = await _open_when_possible(url)
+    try:
+
+        async def stored_as_upstream() -> bool:
+            items = world.list_items()
+            truth = {
+                "apify": items,
+                "task": [i for i in items if i["actorTaskId"] == task["id"]],
+                "raker": raker.list_items("proj_a") + raker.list_items("proj_b"),
+            }
+            for source, expected in truth.items():
+                stored = {k: r["status"] for k, r in (await stored_runs(db, source)).items()}
+                if stored != {i["id"]: i["status"] for i in expected}:
+                    return False
+            return True
+
+        await eventually(stored_as_upstream, seconds=90, ignoring=_FULL)
+        world.finish_open("SUCCEEDED")
+        world.add_runs(10, status="RUNNING", task_id=task["id"])
+        raker.add_runs("proj_b", 10, status="processing")
+        await eventually(stored_as_upstream, seconds=60, ignoring=_FULL)
+        pids = {
+            f"runsync {socket.gethostname()}:{r.pid}": port
+            for r, port in zip(replicas, ports, strict=True)
+        }
+
+        async def each_takes_part_or_waits() -> bool:
+            for name, port in pids.items():
+                if name in peaks:
+                    continue
+                answer = await readyz(port)
+                if budget == 3 or answer is None or answer[0] != 503:
+                    return False
+                assert answer[1]["reason"].startswith("waiting for the database ("), answer
+            return True
+
+        await eventually(each_takes_part_or_waits, seconds=60)
+        assert [replica.returncode for replica in replicas] == [None, None, None]
+    finally:
+        for replica in replicas:
+            if replica.returncode is None:
+                replica.send_signal(signal.SIGTERM)
+        logs = [(await replica.communicate())[1].decode() for replica in replicas]
+        watching.cancel()
+        await db.close()
+    assert [replica.returncode for replica in replicas] == [0, 0, 0], logs
+    problems = [line for log in logs for line in log.splitlines() if '"level": "error"' in line]
+    assert not problems, problems[:3]
+    # Each replica's connections, counted by the server: never more than its budget.
+    assert peaks and max(peaks.values()) <= budget, peaks
+    db = await _open_when_possible(url)
+    try:
+        async with db.pool.acquire() as conn:
+            failed = await conn.fetchval(
+                "SELECT count(*) FROM runsync.passes WHERE outcome = 'failed'"
+            )
+    finally:
+        await db.close()
+    assert failed == 0
+
+
+# The server out of connections for the test's reads, or the replicas not migrated yet.
+_FULL = (asyncpg.TooManyConnectionsError, asyncpg.UndefinedTableError)
+
+
+async def _open_when_possible(url: str) -> store.Store:
+    """The test's own store, once the server has a connection to spare."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await store.Store.open(url, max_connections=2)
+            except asyncpg.TooManyConnectionsError:
+                await asyncio.sleep(0.2)
+
+
+async def _watch_connections(url: str, peaks: dict[str, int]) -> None:
+    """The most connections each runsync process held at once, sampled by the server."""
+    conn = None
+    while conn is None:
+        try:
+            conn = await asyncpg.connect(url)
+        except asyncpg.TooManyConnectionsError:
+            await asyncio.sleep(0.1)
+    try:
+        while True:
+            rows = await conn.fetch(
+                "SELECT application_name, count(*) AS n FROM pg_stat_activity"
+                " WHERE application_name LIKE 'runsync %' GROUP BY application_name"
+            )
+            for row in rows:
+                name = row["application_name"]
+                peaks[name] = max(peaks.get(name, 0), row["n"])
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()

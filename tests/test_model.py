@@ -174,6 +174,7 @@ QUIET_PASSES = 2
 MAX_RUNS = 60  # per upstream: keeps a pass to a few pages of a few runs
 SETTLE = timedelta(seconds=1)  # runsync's, scaled from 15 s
 SETTLE_WINDOW = timedelta(seconds=0.6)  # Apify's, scaled from 10 s
+TAKEOVER = timedelta(seconds=1)  # [database] takeover_after, scaled from 30 s
 PASS_TIMEOUT = 60.0  # a pass that takes longer has hung
 SECRET = "whsec-model-0123456789abcdef"
 HOOK_HEADER = "X-Runsync-Webhook-Secret"
@@ -276,6 +277,7 @@ class RunsyncModel(RuleBasedStateMachine):
         self.planted: dict[tuple[str, str], dict] = {}
         self.poisoned: dict[tuple[str, str], str] = {}  # (source, id) → where it was planted
         self.finished_at: dict[str, datetime] = {}  # Apify runs finished by the model: when
+        # A quiet point waits for this: costs settled, a killed process's leases expired.
         self.settle_due = datetime.min.replace(tzinfo=UTC)
         self.snapshots: list[tuple[datetime, dict]] = []
         self.database = f"runsync_model_{uuid.uuid4().hex[:12]}"
@@ -329,6 +331,8 @@ class RunsyncModel(RuleBasedStateMachine):
                             **common),
                 source_toml("raker", self.sim.base_url, kind="rakerone", token_env="RAKER_TOKEN",
                             projects=list(PROJECTS), page_size=4, **common),
+                # A dead process's leases are taken over this long after their last renewal.
+                takeover_after=f"{TAKEOVER.total_seconds():g}s",
             )
         )  # fmt: skip
         self.settings = config.load(
@@ -714,6 +718,8 @@ class RunsyncModel(RuleBasedStateMachine):
                         await task
                 finally:
                     self.tripwire.hook = Commits.hook = None
+                    if hard:  # its leases stay until they expire: others skip the stream till then
+                        self.settle_due = max(self.settle_due, datetime.now(UTC) + TAKEOVER)
                 TALLY["passes killed" if seen >= at_event else "kills too late"] += 1
                 return seen >= at_event
 

@@ -38,6 +38,8 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
             source_toml("apify", sim.base_url, page_size=50),
             source_toml("task", sim.base_url, page_size=50, task=task["id"]),
             source_toml("raker", sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
+            # The killed replica's leases are taken over 2 s after their last renewal.
+            takeover_after="2s",
         )
     )
     stderr = asyncio.subprocess.PIPE

@@ -30,7 +30,7 @@ def test_shipped_queries_and_migrations_load():
     assert {
         "merge_incoming_runs",
         "save_checkpoint",
-        "try_lock_source",
+        "take_lease",
         "open_snapshot",
     } <= queries.keys()
     versions = [m.version for m in sqlfiles.migrations()]

@@ -1,4 +1,4 @@
-"""The store's guarantees: migrations, source locks, idempotent upserts."""
+"""The store's guarantees: migrations, leases, the connection budget, idempotent upserts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
+import pytest
 from helpers import eventually, one_pass, stored_runs
 
 from worker import runtime, sqlfiles, store
-from worker.model import Run
+from worker.model import Checkpoint, Run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -35,26 +36,126 @@ async def test_migrations_are_idempotent_and_safe_from_several_replicas(server_u
         await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-async def test_a_source_lock_is_held_by_one_session_and_freed_with_it(database_url, db):
+async def test_a_lease_is_held_by_one_pass_and_taken_over_once_its_process_is_gone(
+    database_url, db
+):
     async with db.lease("apify", "incremental") as first:
         assert first is not None
         async with db.lease("apify", "incremental") as second:
-            assert second is None  # another replica: it skips this source
+            assert second is None  # another pass, of this process or another: it skips
         async with db.lease("apify", "backfill") as other_stream:
             assert other_stream is not None  # a backfill may run beside the incremental pass
         async with db.lease("other", "incremental") as other_source:
             assert other_source is not None
+    async with db.lease("apify", "incremental") as again:
+        assert again is not None  # given back at the end of the block
 
-    # A replica that dies frees the lock with its connection.
-    conn = await asyncpg.connect(database_url)
-    assert await conn.fetchval(db.q["try_lock_source"], "apify", "incremental")
-    conn.terminate()
+    # Another process, whose leases live 1 s unless renewed.
+    short = timedelta(seconds=1)
+    dying = await store.Store.open(database_url, takeover_after=short)
+    other = await store.Store.open(database_url, takeover_after=short)
+    try:
+        async with dying.lease("apify", "incremental") as held:
+            pass_id = await held.start_pass()
+            # Renewed every third of a second: it stays held however long the pass takes.
+            await asyncio.sleep(2.5)
+            async with other.lease("apify", "incremental") as taken:
+                assert taken is None
+            dying._renewing.cancel()  # the process stops renewing: it died, or froze
 
-    async def lock_freed() -> bool:
-        async with db.lease("apify", "incremental") as lease:
-            return lease is not None
+            async def taken_over() -> bool:
+                async with other.lease("apify", "incremental") as lease:
+                    if lease is None:
+                        return False
+                    await lease.start_pass()  # closes the pass of the process that is gone
+                    return True
 
-    await eventually(lock_freed)  # the server notices the closed socket in its own time
+            await eventually(taken_over)
+            # The process that lost the stream writes nothing more to it.
+            run = observation("SUCCEEDED", T0)
+            with pytest.raises(store.LeaseLost, match="another process took over"):
+                await held.save_page(pass_id, "apify", [run], [], checkpoint=Checkpoint(T0))
+            assert held.lost
+            await held.finish_pass(pass_id, "failed", "lost")
+    finally:
+        await dying.close()
+        await other.close()
+    assert await stored_runs(db, "apify") == {}
+    async with db.pool.acquire() as conn:
+        outcome = await conn.fetchval("SELECT outcome FROM runsync.passes WHERE id = $1", pass_id)
+        checkpoint = await conn.fetchval("SELECT count(*) FROM runsync.checkpoints")
+    assert (outcome, checkpoint) == ("abandoned", 0)  # closed by the taker, and it stays so
+
+
+async def test_a_write_holds_its_lease_until_it_commits(database_url, db):
+    """A taker waits for a write in flight: the write's transaction holds the lease row (FOR KEY
+    SHARE), so the lease cannot change hands between the write's check and its commit."""
+    holder = await store.Store.open(database_url, takeover_after=timedelta(seconds=1))
+    try:
+        async with holder.lease("apify", "incremental") as held:
+            holder._renewing.cancel()
+            async with held._transaction() as conn:  # a write in flight
+                await asyncio.sleep(1.5)  # the lease expires meanwhile
+                taking = asyncio.create_task(_take(db, "apify", "incremental"))
+                await asyncio.sleep(0.5)
+                assert not taking.done()  # the taker waits for the commit
+                await conn.execute("SELECT 1")
+            assert await taking  # then takes it
+            with pytest.raises(store.LeaseLost):
+                async with held._transaction():
+                    pass
+    finally:
+        await holder.close()
+
+
+async def _take(db: store.Store, source: str, stream: str) -> bool:
+    async with db.lease(source, stream) as lease:
+        return lease is not None
+
+
+async def test_a_process_opens_no_more_connections_than_its_budget(database_url):
+    """Many passes' reads and writes at once share the budget: they wait for a connection, none
+    fails, and the server never sees more than the budget from the process."""
+    budget = store.Store(
+        await asyncpg.create_pool(database_url, min_size=1, max_size=3), max_connections=3
+    )
+    seen = []
+
+    async def count() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            while True:
+                seen.append(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                )
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    counting = asyncio.create_task(count())
+    try:
+
+        async def one_pass(index: int) -> None:
+            async with budget.lease("s", f"stream{index}") as lease:
+                pass_id = await lease.start_pass()
+                await lease.save_checkpoint(Checkpoint(T0))
+                await lease.finish_pass(pass_id, "succeeded")
+
+        await asyncio.gather(*(one_pass(i) for i in range(40)))
+        assert budget.connections.peak == 3 and budget.connections.waits > 0
+        assert budget.connections.in_use == 0 and budget.connections.waiting == 0
+    finally:
+        counting.cancel()
+        await budget.close()
+    assert seen and max(seen) <= 3
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        assert (
+            await pool.fetchval("SELECT count(*) FROM runsync.passes WHERE outcome = 'succeeded'")
+            == 40
+        )
 
 
 async def test_concurrent_passes_of_one_source_run_once(world, sim, db, apify_settings):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from datetime import datetime, timedelta
 
 import structlog
@@ -63,7 +64,6 @@ async def plan(
 
 async def run(
     runtime: SourceRuntime,
-    db: store.Store,
     lease: store.Lease,
     result: PassResult,
     walk: dict,
@@ -98,7 +98,7 @@ async def run(
                      windows_done=len(reached), windows=len(windows))  # fmt: skip
 
     async def walk_window(index: int, start: str, end: str | None) -> None:
-        async with db.writer(runtime.name, f"{lease.stream}#{index}", result.pass_id) as writer:
+        async with lease.writer(f"{lease.stream}#{index}", result.pass_id) as writer:
             resume = await writer.checkpoint()
             if resume is not None and resume.cursor.get("done"):
                 reached[index] = resume.watermark
@@ -114,12 +114,52 @@ async def run(
             ):  # fmt: skip
                 reached[index] = paginator.checkpoint.watermark
 
+    # The pass's own place walks windows one after another; each spare place the process's
+    # budget grants walks one more window beside it (budget.Passes.try_extra), now or as windows
+    # end. A spare place is given back after each window: a pass waiting in line gets it first.
+    pending = deque(enumerate(windows))
+    extras = 0  # spare places taken and not given back yet
+
+    def take_extra() -> bool:
+        nonlocal extras
+        taken = runtime.passes.try_extra()
+        extras += taken
+        return taken
+
+    def give_back_extra() -> None:
+        nonlocal extras
+        extras -= 1
+        runtime.passes.give_back_extra()
+
+    async def walker(window: tuple[int, list], extra: bool, group: asyncio.TaskGroup) -> None:
+        while True:
+            index, (start, end) = window
+            try:
+                await walk_window(index, start, end)
+            finally:
+                if extra:
+                    give_back_extra()
+            if not pending or stopping(stop):
+                return
+            if extra and not take_extra():
+                return  # the pass's own place walks the rest
+            window = pending.popleft()
+            grow(group)
+
+    def grow(group: asyncio.TaskGroup) -> None:
+        while pending and not stopping(stop) and take_extra():
+            group.create_task(walker(pending.popleft(), True, group))
+
     try:
         async with asyncio.TaskGroup() as group:
-            for index, (start, end) in enumerate(windows):
-                group.create_task(walk_window(index, start, end))
+            if pending:
+                group.create_task(walker(pending.popleft(), False, group))
+                grow(group)
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from None  # the other windows were cancelled with it
+    finally:
+        while extras:  # those of walkers cancelled before they started
+            give_back_extra()
     if not stopping(stop):
         # The last window is open-ended when the range is: how far it read is how far the whole
         # backfill did, runs that started while it ran included.

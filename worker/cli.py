@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
                           help="walk the range again even if a backfill of it finished")  # fmt: skip
     status = commands.add_parser("status", parents=[common], help="where each source stands")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--processes", action="store_true",
+                        help="the processes at work on the database and their budgets, "
+                             "instead of the sources")  # fmt: skip
     commands.add_parser("migrate", parents=[common], help="apply the sql/ migrations")
     commands.add_parser("check-config", parents=[common], help="validate config and secrets")
     simulate = commands.add_parser("simulate", parents=[common], help="serve simulated upstreams")
@@ -115,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as error:
         console.error(str(error))
         return EXIT_USAGE
-    except (runtime.DatabaseUnavailable, database.EmbeddedDatabaseError) as error:
+    except runtime.DatabaseUnavailable as error:
+        # Down, full or out of reach may pass (exit 1: try again later; the daemon waits for
+        # it); a wrong password, user or database name will not.
+        console.error(str(error))
+        return EXIT_FAILED if error.transient else EXIT_USAGE
+    except database.EmbeddedDatabaseError as error:
         console.error(str(error))
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -176,11 +184,16 @@ def _backfill(settings, args) -> int:
 def _status(settings, args) -> int:
     async def read():
         async with runtime.open_store(settings, migrate=True) as db:
-            return await db.status(
+            sources = await db.status(
                 [s.name for s in settings.sources], {s.name: s.projects for s in settings.sources}
             )
+            # A process renews its row every third of takeover_after: one not seen for a whole
+            # takeover_after is gone.
+            return sources, await db.processes(settings.takeover_after)
 
-    console.print_status(asyncio.run(read()), as_json=args.json)
+    sources, processes = asyncio.run(read())
+    only = "processes" if args.processes else ("sources" if args.json else "")
+    console.print_status(sources, processes, as_json=args.json, only=only)
     return EXIT_OK
 
 
@@ -201,7 +214,7 @@ def _check_config(settings, _args) -> int:
     if settings.database_url is None:
         print(f"database: embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
     else:
-        asyncio.run(_reach_database(settings))  # unreachable: DatabaseUnavailable, exit 2
+        asyncio.run(_reach_database(settings))  # else DatabaseUnavailable: exit 1, or 2
         url = config.redact_url(settings.database_url.reveal())
         print(f"database: {url} (from {settings.database_url_origin}), reachable")
     print(f"http: {settings.listen}")

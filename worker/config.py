@@ -98,6 +98,12 @@ class Settings:
     sources: tuple[SourceConfig, ...]
     # /readyz fails once a source's newest pass failed and it last succeeded longer ago than this.
     unhealthy_after: timedelta = timedelta(minutes=15)
+    # The most database connections this process opens, whatever the number of sources.
+    max_connections: int = 10
+    # A stream's lease not renewed for this long is taken over (its process died).
+    takeover_after: timedelta = timedelta(seconds=30)
+    # The most passes this process runs at once, over all its sources; others wait their turn.
+    max_passes: int = 32
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -212,9 +218,20 @@ class _Reader:
             raise self.error(f"{where}.{key}", str(error)) from None
 
     def settings(self, document: dict[str, Any], database_url: str | None) -> Settings:
-        self.table(document, "(top level)", {"database", "http", "sources"})
-        database = self.table(document.get("database", {}), "database", {"url", "data_dir"})
+        self.table(document, "(top level)", {"database", "http", "worker", "sources"})
+        database = self.table(
+            document.get("database", {}),
+            "database",
+            {"url", "data_dir", "max_connections", "takeover_after"},
+        )
         http = self.table(document.get("http", {}), "http", {"listen", "unhealthy_after"})
+        worker = self.table(document.get("worker", {}), "worker", {"max_passes"})
+        # Two at least: a pass's write and the lease renewal, or /readyz, beside it.
+        max_connections = self.bounded(database, "max_connections", "database", 10, 2, 1000)
+        takeover_after = self.duration(database, "takeover_after", "database", "30s")
+        if not timedelta(seconds=1) <= takeover_after <= timedelta(hours=1):
+            raise self.error("database.takeover_after", "must be between 1s and 1h")
+        max_passes = self.bounded(worker, "max_passes", "worker", 32, 1, 10_000)
         url, origin = self.database_url(database, database_url)
         data_dir = Path(self.typed(database, "data_dir", "database", str, ".runsync"))
         listen = self.typed(http, "listen", "http", str, DEFAULT_LISTEN)
@@ -231,7 +248,10 @@ class _Reader:
             if source.name in seen:
                 raise self.error(f"sources.{source.name}", "two sources share this name")
             seen.add(source.name)
-        return Settings(self.path, url, origin, data_dir, listen, sources, unhealthy_after)
+        return Settings(
+            self.path, url, origin, data_dir, listen, sources, unhealthy_after,
+            max_connections, takeover_after, max_passes,
+        )  # fmt: skip
 
     def database_url(self, database: dict[str, Any], override: str | None):
         for value, origin in (

@@ -199,12 +199,61 @@ def status_table(records: list[dict[str, Any]]) -> Table:
     return table
 
 
-def print_status(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+def process_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processes at work on the database, with their budgets (store.Store.processes): what
+    `status --processes --json` prints and the processes table shows."""
+    return [
+        {
+            "process": row["holder"],
+            "started_at": _iso(row["started_at"]),
+            "renewed_at": _iso(row["renewed_at"]),
+            "renewed_age_seconds": row["renewed_age_seconds"],
+            "leases": row["leases"],
+            **row["figures"],
+        }
+        for row in rows
+    ]
+
+
+def processes_table(records: list[dict[str, Any]]) -> Table:
+    table = Table(title="runsync processes", title_justify="left")
+    right = {"justify": "right"}
+    for column, options in {
+        "process": {}, "seen": right, "streams held": right, "connections": right,
+        "waits": right, "passes": right, "queued": right, "oldest wait": right,
+    }.items():  # fmt: skip
+        table.add_column(column, **options)
+    for record in records:
+        wait = max(record.get("pass_oldest_wait_seconds", 0),
+                   record.get("connection_oldest_wait_seconds", 0))  # fmt: skip
+        table.add_row(
+            record["process"],
+            f"{_age(record['renewed_age_seconds'])} ago",
+            f"{record['leases']}",
+            f"{record.get('connections_in_use', '-')}/{record.get('connections_limit', '-')}"
+            f" (peak {record.get('connections_peak', '-')})",
+            f"{record.get('connection_waits', 0):,}",
+            f"{record.get('passes_in_flight', '-')}/{record.get('passes_limit', '-')}",
+            f"{record.get('passes_queued', 0)}",
+            f"{wait:.1f}s",
+        )
+    return table
+
+
+def print_status(
+    rows: list[dict[str, Any]], processes: list[dict[str, Any]], *, as_json: bool, only: str = ""
+) -> None:
+    """The sources, then the processes at work; `only`: "sources" or "processes"."""
     records = status_records(rows, datetime.now(UTC))
+    workers = process_records(processes)
     if as_json:
-        print(json.dumps(records, indent=2))
-    else:
-        Console().print(status_table(records))
+        print(json.dumps(workers if only == "processes" else records, indent=2))
+        return
+    console = Console()
+    if only != "processes":
+        console.print(status_table(records))
+    if only != "sources" and workers:
+        console.print(processes_table(workers))
 
 
 class PassProgress:

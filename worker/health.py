@@ -34,7 +34,7 @@ class HealthServer:
         self.host, self.port = host.strip("[]"), int(port)
         self._readiness = readiness
         self._metrics = metrics
-        self._webhooks = webhooks
+        self.webhooks = webhooks  # None: deliveries are refused with 503 (starting, stopping)
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -69,13 +69,14 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        if self._webhooks is None:
-            raise web.HTTPNotFound()
+        if self.webhooks is None:  # the sender tries again later
+            reason = "not taking deliveries now (starting or stopping)"
+            return web.json_response({"outcome": "unavailable", "reason": reason}, status=503)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             body = None
-        answer = await self._webhooks.receive(request.match_info["source"], request.headers, body)
+        answer = await self.webhooks.receive(request.match_info["source"], request.headers, body)
         return web.json_response(answer.body, status=answer.status)
 
 

@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # A pass takes from a tenth of a second (nothing new) to an hour (a first pass over a big history).
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -135,6 +136,10 @@ class Metrics:
             self.backfill_runs.remove(source, backfill)  # finished: no longer in flight
             shown.discard(backfill)
 
+    def budgets(self, connections: Any, passes: Any) -> None:
+        """The process's budgets (a store.Connections, a budget.Passes), read at each scrape."""
+        self.registry.register(_Budgets(connections, passes))
+
     def written(self, source: str, stream: str, written: Any) -> None:
         """What a write outside a pass changed (a store.Written; stream "webhook")."""
         self.inserted.labels(source, stream).inc(written.inserted)
@@ -165,3 +170,68 @@ class UpstreamObserver:
 
     def retried(self) -> None:
         self._retries.inc()
+
+
+class _Budgets:
+    """The connection and pass budgets' figures, as they are at the scrape."""
+
+    def __init__(self, connections: Any, passes: Any) -> None:
+        self.connections = connections
+        self.passes = passes
+
+    def collect(self):
+        c, p = self.connections, self.passes
+        yield GaugeMetricFamily(
+            "runsync_db_connections_limit",
+            "Database connections this process may open ([database] max_connections)",
+            value=c.limit,
+        )
+        yield GaugeMetricFamily(
+            "runsync_db_connections_in_use", "Database connections in use now", value=c.in_use
+        )
+        yield GaugeMetricFamily(
+            "runsync_db_connections_waiting",
+            "Reads and writes waiting for a database connection now",
+            value=c.waiting,
+        )
+        yield GaugeMetricFamily(
+            "runsync_db_connection_oldest_wait_seconds",
+            "How long the longest waiting read or write has waited for a connection",
+            value=c.oldest_wait(),
+        )
+        yield CounterMetricFamily(
+            "runsync_db_connection_waits",
+            "Reads and writes that found every connection of the budget in use",
+            value=c.waits,
+        )
+        yield CounterMetricFamily(
+            "runsync_db_connection_wait_seconds",
+            "Time spent waiting for database connections, all waits together",
+            value=c.waited_seconds,
+        )
+        yield CounterMetricFamily(
+            "runsync_db_connections_refused",
+            "New connections the server refused (too many clients, starting up); asked again",
+            value=c.refused,
+        )
+        yield GaugeMetricFamily(
+            "runsync_passes_limit",
+            "Passes this process may run at once ([worker] max_passes)",
+            value=p.limit,
+        )
+        yield GaugeMetricFamily(
+            "runsync_passes_in_flight",
+            "Passes running now, and backfill windows beyond their pass's first",
+            value=p.in_flight,
+        )
+        yield GaugeMetricFamily(
+            "runsync_passes_queued", "Passes waiting for their turn now", value=p.queued
+        )
+        yield GaugeMetricFamily(
+            "runsync_pass_oldest_wait_seconds",
+            "How long the first pass in line has waited for its turn",
+            value=p.oldest_wait(),
+        )
+        yield CounterMetricFamily(
+            "runsync_pass_waits", "Passes that had to wait for their turn", value=p.waits
+        )

@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +32,8 @@ FLOOR = 0.2  # requests per second: no pace drops below this, however many 429s
 LOWEST_SHARE = 0.1  # nor below this share of its limit: past it, the retries' backoff slows down
 QUIET = 30.0  # seconds without a 429 before a lowered ceiling climbs back up a step
 MAX_RESOURCES = 1024  # the resources whose pace is remembered; the least recently used go first
+WINDOW = 2.0  # seconds over which a pace counts the requests it started
+MAX_STARTS = 4096  # the starts remembered: enough for any pace a process keeps to
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Pace:
         self._next = -math.inf  # the earliest start of the next request
         self._last_refusal = -math.inf
         self._slowed_at = -math.inf  # when the last 429 halved the rate
-        self._held_at = -math.inf  # when a request last had to wait for this pace
+        self._starts: deque[float] = deque(maxlen=MAX_STARTS)  # the last WINDOW's request starts
 
     @property
     def floor(self) -> float:
@@ -82,9 +84,15 @@ class Pace:
         now = self.clock()
         start = max(now, self._next)
         self._next = start + 1.0 / self.rate
-        if start > now:
-            self._held_at = now
+        self._starts.append(start)
         return start - now
+
+    def observed(self) -> float:
+        """Requests per second started under this pace over the last WINDOW seconds."""
+        now = self.clock()
+        while self._starts and self._starts[0] < now - WINDOW:
+            self._starts.popleft()
+        return sum(start <= now for start in self._starts) / WINDOW
 
     def learned(self, limit: float) -> None:
         """The upstream stated the limit in force (a header): it replaces the published one."""
@@ -96,19 +104,19 @@ class Pace:
         self.rate = min(self.rate, self.ceiling)
 
     def refused(self) -> None:
-        """A 429: halve the rate; and when this pace was what held the requests back (so they
-        came at its rate), settle below that rate from now on. A 429 while the requests came
-        slower than the pace allows is not about the pace (another client spent the budget, or
-        the upstream refuses at random): the rate climbs back to where it was. The requests in
-        flight when the limit was crossed are refused together; they count as one."""
+        """A 429: halve the rate; and when the requests came at about the pace's rate, settle
+        below it from now on. A 429 while they came at well under half of it is not about the
+        pace (another client spent the budget, or the upstream refuses at random): the rate
+        climbs back to where it was. The requests in flight when the limit was crossed are
+        refused together; they count as one."""
         now = self.clock()
         self.refusals += 1
         self._last_refusal = now
-        burst = max(1.0, 2.0 / self.rate)
-        if now - self._slowed_at < burst:
+        if now - self._slowed_at < max(1.0, 2.0 / self.rate):
             return
         self._slowed_at = now
-        if now - self._held_at < burst:
+        observed = self.observed()
+        if observed >= self.rate / 2:
             self.ceiling = max(self.floor, min(self.ceiling, self.rate * HEADROOM))
         self.rate = max(self.floor, self.rate / 2)
         self._next = max(self._next, now + 1.0 / self.rate)

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import structlog
 
-from worker import database, http, ratelimit, sources, store
+from worker import budget, database, http, ratelimit, sources, store
 from worker.config import Settings, redact_url
 from worker.walk import SourceRuntime
 
@@ -16,7 +17,28 @@ log = structlog.get_logger("runsync.runtime")
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached; the message carries no password."""
+    """The database cannot be used; the message carries no password.
+
+    `transient`: it may answer later (down, starting, out of connections, unreachable), as
+    opposed to a configuration mistake (a wrong password, user or database name).
+    """
+
+    def __init__(self, message: str, *, transient: bool, cause: str = "") -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.cause = cause  # the error's kind, safe to show anywhere
+
+
+# What may pass by itself: the server down, starting or stopping, out of connections, or out of
+# reach. Anything else (a wrong password, user or database name; a migration refused) is a
+# mistake that waiting will not mend.
+_TRANSIENT = (
+    OSError,  # refused, reset, no route, a name that does not resolve (yet)
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08, the connection lost on the way
+    asyncpg.InsufficientResourcesError,  # class 53: too many clients already, disk full
+    asyncpg.OperatorInterventionError,  # class 57: starting up, shutting down
+)
 
 
 @dataclass
@@ -24,6 +46,7 @@ class Runtime:
     settings: Settings
     store: store.Store
     streams: dict[str, list[SourceRuntime]]  # per configured source: one per project, or one
+    passes: budget.Passes  # the places of the passes of all of them
 
     def stream(self, name: str) -> SourceRuntime:
         """The only stream of a source that has one (an Apify source)."""
@@ -53,21 +76,30 @@ def client_for(config, registry: ratelimit.Registry | None = None) -> http.Clien
 async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[store.Store]:
     with database.database_url(settings) as url:
         try:
-            # A pass holds one connection for its whole length (it carries the stream's lock);
-            # the rest serve status, readiness and the backfill beside them.
-            streams = sum(max(len(s.projects), 1) for s in settings.sources)
-            windows = max(s.concurrency for s in settings.sources)  # a backfill's writers
-            db = await store.Store.open(url, max_size=streams + windows + 2)
+            db = await store.Store.open(
+                url,
+                max_connections=settings.max_connections,
+                takeover_after=settings.takeover_after,
+            )
         except (*store.DatabaseError, TimeoutError) as error:
-            raise DatabaseUnavailable(
-                f"cannot connect to the database at {redact_url(url)}: {error}"
-            ) from None
+            raise _unavailable(url, "cannot connect to the database", error) from None
         try:
             if migrate:
-                await db.migrate()
+                try:
+                    await db.migrate()
+                except (*store.DatabaseError, TimeoutError) as error:
+                    raise _unavailable(url, "cannot migrate the database", error) from None
             yield db
         finally:
             await db.close()
+
+
+def _unavailable(url: str, what: str, error: BaseException) -> DatabaseUnavailable:
+    reason = str(error) or type(error).__name__
+    transient = isinstance(error, _TRANSIENT)
+    return DatabaseUnavailable(
+        f"{what} at {redact_url(url)}: {reason}", transient=transient, cause=type(error).__name__
+    )
 
 
 @asynccontextmanager
@@ -80,9 +112,11 @@ async def open_runtime(
         db = await stack.enter_async_context(open_store(settings))
         streams = {}
         registry = ratelimit.Registry()  # the sources on one token share its limits
+        passes = budget.Passes(settings.max_passes)
         for config in configs:
             client = await stack.enter_async_context(client_for(config, registry))
             streams[config.name] = [
-                SourceRuntime(config, source, client) for source in sources.build(config)
+                SourceRuntime(config, source, client, passes) for source in sources.build(config)
             ]
-        yield Runtime(settings, db, streams)
+        db.start_renewing(passes.figures)
+        yield Runtime(settings, db, streams, passes)

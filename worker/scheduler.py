@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -142,6 +142,22 @@ def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list
     return times
 
 
+STARTUP_RETRY = (1.0, 30.0)  # seconds: the first wait for the database at start, and the longest
+
+
+class _Starting:
+    """What /readyz says until the daemon runs: why it is not ready yet."""
+
+    def __init__(self) -> None:
+        self.reason = "starting"
+        self.check: health.Check | None = None  # the running daemon's, once it runs
+
+    async def readiness(self) -> dict | None:
+        if self.check is None:
+            return {"reason": self.reason}
+        return await self.check()
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -149,90 +165,127 @@ async def run_daemon(
     install_signals: bool = True,
     drain_timeout: float = DRAIN_TIMEOUT,
 ) -> int:
+    """The daemon. Its endpoint answers from the start; while the database cannot be reached (down,
+    starting, out of connections), it says not ready and tries again, with backoff, until it can
+    or a stop is asked for. A configuration mistake (a wrong password, user or database name)
+    raises runtime.DatabaseUnavailable at once."""
     stop = stop or asyncio.Event()
+    meters = metrics.Metrics()
+    starting = _Starting()
+    endpoint = health.HealthServer(settings.listen, starting.readiness, metrics=meters)
     with _stop_on_signals(stop, install_signals):
-        async with runtime.open_runtime(settings) as rt:
-            running: set[asyncio.Task] = set()
-            meters = metrics.Metrics()
-            outcomes = health.PassOutcomes(settings.unhealthy_after)
-            clients = {name: streams[0].client for name, streams in rt.streams.items()}
-            for name, client in clients.items():
-                client.observer = meters.upstream(name)  # a source's streams share its client
-
-            async def job(config: SourceConfig) -> None:
-                if stop.is_set():
-                    return
-                # APScheduler hands a job no fire time, so the tick is read off the schedule.
-                tick = tick_at(config, datetime.now(UTC))
-                name = config.name
-                task = asyncio.current_task()
-                running.add(task)
-                try:
-                    results = await _side_by_side(
-                        rt.streams[name], rt.store, stop=stop, not_within=tick.not_within,
-                        metrics=meters, reconcile=True,
-                    )  # fmt: skip
-                    for result in results:
-                        outcomes.record(result.source, result.stream, result.outcome, result.error)
-                except asyncio.CancelledError:
-                    log.warning("pass cancelled after the drain timeout", source=name)
-                except Exception:
-                    log.exception("pass crashed", source=name)
-                finally:
-                    running.discard(task)
-
-            scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
-            for config in settings.sources:
-                scheduler.add_job(
-                    job,
-                    trigger_for(config),
-                    args=[config],
-                    id=config.name,
-                    max_instances=1,  # a source never overlaps itself
-                    coalesce=True,
-                    misfire_grace_time=None,
-                    next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
-                )
-
-            async def readiness() -> dict | None:
-                if not scheduler.running:
-                    return {"reason": "the scheduler is not running"}
-                try:
-                    await rt.store.ping()
-                except (*store.DatabaseError, TimeoutError) as error:
-                    return {"reason": f"database unreachable: {type(error).__name__}"}
-                if failing := outcomes.failing():
-                    names = ", ".join(dict.fromkeys(f["source"] for f in failing))
-                    return {
-                        "reason": f"failing for longer than "
-                        f"{format_duration(settings.unhealthy_after)}: {names}",
-                        "failing": failing,
-                    }
-                return None
-
-            receiver = webhooks.Receiver(settings.sources, rt.store, clients, meters)
-            endpoint = health.HealthServer(
-                settings.listen, readiness, metrics=meters, webhooks=receiver
-            )
-            scheduler.start()
-            await endpoint.start()
-            log.info(
-                "daemon started",
-                listen=f"{endpoint.host}:{endpoint.port}",
-                sources={c.name: c.schedule for c in settings.sources},
-                webhooks=[c.name for c in settings.sources if c.webhook_secret],
-            )
-            try:
-                await stop.wait()
-            finally:
-                # No new pass starts; running ones commit their page in flight. Only then is the
-                # scheduler shut down: its executor cancels the jobs still running.
-                scheduler.pause()
-                await _drain(running, drain_timeout)
-                scheduler.shutdown(wait=False)
-                await endpoint.stop()
+        await endpoint.start()
+        try:
+            async with AsyncExitStack() as stack:
+                rt = await _open_when_reachable(settings, stop, stack, starting)
+                if rt is not None:
+                    await _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout)
+        finally:
+            await endpoint.stop()
     log.info("daemon stopped")
     return 0
+
+
+async def _open_when_reachable(
+    settings: Settings, stop: asyncio.Event, stack: AsyncExitStack, starting: _Starting
+) -> runtime.Runtime | None:
+    """The runtime, once the database can be used; None if a stop came first."""
+    delay, longest = STARTUP_RETRY
+    while not stop.is_set():
+        try:
+            return await stack.enter_async_context(runtime.open_runtime(settings))
+        except runtime.DatabaseUnavailable as error:
+            if not error.transient:
+                raise
+            starting.reason = f"waiting for the database ({error.cause})"
+            log.warning("database unavailable; trying again", error=str(error), retry_in_s=delay)
+        with suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        delay = min(delay * 2, longest)
+    return None
+
+
+async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) -> None:
+    """Every source on its schedule, until a stop is asked for; then the drain."""
+    running: set[asyncio.Task] = set()
+    outcomes = health.PassOutcomes(settings.unhealthy_after)
+    clients = {name: streams[0].client for name, streams in rt.streams.items()}
+    for name, client in clients.items():
+        client.observer = meters.upstream(name)  # a source's streams share its client
+    meters.budgets(rt.store.connections, rt.passes)
+
+    async def job(config: SourceConfig) -> None:
+        if stop.is_set():
+            return
+        # APScheduler hands a job no fire time, so the tick is read off the schedule.
+        tick = tick_at(config, datetime.now(UTC))
+        name = config.name
+        task = asyncio.current_task()
+        running.add(task)
+        try:
+            results = await _side_by_side(
+                rt.streams[name], rt.store, stop=stop, not_within=tick.not_within,
+                metrics=meters, reconcile=True,
+            )  # fmt: skip
+            for result in results:
+                outcomes.record(result.source, result.stream, result.outcome, result.error)
+        except asyncio.CancelledError:
+            log.warning("pass cancelled after the drain timeout", source=name)
+        except Exception:
+            log.exception("pass crashed", source=name)
+        finally:
+            running.discard(task)
+
+    scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
+    for config in settings.sources:
+        scheduler.add_job(
+            job,
+            trigger_for(config),
+            args=[config],
+            id=config.name,
+            max_instances=1,  # a source never overlaps itself
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
+        )
+
+    async def readiness() -> dict | None:
+        if not scheduler.running:
+            return {"reason": "the scheduler is not running"}
+        try:
+            await rt.store.ping()
+        except (*store.DatabaseError, TimeoutError) as error:
+            return {"reason": f"database unreachable: {type(error).__name__}"}
+        if failing := outcomes.failing():
+            names = ", ".join(dict.fromkeys(f["source"] for f in failing))
+            return {
+                "reason": f"failing for longer than "
+                f"{format_duration(settings.unhealthy_after)}: {names}",
+                "failing": failing,
+            }
+        return None
+
+    endpoint.webhooks = webhooks.Receiver(settings.sources, rt.store, clients, meters)
+    starting.check = readiness
+    scheduler.start()
+    log.info(
+        "daemon started",
+        listen=f"{endpoint.host}:{endpoint.port}",
+        sources={c.name: c.schedule for c in settings.sources},
+        webhooks=[c.name for c in settings.sources if c.webhook_secret],
+        max_connections=settings.max_connections,
+        max_passes=settings.max_passes,
+    )
+    try:
+        await stop.wait()
+    finally:
+        # No new pass starts; running ones commit their page in flight. Only then is the
+        # scheduler shut down: its executor cancels the jobs still running.
+        scheduler.pause()
+        await _drain(running, drain_timeout)
+        scheduler.shutdown(wait=False)
+        endpoint.webhooks = None
 
 
 async def _drain(running: set[asyncio.Task], seconds: float) -> None:

@@ -1,14 +1,25 @@
-"""runsync's Postgres: the pool, migrations, source locks, and the writes of pages and checkpoints.
+"""runsync's Postgres: the connection budget, migrations, the streams' leases, and the writes of
+pages and checkpoints.
+
+A process opens at most `max_connections` connections, whatever the number of sources: a pass
+takes one only for each read or write, never while it waits on the upstream. A stream is walked
+by the process holding its lease (a row in runsync.leases, renewed while the pass goes on), and
+every write of a pass checks, in its own transaction, that the lease is still its own.
 
 The store knows Postgres and nothing of HTTP. Every statement comes from sql/queries.sql by name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +35,19 @@ log = structlog.get_logger("runsync.store")
 # The staging table's columns: a Run's fields, so a page of runs goes to COPY as it is.
 _RUN_COLUMNS = Run._fields
 
-DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+MAX_CONNECTIONS = 10  # the default budget of one process
+# A server out of connections (other clients, replicas whose budgets add up past its limit) or
+# starting up refuses a new one: wait for one of ours to come back, or for the server, this long.
+FULL_SERVER_PATIENCE = 120.0
+_FULL_SERVER = (asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError)
+TAKEOVER_AFTER = timedelta(seconds=30)  # the default life of a lease not renewed
+
+
+class LeaseLost(Exception):
+    """Another process took the stream over (this one had not renewed its lease in time)."""
+
+
+DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, LeaseLost)
 
 # What the database says of one bad run, not of the database: data that cannot be stored as it is
 # (class 22) or past a limit (class 54: an index row too large, for an id of many kilobytes).
@@ -53,25 +76,171 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(sqlfiles.queries()["create_incoming_runs"])
 
 
+class Connections:
+    """The connection budget's figures: in use, waited for, the oldest wait."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.in_use = 0
+        self.peak = 0  # the most in use at once
+        self.waits = 0  # acquisitions that found the budget spent
+        self.waited_seconds = 0.0
+        self.refused = 0  # new connections the server refused (too many clients, starting up)
+        self._waiting: dict[object, float] = {}  # each waiter's start
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def oldest_wait(self) -> float:
+        """Seconds the longest waiting acquisition has waited so far (0: none waits)."""
+        return self.clock() - min(self._waiting.values()) if self._waiting else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "connections_limit": self.limit,
+            "connections_in_use": self.in_use,
+            "connections_peak": self.peak,
+            "connection_waits": self.waits,
+            "connections_waiting": self.waiting,
+            "connection_oldest_wait_seconds": round(self.oldest_wait(), 3),
+            "connections_refused": self.refused,
+        }
+
+
+def process_name() -> str:
+    """How this process is named in leases, in runsync.processes and in pg_stat_activity."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        takeover_after: timedelta = TAKEOVER_AFTER,
+        holder: str | None = None,
+    ) -> None:
         self.pool = pool
         self.q = sqlfiles.queries()
+        self.holder = holder or process_name()
+        self.takeover_after = takeover_after
+        self.connections = Connections(max_connections)
+        self._held: dict[uuid.UUID, Lease] = {}  # the leases this process holds, by token
+        self._renewing: asyncio.Task | None = None
+        self._figures: Callable[[], dict[str, Any]] = dict
 
     @classmethod
-    async def open(cls, url: str, *, max_size: int = 10) -> Store:
+    async def open(
+        cls,
+        url: str,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        takeover_after: timedelta = TAKEOVER_AFTER,
+    ) -> Store:
+        """A store that opens at most `max_connections` connections to `url`."""
+        holder = process_name()
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=300
+            url,
+            min_size=1,
+            max_size=max_connections,
+            init=_init_connection,
+            command_timeout=300,
+            # Who holds a connection, in pg_stat_activity (the server cuts it at 63 bytes).
+            server_settings={"application_name": f"runsync {holder}"},
         )
-        return cls(pool)
+        return cls(pool, max_connections=max_connections, takeover_after=takeover_after,
+                   holder=holder)  # fmt: skip
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._renewing
+            with suppress(*DatabaseError, TimeoutError):
+                async with self.connection(wait=5) as conn:
+                    await conn.execute(self.q["forget_process"], self.holder)
         await self.pool.close()
+
+    @asynccontextmanager
+    async def connection(self, *, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the budget, for one read or one transaction; waits while all are in
+        use (`wait`: at most that many seconds, then TimeoutError)."""
+        figures = self.connections
+        key, started = object(), figures.clock()
+        if figures.in_use >= figures.limit:
+            figures.waits += 1
+        figures._waiting[key] = started
+        try:
+            conn = await self._acquire(wait)
+        finally:
+            del figures._waiting[key]
+            figures.waited_seconds += figures.clock() - started
+        figures.in_use += 1
+        figures.peak = max(figures.peak, figures.in_use)
+        try:
+            yield conn
+        finally:
+            figures.in_use -= 1
+            await self.pool.release(conn)
+
+    async def _acquire(self, wait: float | None) -> asyncpg.Connection:
+        """A connection of the pool; a server that refuses to open one more is asked again, with
+        backoff, while the pool's own connections come and go."""
+        patience = FULL_SERVER_PATIENCE if wait is None else wait
+        deadline, pause = time.monotonic() + patience, 0.05
+        while True:
+            left = None if wait is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                return await self.pool.acquire(timeout=left)
+            except _FULL_SERVER as error:
+                self.connections.refused += 1
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.debug("the server refused a connection; asking again", error=str(error))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def start_renewing(self, figures: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Renews this process's leases every third of `takeover_after`, and its row in
+        runsync.processes with `figures` (its budgets, for `runsync status`)."""
+        if figures is not None:
+            self._figures = figures
+        if self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew_forever(), name="runsync leases")
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await self.renew()
+            await asyncio.sleep(self.takeover_after.total_seconds() / 3)
+
+    async def renew(self) -> None:
+        """Renews the leases held and the process's row; a lease another process took over is
+        marked lost, and its pass's next write fails."""
+        tokens = list(self._held)
+        figures = {**self.connections.figures(), **self._figures()}
+        try:
+            async with self.connection(wait=self.takeover_after.total_seconds() / 3) as conn:
+                kept = set(tokens)
+                if tokens:
+                    rows = await conn.fetch(self.q["renew_leases"], tokens, self.takeover_after)
+                    kept = {row["token"] for row in rows}
+                await conn.execute(self.q["renew_process"], self.holder, figures)
+        except (*DatabaseError, TimeoutError) as error:
+            log.warning("could not renew the leases", leases=len(tokens), error=str(error))
+            return
+        for token in set(tokens) - kept:
+            lease = self._held.get(token)
+            if lease is not None:
+                lease.lost = True
+                log.warning("lease taken over", source=lease.source, stream=lease.stream)
 
     async def migrate(self) -> list[str]:
         """Applies the pending migrations in one transaction, one migrator at a time."""
         applied_now = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             await conn.execute(self.q["lock_migrations"])
             await conn.execute(self.q["create_migrations_table"])
             done = {row["version"] for row in await conn.fetch(self.q["applied_migrations"])}
@@ -87,50 +256,46 @@ class Store:
 
     @asynccontextmanager
     async def lease(self, source: str, stream: str) -> AsyncIterator[Lease | None]:
-        """A connection holding the advisory lock of one stream of a source; None if taken.
-
-        The lock belongs to the session: a replica that dies frees it with its connection.
-        """
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval(self.q["try_lock_source"], source, stream):
-                yield None
-                return
+        """The lease of one stream of a source, held until the block ends; None if another
+        process (or another pass of this one) holds it. A lease not renewed for `takeover_after`
+        (its process died) is free to take."""
+        token = uuid.uuid4()
+        async with self.connection() as conn:
+            taken = await conn.fetchval(
+                self.q["take_lease"], source, stream, token, self.holder, self.takeover_after
+            )
+        if not taken:
+            yield None
+            return
+        lease = self._held[token] = Lease(self, source, stream, token)
+        self.start_renewing()
+        try:
+            yield lease
+        finally:
+            del self._held[token]
             try:
-                yield Lease(self, conn, source, stream)
-            finally:
-                try:
-                    await conn.fetchval(self.q["unlock_source"], source, stream)
-                except DatabaseError:
-                    conn.terminate()  # the lock goes with the session
+                async with self.connection(wait=10) as conn:
+                    await conn.execute(self.q["release_lease"], token)
+            except (*DatabaseError, TimeoutError) as error:
+                log.warning("could not give back a lease; it expires by itself",
+                            source=source, stream=stream, error=str(error))  # fmt: skip
 
     async def needs_first_copy(self, source: str, incremental: str, backfill: str) -> bool:
         """Whether an incremental stream has never run and no finished backfill of the whole
         history stands in for it (see sync.covers)."""
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             return await conn.fetchval(self.q["needs_first_copy"], source, incremental, backfill)
 
     async def ping(self) -> None:
         """Raises when the database cannot answer."""
-        async with self.pool.acquire(timeout=5) as conn:
+        async with self.connection(wait=5) as conn:
             await conn.fetchval("SELECT 1")
 
-    @asynccontextmanager
-    async def writer(self, source: str, stream: str, pass_id: int) -> AsyncIterator[Lease]:
-        """A connection that writes a sub-stream (a backfill window) under a lease held elsewhere.
-
-        Its pages' figures are added to the pass when it ends, not page by page: the windows'
-        transactions would otherwise queue for the pass record's row lock, each holding it
-        until its commit.
-        """
-        async with self.pool.acquire() as conn:
-            lease = Lease(self, conn, source, stream, defer_counts=True)
-            try:
-                yield lease
-            finally:
-                try:
-                    await lease.add_deferred_counts(pass_id)
-                except DatabaseError as error:  # only the figures are lost; the runs are stored
-                    log.warning("could not add a window's figures to its pass", error=str(error))
+    async def processes(self, within: timedelta) -> list[dict[str, Any]]:
+        """The processes that renewed their row within `within`: holder, started_at, renewed_at,
+        figures (their budgets) and leases (held now)."""
+        async with self.connection() as conn:
+            return [dict(row) for row in await conn.fetch(self.q["processes"], within)]
 
     async def status(
         self, sources: Sequence[str], projects: dict[str, Sequence[str]] | None = None
@@ -141,7 +306,7 @@ class Store:
         `projects`: each source's configured projects, listed even before their first pass.
         """
         configured = [(s, p) for s in sources for p in (projects or {}).get(s) or [""]]
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
             names = list(dict.fromkeys([*sources, *sorted(known)]))
             rows = await conn.fetch(
@@ -189,7 +354,7 @@ class Store:
         self, source: str, project: str | None, backfill_stream: str
     ) -> dict[str, Any]:
         """newest_started_at, open_runs and backfill_runs_read (None: no backfill in flight)."""
-        async with self.pool.acquire(timeout=5) as conn:
+        async with self.connection(wait=5) as conn:
             row = await conn.fetchrow(self.q["stream_figures"], source, project, backfill_stream)
         return dict(row)
 
@@ -201,67 +366,109 @@ class Store:
         No stream lock: a pass may hold it for minutes, and the merge needs none, since an
         earlier observation never replaces a later one whoever writes it.
         """
-        async with self.pool.acquire(timeout=10) as conn, conn.transaction():
-            return await Lease(self, conn, source, "webhook")._write(upstream, runs, rejected)
+        async with self.connection(wait=10) as conn, conn.transaction():
+            return await Writes(conn, self.q, source).write(upstream, runs, rejected)
 
 
 class Lease:
-    """The writes of one pass, on the connection that holds its source's lock."""
+    """A stream held by this process, and the writes of its pass: each read or write takes a
+    connection of the budget for its length, and each write first checks the lease is still
+    held (LeaseLost if another process took the stream over)."""
 
     def __init__(
         self,
         store: Store,
-        conn: asyncpg.Connection,
         source: str,
         stream: str,
+        token: uuid.UUID,
         *,
         defer_counts: bool = False,
     ) -> None:
+        self.store = store
         self.q = store.q
-        self.conn = conn
         self.source = source
         self.stream = stream
+        self.token = token
+        self.lost = False  # found taken over by a renewal: the next write fails without asking
         # pages, items, written, quarantined, refreshed: kept here until add_deferred_counts
         self._deferred = [0, 0, 0, 0, 0] if defer_counts else None
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction in which the lease is held: a takeover waits for its commit."""
+        if self.lost:
+            raise LeaseLost(f"another process took over stream {self.stream} of {self.source}")
+        async with self.store.connection() as conn, conn.transaction():
+            if not await conn.fetchval(self.q["hold_lease"], self.token):
+                self.lost = True
+                raise LeaseLost(f"another process took over stream {self.stream} of {self.source}")
+            yield conn
+
+    async def _fetch(self, query: str, *args: Any, method: str = "fetch") -> Any:
+        async with self.store.connection() as conn:
+            return await getattr(conn, method)(self.q[query], *args)
+
+    @asynccontextmanager
+    async def writer(self, stream: str, pass_id: int) -> AsyncIterator[Lease]:
+        """The writes of a sub-stream (a backfill window) under this lease.
+
+        Its pages' figures are added to the pass when it ends, not page by page: the windows'
+        transactions would otherwise queue for the pass record's row lock, each holding it
+        until its commit.
+        """
+        writer = Lease(self.store, self.source, stream, self.token, defer_counts=True)
+        writer.lost = self.lost
+        try:
+            yield writer
+        finally:
+            self.lost = self.lost or writer.lost
+            try:
+                await writer.add_deferred_counts(pass_id)
+            except DatabaseError as error:  # only the figures are lost; the runs are stored
+                log.warning("could not add a window's figures to its pass", error=str(error))
+
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        await self.conn.execute(
-            self.q["save_checkpoint"],
-            self.source,
-            self.stream,
-            checkpoint.watermark,
-            checkpoint.cursor,
-        )
+        async with self._transaction() as conn:
+            await conn.execute(
+                self.q["save_checkpoint"],
+                self.source,
+                self.stream,
+                checkpoint.watermark,
+                checkpoint.cursor,
+            )
 
     async def forget_windows(self) -> None:
-        await self.conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
+        async with self._transaction() as conn:
+            await conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
 
     async def due(self, every: timedelta, first_of: str) -> bool:
         """Whether the stream's last success (or, before any, the first pass of stream
         `first_of`) started `every` ago or more, by the database's clock."""
-        return await self.conn.fetchval(
-            self.q["stream_due"], self.source, self.stream, first_of, every
+        return await self._fetch(
+            "stream_due", self.source, self.stream, first_of, every, method="fetchval"
         )
 
     async def database_now(self) -> datetime:
-        return await self.conn.fetchval(self.q["database_now"])
+        return await self._fetch("database_now", method="fetchval")
 
     async def last_pass_age(self) -> timedelta | None:
         """How long ago the stream's newest pass started, measured by the database's clock."""
-        return await self.conn.fetchval(self.q["last_pass_age"], self.source, self.stream)
+        return await self._fetch("last_pass_age", self.source, self.stream, method="fetchval")
 
     async def start_pass(self) -> int:
-        """A new pass record; any left running by a process that died is closed as abandoned."""
-        await self.conn.execute(self.q["abandon_passes"], self.source, self.stream)
-        return await self.conn.fetchval(self.q["start_pass"], self.source, self.stream)
+        """A new pass record; any left running by a process that died, or that lost the stream's
+        lease, is closed as abandoned."""
+        async with self._transaction() as conn:
+            await conn.execute(self.q["abandon_passes"], self.source, self.stream)
+            return await conn.fetchval(self.q["start_pass"], self.source, self.stream)
 
     async def finish_pass(self, pass_id: int, outcome: str, error: str | None = None) -> None:
-        await self.conn.execute(self.q["finish_pass"], pass_id, outcome, error)
+        await self._fetch("finish_pass", pass_id, outcome, error, method="execute")
 
     async def checkpoint(self, stream: str | None = None) -> Checkpoint | None:
         """Where this stream stands; or, to read only, another stream of the source."""
-        row = await self.conn.fetchrow(
-            self.q["load_checkpoint"], self.source, stream or self.stream
+        row = await self._fetch(
+            "load_checkpoint", self.source, stream or self.stream, method="fetchrow"
         )
         return Checkpoint(row["watermark"], row["cursor"]) if row else None
 
@@ -277,11 +484,17 @@ class Lease:
         refreshed: int = 0,
     ) -> Written:
         """A page's runs and the checkpoint after them (KEEP: leave it), in one transaction."""
-        async with self.conn.transaction():
-            written = await self._write(upstream, runs, rejected)
+        async with self._transaction() as conn:
+            written = await Writes(conn, self.q, self.source).write(upstream, runs, rejected)
             if checkpoint is not KEEP:
-                await self.save_checkpoint(checkpoint)
-            await self._count(pass_id, 1, items, written.runs, written.quarantined, refreshed)
+                await conn.execute(
+                    self.q["save_checkpoint"],
+                    self.source,
+                    self.stream,
+                    checkpoint.watermark,
+                    checkpoint.cursor,
+                )
+            await self._count(conn, pass_id, 1, items, written.runs, written.quarantined, refreshed)
         return written
 
     async def save_refreshed(
@@ -295,44 +508,54 @@ class Lease:
     ) -> Written:
         """Open runs read again one by one; runs of `project` the upstream no longer has are
         marked gone."""
-        async with self.conn.transaction():
-            written = await self._write(upstream, runs, rejected)
+        async with self._transaction() as conn:
+            written = await Writes(conn, self.q, self.source).write(upstream, runs, rejected)
             if gone:
-                await self.conn.execute(self.q["mark_gone"], self.source, project, list(gone))
+                await conn.execute(self.q["mark_gone"], self.source, project, list(gone))
             refreshed = len(runs) + len(rejected) + len(gone)
-            await self._count(pass_id, 0, 0, written.runs, written.quarantined, refreshed)
+            await self._count(conn, pass_id, 0, 0, written.runs, written.quarantined, refreshed)
         return written
 
-    async def _count(self, pass_id: int, *figures: int) -> None:
+    async def _count(self, conn: asyncpg.Connection, pass_id: int, *figures: int) -> None:
         """Adds figures to the pass record, in the caller's transaction (or later, if deferred)."""
         if self._deferred is None:
-            await self.conn.execute(self.q["count_page"], pass_id, *figures)
+            await conn.execute(self.q["count_page"], pass_id, *figures)
         else:
             self._deferred = [kept + new for kept, new in zip(self._deferred, figures, strict=True)]
 
     async def add_deferred_counts(self, pass_id: int) -> None:
         if self._deferred and any(self._deferred):
             figures, self._deferred = self._deferred, [0] * len(self._deferred)
-            await self.conn.execute(self.q["count_page"], pass_id, *figures)
+            await self._fetch("count_page", pass_id, *figures, method="execute")
 
     async def quarantined_runs(self, project: str | None, limit: int) -> list[str]:
         """Runs whose items are in quarantine, to read again by id: the bad read may pass."""
-        rows = await self.conn.fetch(self.q["quarantined_runs"], self.source, project, limit)
+        rows = await self._fetch("quarantined_runs", self.source, project, limit)
         return [row["run_id"] for row in rows]
 
     async def due_rechecks(self, project: str | None, observed_before: datetime) -> list[str]:
         """Runs read just as they finished, due to be read once more."""
-        rows = await self.conn.fetch(self.q["due_rechecks"], self.source, project, observed_before)
+        rows = await self._fetch("due_rechecks", self.source, project, observed_before)
         return [row["run_id"] for row in rows]
 
     async def open_snapshot(
         self, project: str | None, observed_before: datetime
     ) -> list[tuple[str, str, datetime]]:
         """(run id, status, started at) of every open run of a project, before this pass."""
-        rows = await self.conn.fetch(self.q["open_snapshot"], self.source, project, observed_before)
+        rows = await self._fetch("open_snapshot", self.source, project, observed_before)
         return [(row["run_id"], row["status"], row["started_at"]) for row in rows]
 
-    async def _write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
+
+class Writes:
+    """Runs and quarantined items of one source, written on one connection in its caller's
+    transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, queries: dict[str, str], source: str) -> None:
+        self.conn = conn
+        self.q = queries
+        self.source = source
+
+    async def write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
         """Runs and quarantined items, in the caller's transaction. A run the database refuses
         (an id too long for the index, a value out of range) is quarantined with the database's
         reason, and the others are stored: one bad item never holds up a page."""

@@ -137,7 +137,9 @@ async def _first_copy(
 async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
     result = PassResult(runtime.name, runtime.stream(stream))
     try:
-        async with db.lease(runtime.name, result.stream) as lease:
+        # A place among the process's passes first: a pass waiting in line holds no lease, so
+        # another replica may walk the stream meanwhile.
+        async with runtime.passes.place(), db.lease(runtime.name, result.stream) as lease:
             if lease is None:
                 return _skipped(result, "another process holds this stream's lock")
             if not_within is not None:
@@ -149,7 +151,7 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
                 source=runtime.name, pass_id=result.pass_id, stream=result.stream
             ):
                 await _run_leased(
-                    runtime, db, lease, result, stream, since, until, stop, progress, restart
+                    runtime, lease, result, stream, since, until, stop, progress, restart
                 )
     except store.DatabaseError as error:
         result.outcome, result.error = "failed", f"database: {error}"
@@ -176,12 +178,12 @@ def _skipped(result: PassResult, reason: str) -> PassResult:
     return result
 
 
-async def _run_leased(runtime, db, lease, result, stream, since, until, stop, progress, restart):
+async def _run_leased(runtime, lease, result, stream, since, until, stop, progress, restart):
     started_at, started, cpu = datetime.now(UTC), time.monotonic(), time.process_time()
     log.info("pass started")
     try:
         if stream == BACKFILL:
-            await _backfill(runtime, db, lease, result, since, until, restart, stop, progress)
+            await _backfill(runtime, lease, result, since, until, restart, stop, progress)
         elif stream == RECONCILE:
             await _reconcile(runtime, lease, result, stop)
         else:
@@ -298,7 +300,7 @@ async def _reconcile(runtime, lease, result, stop) -> None:
     )
 
 
-async def _backfill(runtime, db, lease, result, since, until, restart, stop, progress) -> None:
+async def _backfill(runtime, lease, result, since, until, restart, stop, progress) -> None:
     """A walk of [since, until], resumed where an interrupted one of the same range stopped.
 
     A finished one leaves a mark, so running it again (a restarted job) does nothing unless asked.
@@ -314,7 +316,7 @@ async def _backfill(runtime, db, lease, result, since, until, restart, stop, pro
         return
     resume = saved if same_range and not saved.cursor.get("done") and not restart else None
     if runtime.source.windowed:
-        await backfill.run(runtime, db, lease, result, walk, resume, stop, progress, since, until)
+        await backfill.run(runtime, lease, result, walk, resume, stop, progress, since, until)
         return
     paginator = runtime.source.backfill(resume, since, until, walk)
     done = Checkpoint(None, {**walk, "done": True, "pass_id": result.pass_id})

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
-from worker import http, store
+from worker import budget, http, store
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Page, Rejected, Request, Run
 from worker.sources import PageError, Paginator, Source
@@ -36,6 +36,7 @@ class SourceRuntime:
     config: SourceConfig
     source: Source
     client: http.Client
+    passes: budget.Passes = field(default_factory=budget.Passes)  # shared by the process's sources
 
     @property
     def name(self) -> str:

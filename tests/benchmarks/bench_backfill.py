@@ -271,7 +271,9 @@ def bench_merge(server: str, runs: int) -> dict[str, float]:
 async def merge_into(server: str, runs: list, writers: int = 8) -> float:
     from worker import store
 
-    db = await store.Store.open(await fresh_database(server, "bench_merge"), max_size=writers + 1)
+    db = await store.Store.open(
+        await fresh_database(server, "bench_merge"), max_connections=writers + 1
+    )
     try:
         await db.migrate()
         pages = [runs[i : i + 1000] for i in range(0, len(runs), 1000)]
@@ -279,7 +281,7 @@ async def merge_into(server: str, runs: list, writers: int = 8) -> float:
             pass_id = await lease.start_pass()
 
             async def write(index: int) -> None:
-                async with db.writer("apify", f"backfill#{index}", pass_id) as writer:
+                async with lease.writer(f"backfill#{index}", pass_id) as writer:
                     for page in pages[index::writers]:
                         await writer.save_page(pass_id, "apify", page, [])
 
