@@ -45,9 +45,10 @@ counted for it):
   observed, the simulator's CPU, and how busy the machine was.
 A table follows, then the figures as one JSON line.
 
-runsync's own connection budget is not configurable yet: --extra-database-toml appends lines to
-the `[database]` table of every daemon's config (and --extra-source-toml to every source), and
---budget checks each daemon's peak against a number.
+Each daemon runs with runsync's defaults ([database] max_connections = 10, [worker] max_passes =
+32); --extra-database-toml appends lines to the `[database]` table of every daemon's config (and
+--extra-source-toml to every source), and --budget checks each daemon's peak against a number
+(10 unless told, the default budget).
 """
 
 from __future__ import annotations
@@ -793,7 +794,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--change-share", type=float, default=1.0, help="sources changed a round")
     parser.add_argument("--change-runs", type=int, default=2, help="new runs per changed source")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the first copy")
-    parser.add_argument("--budget", type=int, help="connections a daemon may hold, to check")
+    parser.add_argument(
+        "--budget", type=int, default=10, help="connections a daemon may hold, to check (10)"
+    )
     parser.add_argument(
         "--extra-database-toml",
         action="append",
