@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -196,3 +196,48 @@ class FaultOn(Faults):
         asked = self.asked[key] = self.asked.get(key, 0) + 1
         spoilt = self.times is None or asked <= self.times
         return (self.kind if spoilt else None), (7 if self.alike else asked)
+
+
+class ThreeSources:
+    """Runs in three sources of the simulator's worlds (the whole Apify account, one task of it,
+    two RakerOne projects), their config and the check that the database holds them as the
+    upstream does: what the tests of replicas share."""
+
+    def __init__(self, world, raker, sim, *, runs: int, raker_runs: int, open_every: int) -> None:
+        self.world, self.raker, self.sim = world, raker, sim
+        self.task = world.tasks[0]["id"]
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        for i in range(runs):
+            world.add_runs(1, status="RUNNING" if i % open_every == 0 else "SUCCEEDED",
+                           started_at=start + timedelta(minutes=i),
+                           task_id=self.task if i % 2 else None)  # fmt: skip
+        for project in ("proj_a", "proj_b"):
+            raker.add_runs(project, raker_runs, status="completed", started_at=start)
+
+    def config(self, **database) -> str:
+        return config_toml(
+            source_toml("apify", self.sim.base_url, page_size=50),
+            source_toml("task", self.sim.base_url, page_size=50, task=self.task),
+            source_toml("raker", self.sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
+            **database,
+        )
+
+    def change(self, new_task_runs: int, new_raker_runs: int) -> None:
+        """The open runs finish; new ones start in the task and in proj_b."""
+        self.world.finish_open("SUCCEEDED")
+        self.world.add_runs(new_task_runs, status="RUNNING", task_id=self.task)
+        self.raker.add_runs("proj_b", new_raker_runs, status="processing")
+
+    async def stored_as_upstream(self, db) -> bool:
+        """Every source holds the upstream's runs, each with its current status."""
+        items = self.world.list_items()
+        truth = {
+            "apify": items,
+            "task": [i for i in items if i["actorTaskId"] == self.task],
+            "raker": self.raker.list_items("proj_a") + self.raker.list_items("proj_b"),
+        }
+        for source, expected in truth.items():
+            stored = {k: row["status"] for k, row in (await stored_runs(db, source)).items()}
+            if stored != {item["id"]: item["status"] for item in expected}:
+                return False
+        return True

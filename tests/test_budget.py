@@ -30,7 +30,7 @@ async def test_passes_beyond_the_limit_wait_in_line_and_go_in_order_of_arrival()
     order: list[int] = []
 
     async def one(i: int) -> None:
-        async with passes.place():
+        async with passes.place(group=i):  # each of its own token
             order.append(i)
             await release[i].wait()
 
@@ -89,31 +89,58 @@ async def test_a_pass_cancelled_in_line_leaves_it_and_one_handed_a_place_passes_
 
 async def test_a_backfill_takes_extra_places_only_when_spare_and_at_most_half():
     passes = Passes(8)
-    granted = [passes.try_extra() for _ in range(8)]
+    granted = [passes.try_extra("copy") for _ in range(8)]
     assert granted == [True] * 4 + [False] * 4  # half the budget at most
     assert passes.in_flight == 4 and passes.extra == 4
     # Passes still get the other half at once.
-    async with passes.place(), passes.place(), passes.place(), passes.place():
+    async with passes.place("a"), passes.place("b"), passes.place("c"), passes.place("d"):
         assert passes.in_flight == 8
-        assert not passes.try_extra()
-    passes.give_back_extra()
-    assert passes.in_flight == 3 and passes.try_extra()
+        assert not passes.try_extra("e")
+    passes.give_back_extra("copy")
+    assert passes.in_flight == 3 and passes.try_extra("copy")
 
 
-async def test_a_long_first_copy_leaves_a_place_for_another_source_s_pass(
-    world, raker, sim, db, write_config
+async def test_one_token_s_passes_hold_at_most_half_and_the_others_go_past_them():
+    """Passes slowed by one token's limit (a RakerOne account's 333 projects on a pace of 20 a
+    second) must not hold every place while the other tokens' passes wait behind them."""
+    passes = Passes(4)
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def one(group: str, name: str) -> None:
+        async with passes.place(group):
+            started.append(name)
+            await gate.wait()
+
+    tasks = [asyncio.create_task(one("slow", f"slow{i}")) for i in range(5)]
+    await asyncio.sleep(0)
+    assert started == ["slow0", "slow1"] and passes.queued == 3  # its share: half
+    tasks += [asyncio.create_task(one("other", "other0")), asyncio.create_task(one("b", "b0"))]
+    await asyncio.sleep(0)
+    assert started[2:] == ["other0", "b0"]  # past the slow token's line, at once
+    assert passes.in_flight == 4
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert started[4:] == ["slow2", "slow3", "slow4"]  # and its own in order
+    assert passes.in_flight == 0 and passes.queued == 0
+
+
+async def test_a_long_first_copy_leaves_a_place_for_another_pass_on_its_token(
+    world, sim, db, write_config
 ):
-    """Two places: a big source's first copy walks two windows side by side while nobody else
-    needs a place; another source's pass that comes meanwhile gets the spare place as soon as
-    one window ends, and is done long before the copy. Never more than two at once."""
+    """Four places, so two for one token: a big source's first copy walks two windows side by
+    side while nobody else needs a place; a pass of another source on the same token that
+    comes meanwhile gets a place as soon as one window ends, and is done long before the copy.
+    Never more than two of the token's at once."""
+    task = world.tasks[0]["id"]
     for i in range(4000):
         world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i))
-    raker.add_runs("proj_a", 5, status="completed", started_at=T0)
+    of_task = [i for i in world.list_items() if i["actorTaskId"] == task]
     sim.latency = 0.03
     settings = write_config(
         f"""
         [worker]
-        max_passes = 2
+        max_passes = 4
 
         [[sources]]
         name = "big"
@@ -125,10 +152,10 @@ async def test_a_long_first_copy_leaves_a_place_for_another_source_s_pass(
 
         [[sources]]
         name = "small"
-        kind = "rakerone"
-        token_env = "RAKER_TOKEN"
+        kind = "apify"
+        token_env = "APIFY_TOKEN"
         base_url = "{sim.base_url}"
-        project = "proj_a"
+        task = "{task}"
         every = "1m"
         """
     )
@@ -141,7 +168,7 @@ async def test_a_long_first_copy_leaves_a_place_for_another_source_s_pass(
         copy = asyncio.create_task(sync.run_pass(rt.stream("big"), rt.store, progress=watch))
         await eventually(lambda: rt.passes.in_flight == 2 and rt.passes.extra == 1)
         small = await sync.run_pass(rt.stream("small"), rt.store, progress=watch)
-        assert small.outcome == "succeeded" and small.items == 5
+        assert small.outcome == "succeeded" and small.items == len(of_task)
         assert not copy.done()  # the small source did not wait for the copy
         assert rt.passes.waits == 1  # it waited for one window, in line
         result = await copy

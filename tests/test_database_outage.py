@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 import pytest
-from helpers import config_toml, eventually, samples, source_toml, spawn, stored_runs, value
+from helpers import ThreeSources, config_toml, eventually, samples, source_toml, spawn, value
 
 from worker import config, scheduler, store
 
@@ -215,25 +215,13 @@ async def test_three_replicas_on_a_small_server(
         await conn.close()
     await asyncio.to_thread(stop_server, server)
     await asyncio.to_thread(server.ensure_postgres_running)
-    task = world.tasks[0]
-    for i in range(200):
-        world.add_runs(1, status="RUNNING" if i % 40 == 0 else "SUCCEEDED",
-                       started_at=T0 + timedelta(minutes=i), task_id=task["id"] if i % 2 else None)  # fmt: skip
-    for project in ("proj_a", "proj_b"):
-        raker.add_runs(project, 80, status="completed", started_at=T0)
+    sources = ThreeSources(world, raker, sim, runs=200, raker_runs=80, open_every=40)
     ports = [free_port() for _ in range(3)]
     replicas = []
     for port in ports:
         path = tmp_path / f"replica-{port}.toml"
         path.write_text(
-            config_toml(
-                source_toml("apify", sim.base_url, page_size=50),
-                source_toml("task", sim.base_url, page_size=50, task=task["id"]),
-                source_toml("raker", sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
-                listen=f"127.0.0.1:{port}",
-                max_connections=budget,
-                takeover_after="2s",
-            )
+            sources.config(listen=f"127.0.0.1:{port}", max_connections=budget, takeover_after="2s")
         )
         replicas.append(
             await spawn(url, "--config", str(path), "run", stderr=asyncio.subprocess.PIPE)
@@ -243,23 +231,11 @@ async def test_three_replicas_on_a_small_server(
     db = await _open_when_possible(url)
     try:
 
-        async def stored_as_upstream() -> bool:
-            items = world.list_items()
-            truth = {
-                "apify": items,
-                "task": [i for i in items if i["actorTaskId"] == task["id"]],
-                "raker": raker.list_items("proj_a") + raker.list_items("proj_b"),
-            }
-            for source, expected in truth.items():
-                stored = {k: r["status"] for k, r in (await stored_runs(db, source)).items()}
-                if stored != {i["id"]: i["status"] for i in expected}:
-                    return False
-            return True
+        def stored_as_upstream():
+            return sources.stored_as_upstream(db)
 
         await eventually(stored_as_upstream, seconds=90, ignoring=_FULL)
-        world.finish_open("SUCCEEDED")
-        world.add_runs(10, status="RUNNING", task_id=task["id"])
-        raker.add_runs("proj_b", 10, status="processing")
+        sources.change(new_task_runs=10, new_raker_runs=10)
         await eventually(stored_as_upstream, seconds=60, ignoring=_FULL)
         pids = {
             f"runsync {socket.gethostname()}:{r.pid}": port

@@ -114,6 +114,13 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
         }
         assert requests == {"200": sum(sim.requests.values())} and requests["200"] >= 3
         assert value(found, "runsync_http_retries_total", source="apify") == 0
+        # The budgets, at their defaults; nothing waits now that the passes have ended.
+        assert value(found, "runsync_db_connections_limit") == 10
+        assert value(found, "runsync_passes_limit") == 32
+        assert value(found, "runsync_passes_queued") == 0
+        assert value(found, "runsync_db_connections_waiting") == 0
+        assert value(found, "runsync_pass_waits_total") == 0
+        assert 0 <= value(found, "runsync_db_connections_in_use") <= 10
         assert value(found, "runsync_open_runs", **stream) == 4
         newest = max(row["started_at"] for row in rows.values()).timestamp()
         # Now minus the newest run's start, now being the scrape's moment; the pass's end. (By

@@ -6,16 +6,9 @@ import asyncio
 import itertools
 import signal
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from helpers import (
-    assert_matches_upstream,
-    config_toml,
-    eventually,
-    source_toml,
-    spawn,
-    stored_runs,
-)
+from helpers import ThreeSources, assert_matches_upstream, eventually, spawn, stored_runs
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 STREAMS = {
@@ -25,42 +18,20 @@ STREAMS = {
 
 
 async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database_url, tmp_path):
-    task = world.tasks[0]
-    for i in range(400):
-        world.add_runs(1, status="RUNNING" if i % 50 == 0 else "SUCCEEDED",
-                       started_at=T0 + timedelta(minutes=i), task_id=task["id"] if i % 2 else None)  # fmt: skip
-    for project in ("proj_a", "proj_b"):
-        raker.add_runs(project, 150, status="completed", started_at=T0)
+    sources = ThreeSources(world, raker, sim, runs=400, raker_runs=150, open_every=50)
+    task = {"id": sources.task}
     sim.latency = 0.005
     path = tmp_path / "replicas.toml"
-    path.write_text(
-        config_toml(
-            source_toml("apify", sim.base_url, page_size=50),
-            source_toml("task", sim.base_url, page_size=50, task=task["id"]),
-            source_toml("raker", sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
-            # The killed replica's leases are taken over 2 s after their last renewal.
-            takeover_after="2s",
-        )
-    )
+    # The killed replica's leases are taken over 2 s after their last renewal.
+    path.write_text(sources.config(takeover_after="2s"))
     stderr = asyncio.subprocess.PIPE
     replicas = [
         await spawn(database_url, "--config", str(path), "run", stderr=stderr) for _ in range(3)
     ]
     started = datetime.now(UTC)
 
-    async def stored_as_upstream() -> bool:
-        """Every source holds the upstream's runs, each with its current status."""
-        items = world.list_items()
-        truth = {
-            "apify": items,
-            "task": [i for i in items if i["actorTaskId"] == task["id"]],
-            "raker": raker.list_items("proj_a") + raker.list_items("proj_b"),
-        }
-        for source, expected in truth.items():
-            stored = {k: row["status"] for k, row in (await stored_runs(db, source)).items()}
-            if stored != {item["id"]: item["status"] for item in expected}:
-                return False
-        return True
+    def stored_as_upstream():
+        return sources.stored_as_upstream(db)
 
     async def every_stream_ran_since(moment: datetime) -> bool:
         async with db.pool.acquire() as conn:
@@ -73,11 +44,9 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
 
     await eventually(stored_as_upstream)  # the replicas have shared the first walks
     await eventually(lambda: every_stream_ran_since(started))
-    replicas[0].kill()  # it may hold locks right now: they go with its connections
+    replicas[0].kill()  # it may hold leases right now: they expire, and others take them over
     killed_at = datetime.now(UTC)
-    world.finish_open("SUCCEEDED")
-    world.add_runs(20, status="RUNNING", task_id=task["id"])
-    raker.add_runs("proj_b", 10, status="processing")
+    sources.change(new_task_runs=20, new_raker_runs=10)
     await eventually(stored_as_upstream)  # the other two carried on
     await eventually(lambda: every_stream_ran_since(killed_at))
     for replica in replicas[1:]:
@@ -124,7 +93,7 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
         # moves, in tests/test_ticks.py: test_two_replicas_with_offset_clocks_run_each_tick_once
         # and test_replicas_whose_ticks_fall_apart_share_them.)
         assert len(runs) <= seconds + 2, (stream, len(runs), seconds)
-        # The killed replica's locks were freed: the stream went on after it died.
+        # The killed replica's leases were taken over: the stream went on after it died.
         assert any(r["started_at"] > killed_at for r in finished), stream
 
     items = world.list_items()

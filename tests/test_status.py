@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from helpers import interrupted_pass, one_pass, passes
 from rich.console import Console
 
-from worker import console, sync
+from worker import console, runtime, store, sync
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -205,3 +205,26 @@ async def test_the_table_shows_an_error_as_text_and_short(db, capsys):
     (row,) = [line for line in lines if line.startswith("│ apify")]
     assert "ago: HTTP 400 [bad cursor] xxx" in row and "…" in row and "whole body" not in row
     assert record["last_error"].endswith("whole body")  # --json keeps it whole
+
+
+async def test_status_lists_the_processes_at_work_and_their_budgets(
+    db, sim, apify_settings, capsys
+):
+    settings = apify_settings()
+    async with (
+        runtime.open_runtime(settings) as rt,
+        rt.store.lease("apify", "incremental") as lease,
+    ):
+        assert lease is not None
+        await rt.store.renew()  # as every third of takeover_after
+        rows = await db.processes(settings.takeover_after)
+    (record,) = console.process_records(rows)
+    assert record["process"] == store.process_name()
+    assert record["leases"] == 1 and 0 <= record["renewed_age_seconds"] <= 1
+    assert record["connections_limit"] == 10 and record["passes_limit"] == 32
+    assert record["connections_peak"] >= 1 and record["passes_queued"] == 0
+    Console(width=200).print(console.processes_table([record]))
+    lines = capsys.readouterr().out.splitlines()
+    assert any(store.process_name() in line and "/10 (peak" in line for line in lines), lines
+    # A process that stops takes its row with it.
+    assert await db.processes(settings.takeover_after) == []

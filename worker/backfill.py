@@ -122,14 +122,14 @@ async def run(
 
     def take_extra() -> bool:
         nonlocal extras
-        taken = runtime.passes.try_extra()
+        taken = runtime.passes.try_extra(runtime.client.limits)
         extras += taken
         return taken
 
     def give_back_extra() -> None:
         nonlocal extras
         extras -= 1
-        runtime.passes.give_back_extra()
+        runtime.passes.give_back_extra(runtime.client.limits)
 
     async def walker(window: tuple[int, list], extra: bool, group: asyncio.TaskGroup) -> None:
         while True:

@@ -175,63 +175,46 @@ class UpstreamObserver:
 class _Budgets:
     """The connection and pass budgets' figures, as they are at the scrape."""
 
+    # (kind, name, help, figure): a figure of store.Connections (c) or budget.Passes (p).
+    FIGURES = (
+        ("gauge", "db_connections_limit",
+         "Database connections this process may open ([database] max_connections)",
+         lambda c, p: c.limit),
+        ("gauge", "db_connections_in_use", "Database connections in use now",
+         lambda c, p: c.in_use),
+        ("gauge", "db_connections_waiting",
+         "Reads and writes waiting for a database connection now", lambda c, p: c.waiting),
+        ("gauge", "db_connection_oldest_wait_seconds",
+         "How long the longest waiting read or write has waited for a connection",
+         lambda c, p: c.oldest_wait()),
+        ("counter", "db_connection_waits",
+         "Reads and writes that found every connection of the budget in use",
+         lambda c, p: c.waits),
+        ("counter", "db_connection_wait_seconds",
+         "Time spent waiting for database connections, all waits together",
+         lambda c, p: c.waited_seconds),
+        ("counter", "db_connections_refused",
+         "New connections the server refused (too many clients, starting up); asked again",
+         lambda c, p: c.refused),
+        ("gauge", "passes_limit", "Passes this process may run at once ([worker] max_passes)",
+         lambda c, p: p.limit),
+        ("gauge", "passes_in_flight",
+         "Passes running now, and backfill windows beyond their pass's first",
+         lambda c, p: p.in_flight),
+        ("gauge", "passes_queued", "Passes waiting for their turn now", lambda c, p: p.queued),
+        ("gauge", "pass_oldest_wait_seconds",
+         "How long the first pass in line has waited for its turn",
+         lambda c, p: p.oldest_wait()),
+        ("counter", "pass_waits", "Passes that had to wait for their turn",
+         lambda c, p: p.waits),
+    )  # fmt: skip
+
     def __init__(self, connections: Any, passes: Any) -> None:
         self.connections = connections
         self.passes = passes
 
     def collect(self):
-        c, p = self.connections, self.passes
-        yield GaugeMetricFamily(
-            "runsync_db_connections_limit",
-            "Database connections this process may open ([database] max_connections)",
-            value=c.limit,
-        )
-        yield GaugeMetricFamily(
-            "runsync_db_connections_in_use", "Database connections in use now", value=c.in_use
-        )
-        yield GaugeMetricFamily(
-            "runsync_db_connections_waiting",
-            "Reads and writes waiting for a database connection now",
-            value=c.waiting,
-        )
-        yield GaugeMetricFamily(
-            "runsync_db_connection_oldest_wait_seconds",
-            "How long the longest waiting read or write has waited for a connection",
-            value=c.oldest_wait(),
-        )
-        yield CounterMetricFamily(
-            "runsync_db_connection_waits",
-            "Reads and writes that found every connection of the budget in use",
-            value=c.waits,
-        )
-        yield CounterMetricFamily(
-            "runsync_db_connection_wait_seconds",
-            "Time spent waiting for database connections, all waits together",
-            value=c.waited_seconds,
-        )
-        yield CounterMetricFamily(
-            "runsync_db_connections_refused",
-            "New connections the server refused (too many clients, starting up); asked again",
-            value=c.refused,
-        )
-        yield GaugeMetricFamily(
-            "runsync_passes_limit",
-            "Passes this process may run at once ([worker] max_passes)",
-            value=p.limit,
-        )
-        yield GaugeMetricFamily(
-            "runsync_passes_in_flight",
-            "Passes running now, and backfill windows beyond their pass's first",
-            value=p.in_flight,
-        )
-        yield GaugeMetricFamily(
-            "runsync_passes_queued", "Passes waiting for their turn now", value=p.queued
-        )
-        yield GaugeMetricFamily(
-            "runsync_pass_oldest_wait_seconds",
-            "How long the first pass in line has waited for its turn",
-            value=p.oldest_wait(),
-        )
-        yield CounterMetricFamily(
-            "runsync_pass_waits", "Passes that had to wait for their turn", value=p.waits
-        )
+        family = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
+        for kind, name, text, figure in self.FIGURES:
+            value = figure(self.connections, self.passes)
+            yield family[kind](f"runsync_{name}", text, value=value)

@@ -139,7 +139,10 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
     try:
         # A place among the process's passes first: a pass waiting in line holds no lease, so
         # another replica may walk the stream meanwhile.
-        async with runtime.passes.place(), db.lease(runtime.name, result.stream) as lease:
+        async with (
+            runtime.passes.place(runtime.client.limits),  # its group: the token it paces under
+            db.lease(runtime.name, result.stream) as lease,
+        ):
             if lease is None:
                 return _skipped(result, "another process holds this stream's lock")
             if not_within is not None:
