@@ -177,7 +177,43 @@ def test_the_plan_lists_the_next_fire_times():
         name="apify", kind="apify", token_env="APIFY_TOKEN", token=Secret("t"),
         base_url="https://api.apify.com", every=timedelta(minutes=1),
     )  # fmt: skip
-    assert scheduler.next_fire_times(every, friday_evening, 2) == [
-        friday_evening + timedelta(minutes=1),
-        friday_evening + timedelta(minutes=2),
-    ]
+    # An interval's ticks fall at the source's own phase of it, a minute apart.
+    first, second = scheduler.next_fire_times(every, friday_evening, 2)
+    assert friday_evening < first <= friday_evening + timedelta(minutes=1)
+    assert second - first == timedelta(minutes=1)
+    assert (first - scheduler.phase_of(every)) % timedelta(minutes=1) == timedelta(0)
+    trigger = scheduler.trigger_for(every)
+    trigger.jitter = None
+    assert trigger.get_next_fire_time(None, friday_evening) == first
+    # After the pass at start (off the grid), or a tick jittered late, the next tick is back on
+    # the grid: jitter never adds up, and the phase is kept.
+    started = friday_evening + timedelta(seconds=7)
+    assert trigger.get_next_fire_time(started, started) == first
+    assert trigger.get_next_fire_time(first + timedelta(seconds=5), first) == second
+    trigger.jitter = 6
+    ticks = [trigger.get_next_fire_time(None, friday_evening)]
+    for _ in range(50):
+        ticks.append(trigger.get_next_fire_time(ticks[-1], ticks[-1]))
+    assert all(timedelta(0) <= t - (first + timedelta(minutes=n)) <= timedelta(seconds=6)
+               for n, t in enumerate(ticks))  # fmt: skip
+
+
+def test_sources_on_one_interval_tick_at_phases_spread_over_it_the_same_in_every_replica():
+    def config(name: str) -> SourceConfig:
+        return SourceConfig(
+            name=name, kind="apify", token_env="APIFY_TOKEN", token=Secret("t"),
+            base_url="https://api.apify.com", every=timedelta(seconds=30),
+        )  # fmt: skip
+
+    now = datetime(2026, 12, 1, 4, 30, tzinfo=UTC)
+    firsts = [scheduler.next_fire_times(config(f"source{i}"), now, 1)[0] for i in range(1000)]
+    offsets = sorted((t - now).total_seconds() for t in firsts)
+    # Evenly spread: each tenth of the interval holds about a tenth of the sources.
+    tenths = [sum(3 * k < o <= 3 * (k + 1) for o in offsets) for k in range(10)]
+    assert all(70 <= n <= 130 for n in tenths), tenths
+    # A function of the name alone: another replica, started at another moment, agrees.
+    later = now + timedelta(seconds=7)
+    again = [scheduler.next_fire_times(config(f"source{i}"), later, 1)[0] for i in range(1000)]
+    assert all(
+        (b - a) % timedelta(seconds=30) == timedelta(0) for a, b in zip(firsts, again, strict=True)
+    )

@@ -224,9 +224,7 @@ def _check_config(settings, _args) -> int:
         print(f"source {source.name}: {source.kind} {paths}, {source.schedule}, "
               f"token from ${source.token_env} (set)")  # fmt: skip
         ticks = ", ".join(f"{t:%Y-%m-%d %H:%M:%S}" for t in scheduler.next_fire_times(source, now))
-        print(
-            f"  next ticks (UTC): {ticks}" + ("" if source.cron else " (from now, before jitter)")
-        )
+        print(f"  next ticks (UTC): {ticks}" + ("" if source.cron else " (before jitter)"))
     return EXIT_OK
 
 

@@ -8,7 +8,10 @@ back, so at most that page is read again next time).
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import signal
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -52,8 +55,39 @@ def trigger_for(config: SourceConfig):
     if config.cron:
         return _cron_trigger(crontab.parse(config.cron))
     seconds = config.every.total_seconds()
-    # Jitter spreads replicas and sources over the interval, a tenth of it at most.
-    return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, 30), timezone=UTC)
+    # Jitter spreads the passes a little more, a tenth of the interval at most.
+    return _PhasedInterval(
+        seconds=seconds, jitter=min(seconds / 10, 30), start_date=phase_of(config), timezone=UTC
+    )
+
+
+class _PhasedInterval(IntervalTrigger):
+    """Ticks on the grid start_date + n x interval, each jittered anew. APScheduler's own
+    interval adds the interval to the last fire time, so its jitter adds up from tick to tick,
+    and after the pass at start every source would tick at start + n x interval: all at once."""
+
+    def get_next_fire_time(self, previous_fire_time, now):
+        after = (previous_fire_time or now - timedelta(microseconds=1)).timestamp()
+        start = self.start_date.timestamp()
+        tick = start + self.interval_length * (
+            math.floor((after - start) / self.interval_length) + 1
+        )
+        if self.jitter is not None:
+            tick += random.uniform(0, self.jitter)
+        return datetime.fromtimestamp(tick, tz=self.timezone)
+
+
+PHASE_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def phase_of(config: SourceConfig) -> datetime:
+    """Where in its interval a source's ticks fall: a share of it drawn from the source's name,
+    the same in every replica. The sources of a daemon are spread over the interval instead of
+    all ticking at once (1,000 sources every 30 s are 33 passes a second, not 1,000 every 30 s
+    whose last ones start late), and replicas tick each source together, one of them running
+    it."""
+    share = zlib.crc32(config.name.encode()) / 2**32
+    return PHASE_EPOCH + config.every * share
 
 
 def _cron_trigger(cron: crontab.Cron):
@@ -86,11 +120,12 @@ def _values(values: tuple[int, ...], every: int) -> str:
 # long gap would let a pass off the schedule (the pass at start, `runsync sync`) stand in for the
 # next tick: with @daily, a pass at 20:00 would skip the 03:00 tick after it.
 CRON_MARGIN = timedelta(minutes=1)
-# Replicas' intervals start when each replica starts, and APScheduler's jitter adds up from tick
-# to tick, so their ticks fall anywhere in the interval. With this share of it as the margin, a
-# stream's passes are never closer than that, whatever the phases; with half, three replicas a
-# third of an interval apart ran one every two thirds of it. A replica skips its own next tick
-# only if its pass started a fifth of an interval late.
+# Replicas tick a source at its phase (phase_of), but jitter moves each tick by up to a tenth of
+# the interval, and a replica whose clock is off ticks off too, so their ticks may fall anywhere
+# in the interval. With this share of it as the margin, a stream's passes are never closer than
+# that, whatever the phases; with half, three replicas a third of an interval apart ran one every
+# two thirds of it. A replica skips its own next tick only if its pass started a fifth of an
+# interval late (a thousand sources ticking at once made some that late: hence the phases).
 INTERVAL_MARGIN = 0.8
 
 
@@ -134,7 +169,9 @@ def tick_at(config: SourceConfig, woken: datetime, clock: Callable[[], datetime]
 def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
     """The schedule's next fire times after `now` (an interval's as if started now, no jitter)."""
     if not config.cron:
-        return [now + config.every * n for n in range(1, count + 1)]
+        every = config.every
+        first = now + (phase_of(config) - now) % every or every
+        return [first + every * n for n in range(count)]
     trigger = trigger_for(config)
     times = [trigger.get_next_fire_time(None, now)]
     while len(times) < count:
