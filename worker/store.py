@@ -363,7 +363,7 @@ class Store:
     ) -> Written:
         """Runs observed outside a pass (a webhook), by the same merge as a pass's pages.
 
-        No stream lock: a pass may hold it for minutes, and the merge needs none, since an
+        No stream lease: a pass may hold it for minutes, and the merge needs none, since an
         earlier observation never replaces a later one whoever writes it.
         """
         async with self.connection(wait=10) as conn, conn.transaction():

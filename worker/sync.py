@@ -1,7 +1,7 @@
 """One pass of one stream of runs: list pages into the store with their checkpoints, then the
 runs stored as open, read again until they are terminal.
 
-A pass holds its stream's lock for its whole length, so replicas share streams, never a stream.
+A pass holds its stream's lease for its whole length, so replicas share streams, never a stream.
 Each page's runs and the checkpoint after them commit together; a crash repeats at most the page
 in flight.
 """
@@ -144,7 +144,7 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
             db.lease(runtime.name, result.stream) as lease,
         ):
             if lease is None:
-                return _skipped(result, "another process holds this stream's lock")
+                return _skipped(result, "another pass holds this stream's lease")
             if not_within is not None:
                 age = await lease.last_pass_age()
                 if age is not None and age < not_within():

@@ -43,7 +43,7 @@ class SourceRuntime:
         return self.config.name
 
     def stream(self, kind: str) -> str:
-        """The key of this stream's checkpoint, lock and passes: per project where there are some."""
+        """The key of this stream's checkpoint, lease and passes: per project where there are some."""
         partition = self.source.partition
         return f"{kind}/{partition}" if partition else kind
 

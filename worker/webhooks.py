@@ -4,7 +4,7 @@
 `eventType`, `eventData`, and `resource`: the run as `GET /v2/actor-runs/{id}` gives it). The run
 is read by the same reader as a polled one and written by the same merge, observed at the
 payload's `createdAt`: a delivery sent again changes nothing, and one that arrives after a newer
-poll loses to it. So no stream lock is taken, and a pass holding one never delays a delivery.
+poll loses to it. So no stream lease is taken, and a pass holding one never delays a delivery.
 
 Answers: 200 whenever sending the delivery again would not help (stored, unchanged, quarantined,
 out of the source's scope, not a run event); 400 for a body that is not the default payload; 401
