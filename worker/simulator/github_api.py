@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import wraps
 
 from aiohttp import web
@@ -71,16 +71,15 @@ def _span(text: str) -> tuple[int, int]:
     if found is None:
         raise ValueError(text)
     year, month, day, hour, minute, second, zone = found.groups()
-    moment = datetime(int(year), int(month), int(day), tzinfo=UTC)
     if hour is None:
-        start = _seconds(moment)
+        start = _seconds(datetime(int(year), int(month), int(day), tzinfo=UTC))
         return start, start + 86_399
-    offset = timedelta(0)
+    # datetime() refuses a 13th month or a 25th hour with a ValueError, as it should.
+    clock = (int(hour), int(minute), int(second or 0))
+    start = _seconds(datetime(int(year), int(month), int(day), *clock, tzinfo=UTC))
     if zone and zone != "Z":
         sign = -1 if zone[0] == "-" else 1
-        offset = sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    moment += timedelta(hours=int(hour), minutes=int(minute), seconds=int(second or 0))
-    start = _seconds(moment - offset)
+        start -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     return start, start
 
 
