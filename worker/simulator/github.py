@@ -96,13 +96,8 @@ class _Workflow:
     __slots__ = ("created", "file", "id", "name", "next_number", "repo")
 
     def __init__(self, workflow_id: int, file: str, name: str, repo: str, created: int) -> None:
-        self.id, self.file, self.name, self.repo, self.created = (
-            workflow_id,
-            file,
-            name,
-            repo,
-            created,
-        )
+        self.id, self.file, self.name = workflow_id, file, name
+        self.repo, self.created = repo, created
         self.next_number = 1  # run_number: a per-workflow counter
 
     @property
@@ -126,7 +121,7 @@ class _Repo:
     def __init__(self, full_name: str, repo_id: int) -> None:
         self.full_name, self.id = full_name, repo_id
         owner, name = full_name.split("/")
-        # minimal-repository, shared by every run of the repository.
+        # minimal-repository: every run of the repository carries a copy.
         self.object = {
             "id": repo_id, "node_id": f"R_kgDO{repo_id}", "name": name, "full_name": full_name,
             "private": True, "owner": _user(owner), "html_url": f"{_WEB}/{full_name}",
@@ -134,6 +129,10 @@ class _Repo:
         }  # fmt: skip
         self.workflows: dict[int, _Workflow] = {}
         self.listing: list[_Run] = []  # ascending by key; listings read it backwards
+
+    def copy(self) -> dict:
+        """A private copy of the minimal-repository object, so callers may change it."""
+        return {**self.object, "owner": dict(self.object["owner"])}
 
 
 class _Attempt:
@@ -454,8 +453,8 @@ class GitHubWorld:
             "artifacts_url": f"{base}/artifacts", "cancel_url": f"{base}/cancel",
             "rerun_url": f"{base}/rerun", "previous_attempt_url": previous,
             "workflow_url": f"{_API}/repos/{run.repo.full_name}/actions/workflows/{run.workflow.id}",
-            "head_commit": self._commit(run), "repository": run.repo.object,
-            "head_repository": run.repo.object,
+            "head_commit": self._commit(run), "repository": run.repo.copy(),
+            "head_repository": run.repo.copy(),
         }  # fmt: skip
         return obj if complete else self._omitted(run, obj)
 
@@ -526,7 +525,7 @@ class GitHubWorld:
 
     def repository(self, repo: str) -> dict:
         """The minimal-repository object that runs carry."""
-        return dict(self._repo(repo).object)
+        return self._repo(repo).copy()
 
     def add_run(
         self,
