@@ -1,9 +1,11 @@
-"""Simulated upstreams (Apify API v2, RakerOne) served by aiohttp on loopback.
+"""Simulated upstreams (Apify API v2, RakerOne, GitHub Actions) served by aiohttp on loopback.
 
 Used by tests, demos and benchmarks. Each upstream is an in-memory world (apify.ApifyWorld,
-rakerone.RakerWorld) plus its endpoints; the Simulator serves the worlds it is given, optionally
+rakerone.RakerWorld, github.GitHubWorld) plus its endpoints; the Simulator serves the worlds it is given, optionally
 slowed down (latency) and with seeded, replayable faults (faults.Faults). Apify's answers also go
-through the world's per-resource rate limit (apify.RateLimiter) and carry X-RateLimit-Limit.
+through the world's per-resource rate limit (apify.RateLimiter) and carry X-RateLimit-Limit;
+GitHub's spend the world's hourly budget (github.RateBudget) and carry its x-ratelimit-* headers.
+github_hooks builds the `workflow_run` webhook deliveries GitHub would send.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ from worker.simulator.faults import (
     truncated,
     wrong_types,
 )
+from worker.simulator.github import (
+    GITHUB_CONCLUSIONS,
+    GITHUB_OPEN,
+    GITHUB_STATUSES,
+    GitHubWorld,
+    RateBudget,
+)
+from worker.simulator.github_api import GitHubEndpoints, created_bounds
+from worker.simulator.github_hooks import (
+    Delivery,
+    signature_256,
+    workflow_run_delivery,
+)
 from worker.simulator.rakerone import (
     RAKER_OPEN,
     RAKER_QUEUED,
@@ -50,6 +65,9 @@ from worker.simulator.rakerone import (
 __all__ = [
     "ALL_STATUSES",
     "FAULT_KINDS",
+    "GITHUB_CONCLUSIONS",
+    "GITHUB_OPEN",
+    "GITHUB_STATUSES",
     "KNOWN_ORIGINS",
     "OPEN_STATUSES",
     "RAKER_OPEN",
@@ -59,16 +77,28 @@ __all__ = [
     "UNKNOWN_ORIGIN",
     "USERNAME",
     "ApifyWorld",
+    "Delivery",
     "Faults",
+    "GitHubWorld",
     "RakerWorld",
+    "RateBudget",
     "RateLimiter",
     "Simulator",
+    "created_bounds",
     "serve",
+    "signature_256",
+    "workflow_run_delivery",
 ]
 
 
-def _dialect(path: str) -> type[ApifyEndpoints] | type[RakerEndpoints]:
-    """The upstream whose error format answers for `path` (Apify's, unless RakerOne's own)."""
+_Endpoints = ApifyEndpoints | RakerEndpoints | GitHubEndpoints
+
+
+def _dialect(path: str) -> type[_Endpoints]:
+    """The upstream whose error format answers for `path` (Apify's, unless RakerOne's or
+    GitHub's own)."""
+    if path.startswith(GitHubEndpoints.paths):
+        return GitHubEndpoints
     return RakerEndpoints if path.startswith(RakerEndpoints.paths) else ApifyEndpoints
 
 
@@ -77,13 +107,15 @@ _CONTROLS = "/_simulator/"
 
 
 class Simulator:
-    """Serves an ApifyWorld and/or a RakerWorld over HTTP, like their real APIs (reads only)."""
+    """Serves an ApifyWorld, a RakerWorld and/or a GitHubWorld over HTTP, like their real APIs
+    (reads only)."""
 
     def __init__(
         self,
         apify: ApifyWorld | None = None,
         *,
         rakerone: RakerWorld | None = None,
+        github: GitHubWorld | None = None,
         token: str = "sim-token",
         faults: Faults | None = None,
         latency: float = 0.0,
@@ -92,6 +124,7 @@ class Simulator:
             raise ValueError(f"latency must not be negative, got {latency!r}")
         self.apify = apify
         self.rakerone = rakerone
+        self.github = github
         self.token = token
         self.faults = faults
         self.latency = latency
@@ -103,7 +136,8 @@ class Simulator:
         self.app.on_response_prepare.append(self._stamp)
         self._apify = ApifyEndpoints(apify) if apify is not None else None
         self._rakerone = RakerEndpoints(rakerone) if rakerone is not None else None
-        for upstream in (self._apify, self._rakerone):
+        self._github = GitHubEndpoints(github) if github is not None else None
+        for upstream in (self._apify, self._rakerone, self._github):
             for method, path, handler, name in upstream.routes() if upstream else ():
                 self.app.router.add_route(method, path, handler, name=name)
         self.app.router.add_get(
@@ -132,21 +166,36 @@ class Simulator:
             await self._runner.cleanup()
             self._runner = None
 
-    def _endpoints(self, path: str) -> ApifyEndpoints | RakerEndpoints | None:
+    def _endpoints(self, path: str) -> _Endpoints | None:
         """The served upstream whose dialect answers for `path`, if it is served."""
-        return self._rakerone if _dialect(path) is RakerEndpoints else self._apify
+        dialect = _dialect(path)
+        if dialect is GitHubEndpoints:
+            return self._github
+        return self._rakerone if dialect is RakerEndpoints else self._apify
+
+    def _authorized(self, request: web.Request, endpoints: _Endpoints) -> bool:
+        """Whether the request carries the token the way its upstream takes one."""
+        if isinstance(endpoints, GitHubEndpoints):
+            return endpoints.authorized(request, self.token)
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Apify's answers (all but the controls') carry X-RateLimit-Limit, errors included."""
+        """Apify's answers (all but the controls') carry X-RateLimit-Limit, GitHub's its
+        x-ratelimit-* headers, errors included."""
         path = request.path
-        apify_answer = _dialect(path) is ApifyEndpoints and not path.startswith(_CONTROLS)
-        if self._apify is not None and apify_answer:
+        if path.startswith(_CONTROLS):
+            return
+        dialect = _dialect(path)
+        if self._apify is not None and dialect is ApifyEndpoints:
             self._apify.stamp(response)
+        if self._github is not None and dialect is GitHubEndpoints:
+            self._github.stamp(response)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Counts routed requests, applies Apify's rate limit, adds latency, enforces the bearer
-        token and injects faults."""
+        token and injects faults. GitHub's budget is spent by its endpoints, after the token is
+        checked: a 401 is not the token's request."""
         upstream = not request.path.startswith(_CONTROLS)
         unrouted = request.match_info.http_exception
         if unrouted is None:
@@ -161,7 +210,7 @@ class Simulator:
         if unrouted is not None:
             return _dialect(request.path).unrouted(unrouted)
         assert endpoints is not None  # a route exists only for an upstream that is served
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if not self._authorized(request, endpoints):
             return endpoints.unauthorized(request)
         if upstream and self.faults is not None:
             return await self._faulty(request, handler, self.faults)

@@ -112,14 +112,14 @@ def wrong_types(body: bytes, draw: int) -> bytes | None:
 
 
 def _items(page: object) -> list[dict]:
-    """The run objects of an Apify page or single run, or of a RakerOne page."""
+    """The run objects of an Apify page or single run, or of a RakerOne or GitHub page."""
     if not isinstance(page, dict):
         return []
     data = page.get("data")
     if isinstance(data, dict):
         listed = data.get("items")
         return [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else [data]
-    runs = page.get("runs")
+    runs = page.get("runs", page.get("workflow_runs"))
     return [i for i in runs if isinstance(i, dict)] if isinstance(runs, list) else []
 
 
