@@ -48,7 +48,7 @@ CATALOG = {
             CASE WHEN c.relkind IN ('r', 'p') AND c.relreplident <> 'd'
                 THEN 'replica identity ' || c.relreplident::text END)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = $1
+        WHERE n.nspname = $1 AND c.relkind NOT IN ('i', 'I')  -- indexes: below
     """,
     "column": """
         SELECT c.relname || '.' || a.attname, concat_ws(' ',
