@@ -24,13 +24,14 @@ INSERT INTO runsync.migrations (version, name) VALUES ($1, $2);
 
 -- take_lease --
 -- Takes a stream's lease ($1 source, $2 stream) as token $3 for holder $4, for $5; nothing when
--- another holds it and it has not expired.
+-- another holds it and it has not expired. $6: this process's own earlier token of the stream,
+-- which it could not give back (the database was away): taken again at once.
 INSERT INTO runsync.leases AS l (source, stream, token, holder, expires_at)
 VALUES ($1, $2, $3, $4, now() + $5::interval)
 ON CONFLICT (source, stream) DO UPDATE
     SET token = excluded.token, holder = excluded.holder, taken_at = now(), renewed_at = now(),
         expires_at = excluded.expires_at
-    WHERE l.expires_at < now()
+    WHERE l.expires_at < now() OR l.token = $6::uuid
 RETURNING true;
 
 -- renew_leases --

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import socket
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -85,6 +86,39 @@ async def test_a_lease_is_held_by_one_pass_and_taken_over_once_its_process_is_go
         outcome = await conn.fetchval("SELECT outcome FROM runsync.passes WHERE id = $1", pass_id)
         checkpoint = await conn.fetchval("SELECT count(*) FROM runsync.checkpoints")
     assert (outcome, checkpoint) == ("abandoned", 0)  # closed by the taker, and it stays so
+
+
+async def test_a_lease_the_process_could_not_give_back_is_its_own_to_take_again(
+    server_url, database_url, db
+):
+    """The database goes away as a pass ends, so its lease stays until it expires: another
+    process waits for that, but this one takes its stream again at once when the database is
+    back (else a daemon would skip its own streams for takeover_after after every outage)."""
+    from conftest import _admin
+
+    name = urlsplit(database_url).path.lstrip("/")
+    owner = await store.Store.open(database_url)
+    try:
+        async with owner.lease("apify", "incremental") as held:
+            assert held is not None
+            await _admin(
+                server_url,
+                f"ALTER DATABASE {name} ALLOW_CONNECTIONS false",
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+            )
+        await _admin(server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+        async def reconnected() -> bool:
+            async with db.lease("apify", "incremental") as other:
+                return other is None  # another process: the lease has not expired
+
+        assert await eventually(reconnected, ignoring=store.DatabaseError)
+        async with owner.lease("apify", "incremental") as again:
+            assert again is not None  # its own, taken again at once
+        async with db.lease("apify", "incremental") as other:
+            assert other is not None  # and given back this time
+    finally:
+        await owner.close()
 
 
 async def test_a_write_holds_its_lease_until_it_commits(database_url, db):

@@ -129,6 +129,8 @@ class Store:
         self.takeover_after = takeover_after
         self.connections = Connections(max_connections)
         self._held: dict[uuid.UUID, Lease] = {}  # the leases this process holds, by token
+        # Per (source, stream): a token of this process's that it could not give back.
+        self._unreleased: dict[tuple[str, str], uuid.UUID] = {}
         self._renewing: asyncio.Task | None = None
         self._figures: Callable[[], dict[str, Any]] = dict
 
@@ -259,14 +261,15 @@ class Store:
         """The lease of one stream of a source, held until the block ends; None if another
         process (or another pass of this one) holds it. A lease not renewed for `takeover_after`
         (its process died) is free to take."""
-        token = uuid.uuid4()
+        token, kept = uuid.uuid4(), self._unreleased.get((source, stream))
         async with self.connection() as conn:
             taken = await conn.fetchval(
-                self.q["take_lease"], source, stream, token, self.holder, self.takeover_after
+                self.q["take_lease"], source, stream, token, self.holder, self.takeover_after, kept
             )
         if not taken:
             yield None
             return
+        self._unreleased.pop((source, stream), None)
         lease = self._held[token] = Lease(self, source, stream, token)
         self.start_renewing()
         try:
@@ -277,6 +280,8 @@ class Store:
                 async with self.connection(wait=10) as conn:
                     await conn.execute(self.q["release_lease"], token)
             except (*DatabaseError, TimeoutError) as error:
+                # Others wait for it to expire; this process takes it again at once.
+                self._unreleased[(source, stream)] = token
                 log.warning("could not give back a lease; it expires by itself",
                             source=source, stream=stream, error=str(error))  # fmt: skip
 
