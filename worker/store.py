@@ -215,7 +215,10 @@ class Store:
 
     async def _renew_forever(self) -> None:
         while True:
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:  # a bug here must not let every lease of the process expire
+                log.exception("renewing the leases failed")
             await asyncio.sleep(self.takeover_after.total_seconds() / 3)
 
     async def renew(self) -> None:
