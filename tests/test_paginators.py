@@ -349,3 +349,16 @@ def test_a_key_of_the_item_itself_is_named_in_the_note():
     run = read_item({**item("r", 0), "k\x00": 1}, NOW)
     assert json.loads(run.raw)["k\\u0000"] == 1
     assert run.notes == "escaped NUL in a key of the item"
+
+
+def test_an_outcome_is_its_text_wherever_it_goes():
+    """Outcomes are an enum in the code and text in the table, the log and the metrics' labels:
+    the same words, so the README's and the dashboards' queries stay right."""
+    from worker.model import Outcome
+
+    assert [o.value for o in Outcome] == [
+        "running", "succeeded", "failed", "interrupted", "skipped", "abandoned"
+    ]  # fmt: skip
+    assert str(Outcome.FAILED) == "failed" and f"{Outcome.SKIPPED}" == "skipped"
+    assert Outcome("succeeded") is Outcome.SUCCEEDED
+    assert json.dumps({"outcome": Outcome.INTERRUPTED}) == '{"outcome": "interrupted"}'

@@ -14,7 +14,7 @@ import pytest
 from helpers import eventually, one_pass, stored_runs
 
 from worker import runtime, sqlfiles, store
-from worker.model import Checkpoint, Run
+from worker.model import Checkpoint, Outcome, Run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -77,7 +77,7 @@ async def test_a_lease_is_held_by_one_pass_and_taken_over_once_its_process_is_go
             with pytest.raises(store.LeaseLost, match="another process took over"):
                 await held.save_page(pass_id, "apify", [run], [], checkpoint=Checkpoint(T0))
             assert held.lost
-            await held.finish_pass(pass_id, "failed", "lost")
+            await held.finish_pass(pass_id, Outcome.FAILED, "lost")
     finally:
         await dying.close()
         await other.close()
@@ -176,7 +176,7 @@ async def test_a_process_opens_no_more_connections_than_its_budget(database_url)
             async with budget.lease("s", f"stream{index}") as lease:
                 pass_id = await lease.start_pass()
                 await lease.save_checkpoint(Checkpoint(T0))
-                await lease.finish_pass(pass_id, "succeeded")
+                await lease.finish_pass(pass_id, Outcome.SUCCEEDED)
 
         await asyncio.gather(*(one_pass(i) for i in range(40)))
         assert budget.connections.peak == 3 and budget.connections.waits > 0

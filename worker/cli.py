@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
 from worker import config, console, database, observability, runtime, scheduler
+from worker.model import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -147,7 +148,7 @@ def _sync(settings, args) -> int:
         for result in results:
             line = (f"{result.stream} pass of {result.label} {result.outcome}: {result.items:,} "
                     f"runs read, {result.written:,} written")  # fmt: skip
-            if result.outcome == "failed":
+            if result.outcome == Outcome.FAILED:
                 console.error(f"{line}; {result.error}")
             else:
                 print(line)
@@ -170,15 +171,15 @@ def _backfill(settings, args) -> int:
     for result in results:
         if result.note:
             print(f"backfill of {result.label}: {result.note}")
-        elif result.outcome == "succeeded":
+        elif result.outcome == Outcome.SUCCEEDED:
             print(f"backfill of {result.label} succeeded: {result.items:,} runs "
                   f"read, {result.written:,} written, {result.quarantined:,} quarantined")  # fmt: skip
-        elif result.outcome == "skipped":
+        elif result.outcome == Outcome.SKIPPED:
             console.error(f"backfill of {result.label} is already running elsewhere")
         else:
             console.error(f"backfill of {result.label} {result.outcome}: "
                           f"{result.error or 'stopped'}")  # fmt: skip
-    return EXIT_OK if all(r.outcome == "succeeded" for r in results) else EXIT_FAILED
+    return EXIT_OK if all(r.outcome == Outcome.SUCCEEDED for r in results) else EXIT_FAILED
 
 
 def _status(settings, args) -> int:

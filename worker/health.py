@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from worker.model import Outcome
+
 if TYPE_CHECKING:
     from worker.metrics import Metrics
     from worker.webhooks import Receiver
@@ -106,11 +108,11 @@ class PassOutcomes:
         self.started_at = started_at or clock()
         self._streams: dict[tuple[str, str], _Stream] = {}
 
-    def record(self, source: str, stream: str, outcome: str, error: str | None = None) -> None:
+    def record(self, source: str, stream: str, outcome: Outcome, error: str | None = None) -> None:
         state = self._streams.setdefault((source, stream), _Stream())
-        if outcome == "succeeded":
+        if outcome == Outcome.SUCCEEDED:
             state.last_success, state.failed, state.error = self.clock(), False, None
-        elif outcome == "failed":
+        elif outcome == Outcome.FAILED:
             state.failed, state.error = True, error
 
     def failing(self, now: datetime | None = None) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from worker.model import Outcome
+
 # A pass takes from a tenth of a second (nothing new) to an hour (a first pass over a big history).
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -102,7 +104,7 @@ class Metrics:
         """A pass's figures, from its result (a sync.PassResult)."""
         labels = (result.source, result.stream)
         self.passes.labels(*labels, result.outcome).inc()
-        if result.outcome == "skipped":
+        if result.outcome == Outcome.SKIPPED:
             return
         self.pass_seconds.labels(*labels).observe(result.duration_ms / 1000)
         self.pages.labels(*labels).inc(result.pages)
@@ -110,7 +112,7 @@ class Metrics:
         self.inserted.labels(*labels).inc(result.inserted)
         self.updated.labels(*labels).inc(result.updated)
         self.quarantined.labels(*labels).inc(result.quarantined)
-        if result.outcome == "succeeded":
+        if result.outcome == Outcome.SUCCEEDED:
             self.last_success.labels(*labels).set_to_current_time()
 
     def stream_figures(

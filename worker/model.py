@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
+
+
+class Outcome(StrEnum):
+    """How a pass ended, as `runsync.passes.outcome`, the `outcome` of the log line that ends
+    every pass, and the label of `runsync_passes_total` say it."""
+
+    RUNNING = "running"  # not ended yet (in the table: or its process died before it could say)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a stop came; the page in flight was committed
+    SKIPPED = "skipped"  # another pass holds the stream, or ran it this tick; never recorded
+    ABANDONED = "abandoned"  # its process died or lost the lease; closed by the next pass
 
 
 class Run(NamedTuple):

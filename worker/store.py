@@ -28,7 +28,7 @@ import asyncpg
 import structlog
 
 from worker import sqlfiles
-from worker.model import Checkpoint, Rejected, Run
+from worker.model import Checkpoint, Outcome, Rejected, Run
 
 log = structlog.get_logger("runsync.store")
 
@@ -470,8 +470,8 @@ class Lease:
             await conn.execute(self.q["abandon_passes"], self.source, self.stream)
             return await conn.fetchval(self.q["start_pass"], self.source, self.stream)
 
-    async def finish_pass(self, pass_id: int, outcome: str, error: str | None = None) -> None:
-        await self._fetch("finish_pass", pass_id, outcome, error, method="execute")
+    async def finish_pass(self, pass_id: int, outcome: Outcome, error: str | None = None) -> None:
+        await self._fetch("finish_pass", pass_id, Outcome(outcome).value, error, method="execute")
 
     async def checkpoint(self, stream: str | None = None) -> Checkpoint | None:
         """Where this stream stands; or, to read only, another stream of the source."""

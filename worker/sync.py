@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from worker import backfill, http, refresh, store
-from worker.model import Checkpoint
+from worker.model import Checkpoint, Outcome
 from worker.sources import PageError, Source
 from worker.sources.common import isoformat, parse_time
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
@@ -123,12 +123,12 @@ async def _first_copy(
         copy = await run_pass(
             runtime, db, stream=BACKFILL, stop=stop, progress=progress, metrics=metrics
         )
-    if copy.outcome == "succeeded" and not stopping(stop):
+    if copy.outcome == Outcome.SUCCEEDED and not stopping(stop):
         return None
     # A copy that succeeded as the stop came: the incremental pass did not run.
-    outcome = "interrupted" if copy.outcome == "succeeded" else copy.outcome
+    outcome = Outcome.INTERRUPTED if copy.outcome == Outcome.SUCCEEDED else copy.outcome
     result = PassResult(runtime.name, runtime.stream(INCREMENTAL), outcome=outcome)
-    if copy.outcome == "skipped":
+    if copy.outcome == Outcome.SKIPPED:
         return _skipped(result, "another process is copying the history (its backfill)")
     result.error = copy.error and f"the first copy (backfill pass {copy.pass_id}): {copy.error}"
     return result
@@ -157,7 +157,7 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
                     runtime, lease, result, stream, since, until, stop, progress, restart
                 )
     except store.DatabaseError as error:
-        result.outcome, result.error = "failed", f"database: {error}"
+        result.outcome, result.error = Outcome.FAILED, f"database: {error}"
         _log_finished(result, source=result.source, stream=result.stream, pass_id=result.pass_id)
     return result
 
@@ -176,7 +176,7 @@ async def _measure(runtime: SourceRuntime, db: store.Store, metrics: Metrics) ->
 
 
 def _skipped(result: PassResult, reason: str) -> PassResult:
-    result.outcome = "skipped"
+    result.outcome = Outcome.SKIPPED
     log.info("pass skipped", source=result.source, stream=result.stream, reason=reason)
     return result
 
@@ -191,13 +191,13 @@ async def _run_leased(runtime, lease, result, stream, since, until, stop, progre
             await _reconcile(runtime, lease, result, stop)
         else:
             await _incremental(runtime, lease, result, started_at, stop, progress)
-        result.outcome = "interrupted" if stopping(stop) else "succeeded"
+        result.outcome = Outcome.INTERRUPTED if stopping(stop) else Outcome.SUCCEEDED
     except (http.UpstreamError, PageError) as error:
-        result.outcome, result.error = "failed", str(error)
+        result.outcome, result.error = Outcome.FAILED, str(error)
     except store.DatabaseError as error:
-        result.outcome, result.error = "failed", f"database: {error}"
+        result.outcome, result.error = Outcome.FAILED, f"database: {error}"
     except asyncio.CancelledError:
-        result.outcome = "interrupted"
+        result.outcome = Outcome.INTERRUPTED
         try:
             await asyncio.shield(lease.finish_pass(result.pass_id, result.outcome, None))
         except (*store.DatabaseError, asyncio.CancelledError):
@@ -228,7 +228,7 @@ def _log_finished(result: PassResult, **context: object) -> None:
         "duration_ms": result.duration_ms,
         "cpu_ms": result.cpu_ms,  # the process's, so it includes passes running beside this one
     }
-    if result.outcome == "failed":
+    if result.outcome == Outcome.FAILED:
         log.error("pass failed", error=result.error, **context, **fields)
     else:
         log.info(f"pass {result.outcome}", **context, **fields)

@@ -16,7 +16,7 @@ import structlog
 
 from worker import budget, http, store
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Outcome, Page, Rejected, Request, Run
 from worker.sources import PageError, Paginator, Source
 
 log = structlog.get_logger("runsync.walk")
@@ -52,7 +52,7 @@ class SourceRuntime:
 class PassResult:
     source: str
     stream: str
-    outcome: str = "running"  # succeeded | failed | interrupted | skipped
+    outcome: Outcome = Outcome.RUNNING
     pass_id: int | None = None
     pages: int = 0
     items: int = 0
@@ -75,7 +75,7 @@ class PassResult:
     @property
     def ok(self) -> bool:
         # Skipped means another replica is running this stream right now: not a failure.
-        return self.outcome in ("succeeded", "skipped")
+        return self.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
 
     def count(self, written: store.Written, *, items: int = 0, pages: int = 0, refreshed: int = 0):
         self.pages += pages
