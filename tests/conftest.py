@@ -19,6 +19,21 @@ from worker import config, database, simulator, store
 
 TEMPLATE = "runsync_test_template"
 
+# The fixtures that reach Postgres: a test that uses any of them, even through another fixture,
+# is an integration test (or a process-level one, marked so by hand); any other is a unit test.
+DATABASE_FIXTURES = {"server_url", "template_url", "database_url", "db"}
+LAYERS = ("unit", "integration", "process")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test in one layer: `pytest -m unit` runs in seconds with no database at all."""
+    for item in items:
+        marked = [layer for layer in LAYERS if item.get_closest_marker(layer)]
+        if marked:
+            continue
+        database = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        item.add_marker("integration" if database else "unit")
+
 
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
@@ -34,7 +49,9 @@ async def _admin(url: str, *statements: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
+def server_url(request, tmp_path_factory):
+    if request.node.get_closest_marker("unit"):  # a session fixture: the first test that asked
+        raise pytest.UsageError(f"{request.node.nodeid} is marked unit but needs the database")
     url = os.environ.get("RUNSYNC_DATABASE_URL")
     if url:
         yield url

@@ -34,6 +34,7 @@ def log_lines(err: str) -> list[dict]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.process
 async def test_sync_then_status(world, sim, db, database_url, tmp_path):
     for i in range(120):
         world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(minutes=i))
@@ -64,6 +65,7 @@ async def test_sync_then_status(world, sim, db, database_url, tmp_path):
     assert code == 0 and "apify" in out and "124" in out
 
 
+@pytest.mark.process
 async def test_backfill_a_range(world, sim, db, database_url, tmp_path):
     for day in range(10):
         world.add_runs(3, status="SUCCEEDED", started_at=T0 + timedelta(days=day))
@@ -97,6 +99,7 @@ async def test_backfill_a_range(world, sim, db, database_url, tmp_path):
     assert code == 0 and "succeeded: 9 runs read, 0 written" in out
 
 
+@pytest.mark.process
 async def test_the_daemon_stops_cleanly_on_sigterm(world, sim, db, database_url, tmp_path):
     world.add_runs(300, status="SUCCEEDED", started_at=T0)
     path = config_file(tmp_path, sim)
@@ -118,6 +121,7 @@ async def test_the_daemon_stops_cleanly_on_sigterm(world, sim, db, database_url,
     )
 
 
+@pytest.mark.process
 async def test_a_failing_source_makes_sync_exit_1(world, sim, db, database_url, tmp_path):
     path = config_file(tmp_path, sim)
     code, _, err = await runsync(
@@ -129,6 +133,7 @@ async def test_a_failing_source_makes_sync_exit_1(world, sim, db, database_url, 
     assert "wrong-token-xyz" not in err
 
 
+@pytest.mark.process
 async def test_an_unknown_source_exits_2_and_an_unreachable_database_1(sim, database_url, tmp_path):
     path = config_file(tmp_path, sim)
     code, _, err = await runsync(database_url, "--config", path, "sync", "nope")
@@ -142,6 +147,7 @@ async def test_an_unknown_source_exits_2_and_an_unreachable_database_1(sim, data
     assert "hunter2pw" not in err and "runsync:***@127.0.0.1:9" in err
 
 
+@pytest.mark.process
 async def test_a_wrong_database_name_or_password_exits_2(sim, database_url, tmp_path):
     path = config_file(tmp_path, sim)
     parts = urlsplit(database_url)

@@ -14,6 +14,7 @@ import os
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from helpers import (
     assert_matches_upstream,
     config_toml,
@@ -106,6 +107,7 @@ async def assert_nothing_twice(db) -> None:
     assert (twice, repeated) == (0, 0)
 
 
+@pytest.mark.process
 async def test_backfill_killed_at_random_requests(world, sim, db, database_url, tmp_path):
     for i in range(3000):
         world.add_runs(1, status="SUCCEEDED", started_at=T0 + timedelta(seconds=i))
@@ -138,6 +140,7 @@ async def test_backfill_killed_at_random_requests(world, sim, db, database_url, 
     assert interrupted <= needed + len(kills) * 3 * 8, (interrupted, needed, kills)
 
 
+@pytest.mark.process
 async def test_daemon_killed_at_random_requests_while_the_upstream_changes(
     world, sim, db, database_url, tmp_path
 ):

@@ -155,6 +155,7 @@ async def readyz(port: int) -> tuple[int, dict] | None:
         return None
 
 
+@pytest.mark.process
 async def test_a_replica_started_before_the_database_waits_for_it(world, sim, server, tmp_path):
     """Down at start is not a configuration mistake: the daemon stays up, says why it is not
     ready, and goes to work once the database answers."""
@@ -196,6 +197,7 @@ async def _status_is(port: int, status: int) -> bool:
     return answer is not None and answer[0] == status
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("server_max", "budget"), [(14, 3), (8, 5)], ids=["budgets fit", "budgets exceed the server"]
 )

@@ -148,6 +148,7 @@ MEASURED = """if True:
 """
 
 
+@pytest.mark.process
 async def test_the_million_item_page_stays_within_bounded_memory(hostile, database_url, tmp_path):
     hostile.body = items_page(",".join(["{}"] * 1_000_000), 1_000_000)
     path = tmp_path / "hostile.toml"

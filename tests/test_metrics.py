@@ -47,6 +47,7 @@ async def eventually(check, seconds: float = 20.0):
     return await helpers.eventually(check, seconds, ignoring=(aiohttp.ClientError,))
 
 
+@pytest.mark.process
 async def test_the_daemon_serves_health_readiness_and_metrics(
     world, sim, db, database_url, tmp_path
 ):

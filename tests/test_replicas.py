@@ -8,6 +8,7 @@ import signal
 from collections import defaultdict
 from datetime import UTC, datetime
 
+import pytest
 from helpers import ThreeSources, assert_matches_upstream, eventually, spawn, stored_runs
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -17,6 +18,7 @@ STREAMS = {
 }  # fmt: skip
 
 
+@pytest.mark.process
 async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database_url, tmp_path):
     sources = ThreeSources(world, raker, sim, runs=400, raker_runs=150, open_every=50)
     task = {"id": sources.task}

@@ -32,6 +32,7 @@ async def sim_with_secret(world, raker):
     await served.stop()
 
 
+@pytest.mark.process
 async def test_no_command_lets_a_secret_out(sim_with_secret, db, database_url, tmp_path):
     sim = sim_with_secret
     path = tmp_path / "secrets.toml"

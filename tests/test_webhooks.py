@@ -10,6 +10,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import pytest
 from aiohttp import web
 from helpers import config_toml, source_toml, spawn, stored_runs
 
@@ -63,6 +64,7 @@ async def history(db, run_id: str) -> list[tuple]:
     return [tuple(row) for row in rows]
 
 
+@pytest.mark.process
 async def test_deliveries_to_the_daemon_land_once_and_older_news_loses(
     world, sim, db, database_url, tmp_path
 ):
