@@ -437,13 +437,13 @@ class Lease:
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         async with self._transaction() as conn:
-            await conn.execute(
-                self.q["save_checkpoint"],
-                self.source,
-                self.stream,
-                checkpoint.watermark,
-                checkpoint.cursor,
-            )
+            await self._save_checkpoint(conn, checkpoint)
+
+    async def _save_checkpoint(self, conn: asyncpg.Connection, checkpoint: Checkpoint) -> None:
+        await conn.execute(
+            self.q["save_checkpoint"], self.source, self.stream, checkpoint.watermark,
+            checkpoint.cursor,
+        )  # fmt: skip
 
     async def forget_windows(self) -> None:
         async with self._transaction() as conn:
@@ -495,13 +495,7 @@ class Lease:
         async with self._transaction() as conn:
             written = await Writes(conn, self.q, self.source).write(upstream, runs, rejected)
             if checkpoint is not KEEP:
-                await conn.execute(
-                    self.q["save_checkpoint"],
-                    self.source,
-                    self.stream,
-                    checkpoint.watermark,
-                    checkpoint.cursor,
-                )
+                await self._save_checkpoint(conn, checkpoint)
             await self._count(conn, pass_id, 1, items, written.runs, written.quarantined, refreshed)
         return written
 

@@ -30,9 +30,10 @@ import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+from benchdb import fresh_database
 
 TOKEN = "bench-token"
 SEED = 42
@@ -85,20 +86,6 @@ def serve(runs: int, latency_ms: float, port: int) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-async def fresh_database(url: str, name: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return with_database(url, name)
 
 
 async def count(url: str, table: str) -> int:

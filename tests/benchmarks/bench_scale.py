@@ -72,10 +72,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import asyncpg
+from benchdb import fresh_database, with_database
 
 TOKEN = "bench-token"
 TOKEN_ENV = "BENCH_TOKEN"
@@ -266,26 +267,6 @@ async def alter_system(url: str, max_connections: int) -> None:
         await conn.execute(f"ALTER SYSTEM SET max_connections = {int(max_connections)}")
     finally:
         await conn.close()
-
-
-def with_database(url: str, name: str, application_name: str | None = None) -> str:
-    """The URL of another database on the server, optionally tagged with an application_name
-    (asyncpg passes unknown URL parameters on as server settings)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "application_name"]
-    if application_name:
-        query.append(("application_name", application_name))
-    return urlunsplit(parts._replace(path=f"/{name}", query=urlencode(query)))
-
-
-async def fresh_database(url: str, name: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return with_database(url, name)
 
 
 async def stored(conn: asyncpg.Connection, names: list[str]) -> dict[str, list]:
