@@ -362,3 +362,23 @@ def test_an_outcome_is_its_text_wherever_it_goes():
     assert str(Outcome.FAILED) == "failed" and f"{Outcome.SKIPPED}" == "skipped"
     assert Outcome("succeeded") is Outcome.SUCCEEDED
     assert json.dumps({"outcome": Outcome.INTERRUPTED}) == '{"outcome": "interrupted"}'
+
+
+def test_every_source_names_a_refresh_strategy_that_exists():
+    """refresh.open_runs takes the source's word for how to read its open runs again; an
+    unknown word is an error, not the open-list way by default."""
+    from worker import refresh
+    from worker.sources import apify, rakerone
+
+    assert apify.ApifySource.refresh in refresh.STRATEGIES
+    assert rakerone.RakerOneSource.refresh in refresh.STRATEGIES
+
+
+async def test_a_source_with_an_unknown_refresh_strategy_is_an_error():
+    from types import SimpleNamespace
+
+    from worker import refresh
+
+    runtime = SimpleNamespace(name="new", source=SimpleNamespace(refresh="by_magic"))
+    with pytest.raises(ValueError, match="new: unknown refresh strategy 'by_magic'"):
+        await refresh.open_runs(runtime, None, None, None, None, None)

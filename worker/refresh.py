@@ -42,11 +42,19 @@ log = structlog.get_logger("runsync.refresh")
 BATCH = 200  # open runs read one by one per transaction
 
 
+STRATEGIES = ("open_list", "walks")  # what a source's `refresh` may say
+
+
 async def open_runs(runtime, lease, result, pending: Pending, pass_started, stop) -> None:
-    if runtime.source.refresh == "walks":
+    """The open runs read again, the way the source says (`refresh`): one list of every open
+    status (Apify), or a walk per status (RakerOne)."""
+    strategy = runtime.source.refresh
+    if strategy == "walks":
         await by_walks(runtime, lease, result, pending, stop)
-    else:
+    elif strategy == "open_list":
         await by_open_list(runtime, lease, result, pending, pass_started, stop)
+    else:  # a new upstream's mistake: never fall into another's way silently
+        raise ValueError(f"{runtime.name}: unknown refresh strategy {strategy!r} ({STRATEGIES})")
 
 
 async def by_open_list(
