@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
 from worker import budget, database, http, ratelimit, sources, store
@@ -27,18 +26,6 @@ class DatabaseUnavailable(Exception):
         super().__init__(message)
         self.transient = transient
         self.cause = cause  # the error's kind, safe to show anywhere
-
-
-# What may pass by itself: the server down, starting or stopping, out of connections, or out of
-# reach. Anything else (a wrong password, user or database name; a migration refused) is a
-# mistake that waiting will not mend.
-_TRANSIENT = (
-    OSError,  # refused, reset, no route, a name that does not resolve (yet)
-    TimeoutError,
-    asyncpg.PostgresConnectionError,  # class 08, the connection lost on the way
-    asyncpg.InsufficientResourcesError,  # class 53: too many clients already, disk full
-    asyncpg.OperatorInterventionError,  # class 57: starting up, shutting down
-)
 
 
 @dataclass
@@ -96,7 +83,7 @@ async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterat
 
 def _unavailable(url: str, what: str, error: BaseException) -> DatabaseUnavailable:
     reason = str(error) or type(error).__name__
-    transient = isinstance(error, _TRANSIENT)
+    transient = store.may_pass(error)
     return DatabaseUnavailable(
         f"{what} at {redact_url(url)}: {reason}", transient=transient, cause=type(error).__name__
     )

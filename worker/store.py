@@ -49,6 +49,23 @@ class LeaseLost(Exception):
 
 DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, LeaseLost)
 
+# What may pass by itself: the server down, starting or stopping, out of connections, or out of
+# reach. Anything else (a wrong password, user or database name; a migration refused) is a
+# mistake that waiting will not mend.
+_TRANSIENT = (
+    OSError,  # refused, reset, no route, a name that does not resolve (yet)
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08, the connection lost on the way
+    asyncpg.InsufficientResourcesError,  # class 53: too many clients already, disk full
+    asyncpg.OperatorInterventionError,  # class 57: starting up, shutting down
+)
+
+
+def may_pass(error: BaseException) -> bool:
+    """Whether a database error may pass by itself (waiting is worth it), or is a mistake."""
+    return isinstance(error, _TRANSIENT)
+
+
 # What the database says of one bad run, not of the database: data that cannot be stored as it is
 # (class 22) or past a limit (class 54: an index row too large, for an id of many kilobytes).
 _REFUSED_RUN = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
