@@ -30,7 +30,7 @@ def config_toml(*sources: str, listen: str = "127.0.0.1:0", **database) -> str:
 def source_toml(name: str, base_url: str, *, kind: str = "apify", **keys) -> str:
     """One [[sources]] table; values are strings, numbers or lists of strings."""
     values = {"name": name, "kind": kind, "token_env": "APIFY_TOKEN", "base_url": base_url}
-    values.update({"every": "1s"} | keys)
+    values.update(({} if "cron" in keys else {"every": "1s"}) | keys)
     return "\n[[sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
