@@ -382,3 +382,25 @@ async def test_a_source_with_an_unknown_refresh_strategy_is_an_error():
     runtime = SimpleNamespace(name="new", source=SimpleNamespace(refresh="by_magic"))
     with pytest.raises(ValueError, match="new: unknown refresh strategy 'by_magic'"):
         await refresh.open_runs(runtime, None, None, None, None, None)
+
+
+def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
+    """backfill.py asks a source whose `windowed` is true for the members of the Windowed
+    protocol; a source that says windowed without them would fail mid-backfill."""
+    from worker.config import Secret, SourceConfig
+    from worker.sources import build
+    from worker.sources.common import Windowed
+
+    members = {name for name in vars(Windowed) if not name.startswith("_")}
+    members |= set(Windowed.__annotations__)
+    assert {"probe", "read_probe", "window", "page_size"} <= members
+
+    def config(kind: str, **keys) -> SourceConfig:
+        return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
+                            base_url="https://example.com", **keys)  # fmt: skip
+
+    sources = [*build(config("apify")), *build(config("rakerone", projects=("p",)))]
+    windowed = [s for s in sources if s.windowed]
+    assert [s.upstream for s in windowed] == ["apify"]  # RakerOne's keyset walk cannot be cut
+    for source in windowed:
+        assert not {m for m in members if not hasattr(source, m)}, source

@@ -19,7 +19,7 @@ import structlog
 
 from worker import store
 from worker.model import Checkpoint, Page
-from worker.sources.common import isoformat, parse_time
+from worker.sources.common import Windowed, isoformat, parse_time
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
 log = structlog.get_logger("runsync.backfill")
@@ -34,7 +34,8 @@ async def plan(
 ) -> tuple[list[list[str | None]], int]:
     """[[start, end], ...] windows of [since, until] (ISO, inclusive; None: unbounded), and the
     runs in it."""
-    source, client = runtime.source, runtime.client
+    source: Windowed = runtime.source
+    client = runtime.client
 
     async def start_at(offset: int) -> tuple[int, datetime | None]:
         request = source.probe(since, until, offset)

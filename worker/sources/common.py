@@ -79,6 +79,32 @@ class Source(Protocol):
         ...
 
 
+class Windowed(Source, Protocol):
+    """What a backfill in windows needs (worker/backfill.py), from a source whose `windowed` is
+    true: probes that place the windows' boundaries, and a walk of one window."""
+
+    page_size: int
+
+    def probe(self, since: datetime | None, until: datetime | None, offset: int) -> Request:
+        """One run of [since, until], at `offset` in start order; the answer says the total."""
+        ...
+
+    def read_probe(self, body: Any, observed_at: datetime) -> tuple[int, datetime | None]:
+        """(total, the start of the probed run, None when it has no readable start)."""
+        ...
+
+    def window(
+        self,
+        checkpoint: Checkpoint | None,
+        start: datetime | None,
+        end: datetime | None,
+        walk: dict[str, Any],
+    ) -> Paginator:
+        """A walk of one window, from `start` up to and including `end`; resumed from
+        `checkpoint` when there is one."""
+        ...
+
+
 class OpenList(Source, Protocol):
     """What refresh = "open_list" needs: a list of every open status, and one run by id."""
 
