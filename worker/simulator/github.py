@@ -21,6 +21,10 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
+from typing import Any
+
+from worker.simulator.seconds import iso as _iso
+from worker.simulator.seconds import seconds as _seconds
 
 # The webhook schemas' enums; the REST schema has none, so both are open sets.
 GITHUB_STATUSES = ("requested", "queued", "pending", "waiting", "in_progress", "completed")
@@ -39,7 +43,6 @@ RERUN_WINDOW = timedelta(days=30)  # a run can be re-run up to 30 days after the
 _API = "https://api.github.com"
 _WEB = "https://github.com"
 _HOUR = 3600
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONCLUSION_MIX = ("success", "failure", "cancelled", "skipped", "timed_out")
 _CONCLUSION_WEIGHTS = (85, 8, 4, 2, 1)
 _OPEN_MIX = ("in_progress", "queued", "waiting", "pending", "requested")
@@ -66,18 +69,6 @@ _RUN_FIELDS = (
     "workflow_url", "head_commit", "repository", "head_repository",
 )  # fmt: skip
 _OMITTABLE = _RUN_FIELDS[1:]  # every documented field may be absent or null, except the id
-
-
-def _seconds(moment: datetime) -> int:
-    """Whole seconds since the epoch, rounded down; naive datetimes count as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(seconds=1)
-
-
-def _iso(seconds: int) -> str:
-    """GitHub's timestamp format: ISO 8601 UTC with Z, to the second (2024-05-01T12:00:03Z)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _user(login: str) -> dict:
@@ -527,31 +518,9 @@ class GitHubWorld:
         """The minimal-repository object that runs carry."""
         return self._repo(repo).copy()
 
-    def add_run(
-        self,
-        repo: str,
-        *,
-        workflow: str | int = "ci.yml",
-        status: str = "completed",
-        conclusion: str | None = None,
-        created_at: datetime | None = None,
-        event: str = "push",
-        branch: str | None = "main",
-        actor: str | None = None,
-        head_sha: str | None = None,
-        stuck: bool = False,
-    ) -> dict:
-        """One new run, created at `created_at` (default now) and returns its complete object.
-
-        status is any string (an open set); "completed" takes `conclusion` (default "success"),
-        any other status has none. A completed run finished a few minutes after it was created,
-        never after now. stuck: progress() never moves it (a queued run no runner picks up).
-        """
-        return self.add_runs(
-            repo, 1, workflow=workflow, status=status, conclusion=conclusion,
-            created_at=created_at, event=event, branch=branch, actor=actor, head_sha=head_sha,
-            stuck=stuck,
-        )[0]  # fmt: skip
+    def add_run(self, repo: str, **options: Any) -> dict:
+        """One new run (add_runs' options), and returns its complete object."""
+        return self.add_runs(repo, 1, **options)[0]
 
     def add_runs(
         self,
@@ -568,7 +537,13 @@ class GitHubWorld:
         head_sha: str | None = None,
         stuck: bool = False,
     ) -> list[dict]:
-        """`count` new runs created in the same second (see add_run), newest first."""
+        """`count` new runs created in the same second, at `created_at` (default now), newest
+        first.
+
+        status is any string (an open set); "completed" takes `conclusion` (default "success"),
+        any other status has none. A completed run finished a few minutes after it was created,
+        never after now. stuck: progress() never moves it (a queued run no runner picks up).
+        """
         found = self._repo(repo)
         chosen = self._workflow(found, workflow)
         if chosen is None:

@@ -36,11 +36,13 @@ from operator import attrgetter
 
 from aiohttp import web
 
+from worker.simulator.seconds import iso as _iso
+from worker.simulator.seconds import seconds as _seconds
+
 RAKER_TERMINAL = ("completed", "failed", "cancelled")
 RAKER_OPEN = ("processing", "needs_review")
 RAKER_QUEUED = "queued"  # created, not started yet: no startedAt
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR = 3600
 _TERMINAL_CUM_WEIGHTS = tuple(accumulate((88, 8, 4)))
 # Shared result objects: 200,000 generated runs then cost no memory for their results.
@@ -81,18 +83,6 @@ _UNSET: object = object()
 _FAILURES = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
 _CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _CURSOR_FIELDS = {"project", "status", "after", "epoch"}
-
-
-def _seconds(moment: datetime) -> int:
-    """Whole seconds since the epoch, rounded down; naive datetimes count as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(seconds=1)
-
-
-def _iso(seconds: int) -> str:
-    """RakerOne's timestamp format, e.g. 2024-06-10T15:22:30Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _is_int(value: object) -> bool:
