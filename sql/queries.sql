@@ -95,60 +95,46 @@ SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now()
 DELETE FROM runsync.checkpoints WHERE source = $1 AND stream LIKE $2 || '#%';
 
 -- create_incoming_runs --
--- A session's staging table for one batch of runs; emptied at every commit. (The usage figure
--- is staged as float8: asyncpg encodes a Python float as numeric a hundred times slower.)
-CREATE TEMP TABLE IF NOT EXISTS incoming_runs (
+-- A session's staging table for one upstream's runs, emptied at every commit: a Run's fields in
+-- order, its upstream's typed columns (as staged) in place of `columns` (store.RunTable).
+CREATE TEMP TABLE IF NOT EXISTS {table} (
     run_id text, status text, is_terminal boolean, started_at timestamptz, finished_at timestamptz,
-    raw text, observed_at timestamptz, recheck_at timestamptz,
-    actor_id text, task_id text, build_id text, build_number text, origin text,
-    usage_total_usd float8, default_key_value_store_id text, default_dataset_id text,
-    default_request_queue_id text, project text, triggered_by text, result text,
-    partial boolean, notes text
+    raw text, observed_at timestamptz, recheck_at timestamptz, project text, partial boolean,
+    notes text, scope text, succeeded boolean{columns}
 ) ON COMMIT DELETE ROWS;
 
 -- empty_incoming_runs --
--- Empties the staging table within a transaction (it also empties at every commit).
-DELETE FROM incoming_runs;
+-- Empties one upstream's staging table within a transaction (it also empties at commit).
+DELETE FROM {table};
 
 -- merge_incoming_runs --
--- Stores the staged runs: a later observation wins, and a run that did not change is not written.
+-- Stores the staged runs of one upstream (worker/store.py RunTable fills in its staging table,
+-- its typed columns, their values and their updates): a later observation wins, and a run that
+-- did not change is not written.
 -- What raw holds: the newest observation, whole, when it is a whole object (a single run, a
 -- webhook's, a RakerOne item) or when the run's status changed; a list item that may omit fields
 -- (partial) of a run in the same status is merged over it instead (runsync.merge_view: a null
 -- or missing key keeps the stored value), and so is each typed column: they always read as raw.
+-- Each typed column's update is, for a column c:
+--   c = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status
+--            THEN coalesce(EXCLUDED.c, r.c) ELSE EXCLUDED.c END
 INSERT INTO runsync.runs AS r (
-    source, upstream, run_id, status, is_terminal, started_at, finished_at,
-    actor_id, task_id, build_id, build_number, origin, usage_total_usd,
-    default_key_value_store_id, default_dataset_id, default_request_queue_id,
-    project, triggered_by, result,
-    raw, observed_at, recheck_at, partial, notes)
-SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at,
-       i.actor_id, i.task_id, i.build_id, i.build_number, i.origin,
-       i.usage_total_usd::text::numeric,  -- float8 as text is its shortest exact form
-       i.default_key_value_store_id, i.default_dataset_id, i.default_request_queue_id,
-       i.project, i.triggered_by, i.result::jsonb,
-       i.raw::jsonb, i.observed_at, i.recheck_at, i.partial, i.notes
-FROM incoming_runs i
+    source, upstream, run_id, status, is_terminal, started_at, finished_at, project, scope,
+    succeeded{columns}, raw, observed_at, recheck_at, partial, notes)
+SELECT $1, $2, i.run_id, i.status, i.is_terminal, i.started_at, i.finished_at, i.project, i.scope,
+       i.succeeded{values}, i.raw::jsonb, i.observed_at, i.recheck_at, i.partial, i.notes
+FROM {table} i
 -- Rows are locked in one order by every writer, so a backfill beside a pass cannot deadlock.
 ORDER BY i.run_id
 ON CONFLICT (source, part, run_id) DO UPDATE SET
     upstream = EXCLUDED.upstream,
     status = EXCLUDED.status,
     is_terminal = EXCLUDED.is_terminal,
+    succeeded = EXCLUDED.succeeded,
     started_at = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.started_at, r.started_at) ELSE EXCLUDED.started_at END,
     finished_at = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.finished_at, r.finished_at) ELSE EXCLUDED.finished_at END,
-    actor_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.actor_id, r.actor_id) ELSE EXCLUDED.actor_id END,
-    task_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.task_id, r.task_id) ELSE EXCLUDED.task_id END,
-    build_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.build_id, r.build_id) ELSE EXCLUDED.build_id END,
-    build_number = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.build_number, r.build_number) ELSE EXCLUDED.build_number END,
-    origin = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.origin, r.origin) ELSE EXCLUDED.origin END,
-    usage_total_usd = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.usage_total_usd, r.usage_total_usd) ELSE EXCLUDED.usage_total_usd END,
-    default_key_value_store_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_key_value_store_id, r.default_key_value_store_id) ELSE EXCLUDED.default_key_value_store_id END,
-    default_dataset_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_dataset_id, r.default_dataset_id) ELSE EXCLUDED.default_dataset_id END,
-    default_request_queue_id = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.default_request_queue_id, r.default_request_queue_id) ELSE EXCLUDED.default_request_queue_id END,
-    triggered_by = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.triggered_by, r.triggered_by) ELSE EXCLUDED.triggered_by END,
-    result = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.result, r.result) ELSE EXCLUDED.result END,
-    notes = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.notes, r.notes) ELSE EXCLUDED.notes END,
+    scope = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.scope, r.scope) ELSE EXCLUDED.scope END,
+    notes = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status THEN coalesce(EXCLUDED.notes, r.notes) ELSE EXCLUDED.notes END,{updates}
     raw = CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status
                THEN runsync.merge_view(r.raw, EXCLUDED.raw) ELSE EXCLUDED.raw END,
     partial = EXCLUDED.partial,

@@ -23,7 +23,7 @@ CREATE SCHEMA runsync;
 CREATE TABLE runsync.runs (
     source                     text        NOT NULL,  -- the configured source's name
     run_id                     text        NOT NULL,  -- the upstream's id of the run
-    upstream                   text        NOT NULL,  -- 'apify' or 'rakerone'
+    upstream                   text        NOT NULL,  -- the kind of upstream: 'apify', 'rakerone', ...
     status                     text        NOT NULL,  -- as the upstream spells it
     is_terminal                boolean     NOT NULL,  -- the status is final (it may still come back to life)
     started_at                 timestamptz,           -- null while a run has not started
@@ -59,6 +59,21 @@ CREATE TABLE runsync.runs (
     partial                    boolean     NOT NULL DEFAULT false,
     -- what had to be escaped to store raw (a NUL, a lone surrogate, a non-finite number)
     notes                      text,
+    -- added by 0009_scope_and_outcome, as the upstream's reader says:
+    scope                      text,                  -- what the run belongs to (an actor, a project, a workflow)
+    succeeded                  boolean,               -- null while the run is open
+    -- added by 0010_github: GitHub Actions workflow runs (read them in github_workflow_runs)
+    github_workflow            text,                  -- the workflow's name
+    github_workflow_id         bigint,
+    github_event               text,                  -- what triggered it: push, pull_request, ...
+    github_branch              text,                  -- head_branch
+    github_head_sha            text,
+    github_actor               text,                  -- the login of actor
+    github_conclusion          text,                  -- null until completed; an open set
+    github_attempt             integer,               -- run_attempt: 1, then one more per re-run
+    github_run_number          bigint,
+    github_created_at          timestamptz,           -- a re-run keeps it
+    github_updated_at          timestamptz,
     PRIMARY KEY (source, part, run_id)
 );
 
@@ -239,8 +254,8 @@ CREATE TABLE runsync.migrations (
 
 -- ------------------------------------------------------------------------------------------------
 -- Analytics views, what BI tools read. A day is the UTC calendar day of a run's start, whatever
--- the session's TimeZone. A scope is what a run belongs to upstream: its actor (actor_id) for
--- Apify, its project for RakerOne. Runs deleted upstream (gone_at) stay in: they happened.
+-- the session's TimeZone. A scope is what a run belongs to upstream, as its upstream's reader says
+-- (runs.scope). Runs deleted upstream (gone_at) stay in: they happened.
 -- ------------------------------------------------------------------------------------------------
 
 -- One row per stored run that has started, with the definitions the other views share.
@@ -249,18 +264,13 @@ SELECT r.source,
        r.upstream,
        r.run_id,
        (r.started_at AT TIME ZONE 'UTC')::date AS day,
-       coalesce(r.actor_id, r.project) AS scope,
+       r.scope,
        r.actor_id,
        r.task_id,
        r.project,
        r.status,
        r.is_terminal,
-       -- Statuses as each upstream spells them; RakerOne's are matched without case, as is_terminal
-       -- is. NULL while the run is open.
-       CASE WHEN NOT r.is_terminal THEN NULL
-            WHEN r.upstream = 'apify' THEN r.status = 'SUCCEEDED'
-            WHEN r.upstream = 'rakerone' THEN lower(r.status) = 'completed'
-       END AS succeeded,
+       r.succeeded,
        r.started_at,
        r.finished_at,
        extract(epoch FROM r.finished_at - r.started_at) AS duration_seconds,
@@ -321,3 +331,30 @@ FROM (
     ORDER BY day, actor_id, run_id, observed_at DESC
 ) AS runs
 GROUP BY day, actor_id;
+
+-- One row per stored GitHub workflow run. started_at is the start of its latest attempt (its
+-- creation before it started); finished_at its last update once completed.
+CREATE VIEW runsync.github_workflow_runs AS
+SELECT r.source,
+       r.run_id,
+       r.github_workflow    AS workflow,
+       r.github_workflow_id AS workflow_id,
+       r.github_event       AS event,
+       r.github_branch      AS branch,
+       r.github_head_sha    AS head_sha,
+       r.github_actor       AS actor,
+       r.status,
+       r.github_conclusion  AS conclusion,
+       r.github_attempt     AS attempt,
+       r.github_run_number  AS run_number,
+       r.github_created_at  AS created_at,
+       r.started_at,
+       r.github_updated_at  AS updated_at,
+       r.finished_at,
+       r.is_terminal,
+       r.succeeded,
+       r.gone_at,
+       r.observed_at,
+       r.raw
+FROM runsync.runs r
+WHERE r.upstream = 'github';

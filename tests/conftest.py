@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from helpers import TOKEN
 
-from worker import config, database, simulator, store
+from worker import config, database, simulator, sources, store
 
 TEMPLATE = "runsync_test_template"
 
@@ -66,7 +66,7 @@ def template_url(server_url):
         await _admin(
             server_url, f"DROP DATABASE IF EXISTS {TEMPLATE}", f"CREATE DATABASE {TEMPLATE}"
         )
-        db = await store.Store.open(url)
+        db = await store.Store.open(url, columns=sources.columns())
         try:
             await db.migrate()
         finally:
@@ -87,7 +87,7 @@ def database_url(server_url, template_url):
 
 @pytest.fixture
 async def db(database_url):
-    opened = await store.Store.open(database_url)
+    opened = await store.Store.open(database_url, columns=sources.columns())
     yield opened
     await opened.close()
 

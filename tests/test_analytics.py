@@ -192,7 +192,7 @@ async def test_views_over_synced_apify_and_rakerone_runs(world, raker, sim, db, 
 
 def run(run_id: str, started_at: datetime, **fields) -> dict:
     upstream = fields.pop("upstream", "apify")
-    return {
+    row = {
         "source": fields.pop("source", upstream),
         "run_id": run_id,
         "upstream": upstream,
@@ -207,6 +207,13 @@ def run(run_id: str, started_at: datetime, **fields) -> dict:
         "observed_at": started_at + timedelta(hours=1),
         **fields,
     }
+    # What the readers say of such a run (apify.read_item, rakerone.read_item).
+    success = "SUCCEEDED" if upstream == "apify" else "completed"
+    row.setdefault("scope", row["actor_id"] or row["project"])
+    row.setdefault(
+        "succeeded", row["status"].casefold() == success.casefold() if row["is_terminal"] else None
+    )
+    return row
 
 
 async def insert(conn, runs: list[dict]) -> None:

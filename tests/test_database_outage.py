@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from helpers import ThreeSources, config_toml, eventually, samples, source_toml, spawn, value
 
-from worker import config, scheduler, store
+from worker import config, scheduler, sources, store
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # platformdirs, when XDG_RUNTIME_DIR is unset
@@ -127,7 +127,7 @@ every = "250ms"
 
     stop.set()
     assert await asyncio.wait_for(daemon, 15) == 0
-    db = await store.Store.open(url)
+    db = await store.Store.open(url, columns=sources.columns())
     try:
         async with db.pool.acquire() as conn:
             outcomes = {
@@ -288,7 +288,7 @@ async def _open_when_possible(url: str) -> store.Store:
     async with asyncio.timeout(60):
         while True:
             try:
-                return await store.Store.open(url, max_connections=2)
+                return await store.Store.open(url, max_connections=2, columns=sources.columns())
             except asyncpg.TooManyConnectionsError:
                 await asyncio.sleep(0.2)
 

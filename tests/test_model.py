@@ -94,6 +94,7 @@ from worker.simulator import (
     Simulator,
 )
 from worker.sources import apify as apify_source
+from worker.sources.contract import Answer
 
 pytestmark = pytest.mark.model
 
@@ -341,7 +342,7 @@ class RunsyncModel(RuleBasedStateMachine):
             env={"APIFY_TOKEN": TOKEN, "RAKER_TOKEN": TOKEN, "HOOK_SECRET": SECRET},
         )
         self.rt = await self.stack.enter_async_context(self._runtime())
-        self.receiver = webhooks.Receiver(self.settings.sources, self.rt.store, {})
+        self.receiver = webhooks.receiver(self.settings.sources, self.rt.store, {})
 
     @contextlib.asynccontextmanager
     async def _runtime(self):
@@ -836,13 +837,13 @@ class RunsyncModel(RuleBasedStateMachine):
         answer = self.run(self._deliver(created, run))
         note(f"late webhook of {iso(created)} for {run['id']} ({run['status']}): {answer.body}")
 
-    async def _deliver(self, created: datetime, run: dict) -> webhooks.Answer:
+    async def _deliver(self, created: datetime, run: dict) -> Answer:
         event = "ACTOR.RUN.SUCCEEDED" if run["status"] == "SUCCEEDED" else "ACTOR.RUN.CREATED"
         payload = {"userId": self.world.user_id, "createdAt": iso(created), "eventType": event,
                    "eventData": {"actorId": run["actId"], "actorRunId": run["id"]},
                    "resource": run}  # fmt: skip
         answer = await self.receiver.receive(
-            "apify", {HOOK_HEADER: SECRET}, json.dumps(payload).encode()
+            "apify", "apify", {HOOK_HEADER: SECRET}, json.dumps(payload).encode()
         )
         TALLY[f"webhooks {answer.body['outcome']}"] += 1
         assert answer.status == 200, f"webhook refused: {answer.status} {answer.body}"

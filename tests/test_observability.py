@@ -8,7 +8,7 @@ import logging
 import structlog
 from helpers import begin_on_empty_history, interrupted_pass, one_pass
 
-from worker import observability, runtime, store, sync
+from worker import observability, runtime, sources, store, sync
 
 
 def test_json_lines_with_context_and_no_secrets(capsys):
@@ -142,7 +142,7 @@ async def test_failed_and_interrupted_passes_end_with_the_same_keys(
     assert "401" in line["error"] and line["outcome"] == "failed"
 
     # The database is gone before the pass could start: the same line, with nothing counted.
-    closed = await store.Store.open(database_url)
+    closed = await store.Store.open(database_url, columns=sources.columns())
     await closed.close()
     async with runtime.open_runtime(settings, ["apify"]) as rt:
         result = await sync.run_pass(rt.stream("apify"), closed)

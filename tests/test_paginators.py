@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.jsontext import NonFinite
-from worker.model import Checkpoint
+from worker.model import Checkpoint, typed
+from worker.sources import apify
 from worker.sources.apify import NewestFirst, OldestFirst, read_item
 from worker.sources.common import ItemError, PageError, isoformat
 
@@ -169,7 +170,7 @@ FULL_ITEM = {
 def test_the_fast_reading_of_an_item_is_the_careful_one(change):
     """Items of the documented shape take a fast path; it must read them exactly as the careful,
     field-by-field path does, and leave every other item to it."""
-    from worker.sources import apify
+    from worker.sources.apify import source as apify
 
     if change == {}:
         assert apify._read_common(dict(FULL_ITEM), NOW, True) is not None  # the fast path is taken
@@ -341,7 +342,8 @@ def test_a_keyset_page_read_again_forgets_only_its_own_cursor():
 
 def test_numbers_stay_numbers_beside_text_that_had_to_be_escaped():
     run = read_item({**item("r", 0), "statusMessage": "a\x00b", "usageTotalUsd": 0.25}, NOW)
-    assert json.loads(run.raw)["usageTotalUsd"] == 0.25 and run.usage_total_usd == 0.25
+    usage = typed(run, apify.COLUMNS)["usage_total_usd"]
+    assert json.loads(run.raw)["usageTotalUsd"] == 0.25 and usage == 0.25
     assert run.notes == "escaped NUL in statusMessage"
 
 
@@ -389,7 +391,7 @@ def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
     protocol; a source that says windowed without them would fail mid-backfill."""
     from worker.config import Secret, SourceConfig
     from worker.sources import build
-    from worker.sources.common import Windowed
+    from worker.sources.contract import Windowed
 
     members = {name for name in vars(Windowed) if not name.startswith("_")}
     members |= set(Windowed.__annotations__)

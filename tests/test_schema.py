@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from conftest import _admin, with_database
 
-from worker import sqlfiles, store
+from worker import sources, sqlfiles, store
 
 SCHEMA = "runsync"
 SCHEMA_FILE = sqlfiles.sql_dir() / "schema.sql"
@@ -239,7 +239,7 @@ def built(server_url):
 
     async def build() -> str | None:
         await _admin(server_url, *(f"CREATE DATABASE {name}" for name in names))
-        migrated = await store.Store.open(urls[0], max_connections=1)
+        migrated = await store.Store.open(urls[0], max_connections=1, columns=sources.columns())
         try:
             await migrated.migrate()
         finally:

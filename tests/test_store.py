@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 from helpers import eventually, one_pass, stored_runs
 
-from worker import runtime, sqlfiles, store
+from worker import runtime, sources, sqlfiles, store
 from worker.model import Checkpoint, Outcome, Run
+from worker.sources import apify
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -25,7 +26,7 @@ async def test_migrations_are_idempotent_and_safe_from_several_replicas(server_u
     name = "runsync_test_migrate_race"
     await _admin(server_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
     url = with_database(server_url, name)
-    stores = [await store.Store.open(url) for _ in range(4)]
+    stores = [await store.Store.open(url, columns=sources.columns()) for _ in range(4)]
     try:
         applied = await asyncio.gather(*(s.migrate() for s in stores))
         # Exactly one replica applied them; the others waited for it and found nothing to do.
@@ -53,8 +54,8 @@ async def test_a_lease_is_held_by_one_pass_and_taken_over_once_its_process_is_go
 
     # Another process, whose leases live 1 s unless renewed.
     short = timedelta(seconds=1)
-    dying = await store.Store.open(database_url, takeover_after=short)
-    other = await store.Store.open(database_url, takeover_after=short)
+    dying = await store.Store.open(database_url, takeover_after=short, columns=sources.columns())
+    other = await store.Store.open(database_url, takeover_after=short, columns=sources.columns())
     try:
         async with dying.lease("apify", "incremental") as held:
             pass_id = await held.start_pass()
@@ -97,7 +98,7 @@ async def test_a_lease_the_process_could_not_give_back_is_its_own_to_take_again(
     from conftest import _admin
 
     name = urlsplit(database_url).path.lstrip("/")
-    owner = await store.Store.open(database_url)
+    owner = await store.Store.open(database_url, columns=sources.columns())
     try:
         async with owner.lease("apify", "incremental") as held:
             assert held is not None
@@ -218,6 +219,7 @@ async def test_concurrent_passes_of_one_source_run_once(world, sim, db, apify_se
 
 
 def observation(status: str, at: datetime, **fields) -> Run:
+    fields.setdefault("columns", (None,) * len(apify.COLUMNS))
     return Run(
         run_id="r1", status=status, is_terminal=status == "SUCCEEDED", started_at=T0,
         finished_at=None, raw=f'{{"id": "r1", "status": "{status}"}}', observed_at=at, **fields,

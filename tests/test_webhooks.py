@@ -173,7 +173,7 @@ async def test_what_the_endpoint_refuses_and_what_it_acknowledges(world, sim, db
     async def ready():
         return None
 
-    receiver = webhooks.Receiver(settings.sources, db, {}, meters)
+    receiver = webhooks.receiver(settings.sources, db, {}, meters)
     server = health.HealthServer("127.0.0.1:0", ready, metrics=meters, webhooks=receiver)
     await server.start()
     now = datetime.now(UTC)
@@ -255,7 +255,7 @@ async def test_a_scope_given_by_name_is_looked_up_once(db, write_config):
         env={"APIFY_TOKEN": "t0ken-abcd", "HOOK_SECRET": SECRET},
     )
     client = runtime.client_for(settings.source("named"))
-    receiver = webhooks.Receiver(settings.sources, db, {"named": client})
+    receiver = webhooks.receiver(settings.sources, db, {"named": client})
     started = iso(T0)
 
     def run(run_id: str, actor: str) -> bytes:
@@ -264,7 +264,7 @@ async def test_a_scope_given_by_name_is_looked_up_once(db, write_config):
 
     try:
         answers = [
-            await receiver.receive("named", {HEADER: SECRET}, run(run_id, actor))
+            await receiver.receive("apify", "named", {HEADER: SECRET}, run(run_id, actor))
             for run_id, actor in [("r1", "ACTOR1"), ("r2", "ACTOR2"), ("r3", "ACTOR1")]
         ]
     finally:
@@ -290,7 +290,7 @@ async def test_a_resurrection_event_brings_the_run_back_between_two_passes(
     async def ready():
         return None
 
-    receiver = webhooks.Receiver(settings.sources, db, {}, meters)
+    receiver = webhooks.receiver(settings.sources, db, {}, meters)
     server = health.HealthServer("127.0.0.1:0", ready, metrics=meters, webhooks=receiver)
     await server.start()
     try:

@@ -19,7 +19,8 @@ import structlog
 
 from worker import store
 from worker.model import Checkpoint, Page
-from worker.sources.common import Windowed, isoformat, parse_time
+from worker.sources.common import isoformat, parse_time
+from worker.sources.contract import Windowed
 from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
 log = structlog.get_logger("runsync.backfill")

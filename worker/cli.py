@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
-from worker import config, console, database, observability, runtime, scheduler
+from worker import config, console, database, observability, runtime, scheduler, sources
 from worker.model import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -185,16 +185,15 @@ def _backfill(settings, args) -> int:
 def _status(settings, args) -> int:
     async def read():
         async with runtime.open_store(settings, migrate=True) as db:
-            sources = await db.status(
-                [s.name for s in settings.sources], {s.name: s.projects for s in settings.sources}
-            )
+            partitions = {s.name: sources.partitions(s) for s in settings.sources}
+            found = await db.status([s.name for s in settings.sources], partitions)
             # A process renews its row every third of takeover_after: one not seen for a whole
             # takeover_after is gone.
-            return sources, await db.processes(settings.takeover_after)
+            return found, await db.processes(settings.takeover_after)
 
-    sources, processes = asyncio.run(read())
+    found, processes = asyncio.run(read())
     only = "processes" if args.processes else ("sources" if args.json else "")
-    console.print_status(sources, processes, as_json=args.json, only=only)
+    console.print_status(found, processes, as_json=args.json, only=only)
     return EXIT_OK
 
 
@@ -209,8 +208,6 @@ def _migrate(settings, _args) -> int:
 
 
 def _check_config(settings, _args) -> int:
-    from worker import sources
-
     print(f"config {settings.path}: ok")
     if settings.database_url is None:
         print(f"database: embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")

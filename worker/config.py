@@ -18,12 +18,18 @@ from worker import cron as crontab
 DEFAULT_CONFIG = Path("config/runsync.toml")
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_UNHEALTHY_AFTER = "15m"
-KINDS = {"apify": "https://api.apify.com", "rakerone": "https://app.raker.one"}
-# Keys that only make sense for one kind of upstream.
+KINDS = {
+    "apify": "https://api.apify.com",
+    "rakerone": "https://app.raker.one",
+    "github": "https://api.github.com",
+}
+# Keys that only make sense for some kinds of upstream.
 KIND_KEYS = {
     "apify": {"actor", "task", "webhook_secret_env"},
     "rakerone": {"project", "projects", "terminal_statuses"},
+    "github": {"repository", "workflow", "webhook_secret_env"},
 }
+_REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 RAKERONE_TERMINAL = ("completed", "failed", "cancelled")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -66,6 +72,8 @@ class SourceConfig:
     cron: str | None = None
     actor: str | None = None
     task: str | None = None
+    repository: str | None = None  # GitHub: "owner/name"
+    workflow: str | None = None  # GitHub: one workflow's runs, by id or file name
     page_size: int = 1000
     # A cap of this source's own, under the upstream's limits (None: the limits alone pace it).
     max_requests_per_second: float | None = None
@@ -297,13 +305,14 @@ class _Reader:
             raise self.error(f"{where}.cron", "give either every or cron, not both")
         if not every and not cron:
             every = parse_duration("1m")
-        foreign = {key for other, keys in KIND_KEYS.items() if other != kind for key in keys}
+        foreign = {key for keys in KIND_KEYS.values() for key in keys} - KIND_KEYS[kind]
         if misplaced := sorted(foreign & table.keys()):
             raise self.error(f"{where}.{misplaced[0]}", f"not a key of kind {kind!r}")
         actor = self.typed(table, "actor", where, str)
         task = self.typed(table, "task", where, str)
         if actor and task:
             raise self.error(f"{where}.task", "give either actor or task, not both")
+        repository, workflow = self.github(table, where) if kind == "github" else (None, None)
         webhook_secret_env, webhook_secret = self.webhook_secret(table, where)
         projects, terminal = (), ()
         if kind == "rakerone":
@@ -319,6 +328,8 @@ class _Reader:
             cron=cron,
             actor=actor,
             task=task,
+            repository=repository,
+            workflow=workflow,
             page_size=self.bounded(table, "page_size", where, 1000, 1, 1000),
             max_requests_per_second=(
                 None
@@ -359,6 +370,15 @@ class _Reader:
                 "(make one with: openssl rand -hex 32)",
             )
         return name, Secret(secret)
+
+    def github(self, table: dict[str, Any], where: str) -> tuple[str, str | None]:
+        repository = self.typed(table, "repository", where, str)
+        if not repository or not _REPOSITORY.match(repository):
+            raise self.error(f"{where}.repository", "required for kind 'github': \"owner/name\"")
+        workflow = self.typed(table, "workflow", where, str)
+        if workflow is not None and (not workflow or "/" in workflow):
+            raise self.error(f"{where}.workflow", "a workflow's id or file name, e.g. ci.yml")
+        return repository, workflow
 
     def cron(self, table: dict[str, Any], where: str) -> str | None:
         text = self.typed(table, "cron", where, str)

@@ -1,5 +1,5 @@
 """The daemon's HTTP endpoint: /healthz (the process is alive), /readyz (it can do its work),
-/metrics (Prometheus text) and POST /webhooks/apify/{source} (deliveries, for webhooks.Receiver).
+/metrics (Prometheus text) and POST /webhooks/{kind}/{source} (deliveries, for webhooks.Receiver).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._scrape)
-        app.router.add_post("/webhooks/apify/{source}", self._webhook)
+        app.router.add_post("/webhooks/{kind}/{source}", self._webhook)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
@@ -78,7 +78,9 @@ class HealthServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             body = None
-        answer = await self.webhooks.receive(request.match_info["source"], request.headers, body)
+        answer = await self.webhooks.receive(
+            request.match_info["kind"], request.match_info["source"], request.headers, body
+        )
         return web.json_response(answer.body, status=answer.status)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -23,8 +24,9 @@ class Outcome(StrEnum):
 class Run(NamedTuple):
     """One observation of one upstream run.
 
-    A tuple whose fields are the store's staging columns, in order: a page of runs goes to COPY
-    as it is (a backfill builds one per run read, so this is on the hot path).
+    A tuple whose fields, with `columns` spread in its place, are the store's staging columns in
+    order: a page of runs goes to COPY as it is (a backfill builds one per run read, so this is on
+    the hot path).
     """
 
     run_id: str
@@ -35,22 +37,42 @@ class Run(NamedTuple):
     raw: str  # the upstream's JSON object, as text
     observed_at: datetime  # when the request that returned it was sent
     recheck_at: datetime | None = None  # read again after this: the figures may be preliminary
-    actor_id: str | None = None
-    task_id: str | None = None
-    build_id: str | None = None
-    build_number: str | None = None
-    origin: str | None = None
-    usage_total_usd: float | None = None
-    default_key_value_store_id: str | None = None
-    default_dataset_id: str | None = None
-    default_request_queue_id: str | None = None
-    project: str | None = None  # RakerOne's fields from here on
-    triggered_by: str | None = None
-    result: str | None = None  # JSON text
+    # The stream's partition, where an upstream has several per source (a RakerOne project); it
+    # keys the run with its source and id. Stored in runs.project.
+    partition: str | None = None
     # A list item that may omit fields (Apify's list views): what it omits, or gives as null,
     # keeps its stored value. False for a whole object (a single run, a webhook's, RakerOne's).
     partial: bool = False
     notes: str | None = None  # what had to be escaped to store raw (sources.common.storable)
+    scope: str | None = None  # what the run belongs to upstream, for the analytics views
+    succeeded: bool | None = None  # None while the run is open (or its outcome is unknown)
+    # The upstream's typed columns, in the order its `Upstream.columns` declares them.
+    columns: tuple[Any, ...] = ()
+
+
+COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A typed column of runsync.runs that one upstream fills; its migration creates it.
+
+    `staged`: its type in the staging table, which COPY writes; `cast`: how the staged value
+    becomes the stored one, `{}` standing for it (e.g. "{}::jsonb").
+    """
+
+    name: str
+    staged: str
+    cast: str = "{}"
+
+    def __post_init__(self) -> None:
+        if not COLUMN_NAME.match(self.name) or not COLUMN_NAME.match(self.staged):
+            raise ValueError(f"column {self.name!r} {self.staged!r}: not a plain name and type")
+
+
+def typed(run: Run, columns: tuple[Column, ...]) -> dict[str, Any]:
+    """A run's typed columns by name, as its upstream declares them."""
+    return dict(zip((column.name for column in columns), run.columns, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +82,7 @@ class Rejected:
     reason: str
     raw: str
     run_id: str | None = None  # when the item's id could be read: the run is looked for again
-    project: str | None = None
+    partition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import structlog
 
 from worker import http, store
 from worker.model import Rejected, Run
-from worker.sources.common import ByWalks, OpenList, PageError
+from worker.sources.contract import ByWalks, OpenList, PageError
 from worker.walk import (
     PAGE_READS,
     PassResult,

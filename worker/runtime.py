@@ -67,6 +67,7 @@ async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterat
                 url,
                 max_connections=settings.max_connections,
                 takeover_after=settings.takeover_after,
+                columns=sources.columns(),
             )
         except (*store.DatabaseError, TimeoutError) as error:
             raise _unavailable(url, "cannot connect to the database", error) from None

@@ -303,7 +303,7 @@ async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) 
             }
         return None
 
-    endpoint.webhooks = webhooks.Receiver(settings.sources, rt.store, clients, meters)
+    endpoint.webhooks = webhooks.receiver(settings.sources, rt.store, clients, meters)
     starting.check = readiness
     scheduler.start()
     log.info(

@@ -12,13 +12,14 @@ The store knows Postgres and nothing of HTTP. Every statement comes from sql/que
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,12 +29,13 @@ import asyncpg
 import structlog
 
 from worker import sqlfiles
-from worker.model import Checkpoint, Outcome, Rejected, Run
+from worker.model import Checkpoint, Column, Outcome, Rejected, Run
 
 log = structlog.get_logger("runsync.store")
 
-# The staging table's columns: a Run's fields, so a page of runs goes to COPY as it is.
-_RUN_COLUMNS = Run._fields
+# The staging tables' shared columns: a Run's fields but `columns`, which each upstream's typed
+# columns take the place of (RunTable). A run's partition is stored in runs.project.
+_SHARED_COLUMNS = tuple("project" if f == "partition" else f for f in Run._fields[:-1])
 
 MAX_CONNECTIONS = 10  # the default budget of one process
 # A server out of connections (other clients, replicas whose budgets add up past its limit) or
@@ -86,11 +88,65 @@ class Written:
         return self.inserted + self.updated
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+class RunTable:
+    """Where one upstream's runs are staged, and the statement that merges them into runsync.runs:
+    the shared columns, then the upstream's typed columns (its migration made them)."""
+
+    def __init__(self, upstream: str, columns: Sequence[Column], queries: dict[str, str]) -> None:
+        Column(upstream, "text")  # the kind names a table: a plain name, or ValueError
+        names = [c.name for c in columns]
+        if clash := set(names) & set(_SHARED_COLUMNS):
+            raise ValueError(
+                f"upstream {upstream}: typed column {sorted(clash)[0]} is a shared one"
+            )
+        self.upstream = upstream
+        self.table = f"incoming_{upstream}"
+        self.columns = (*_SHARED_COLUMNS, *names)  # the order of a Run, its `columns` spread
+        kept = (
+            "CASE WHEN EXCLUDED.partial AND EXCLUDED.status = r.status"
+            " THEN coalesce(EXCLUDED.{0}, r.{0}) ELSE EXCLUDED.{0} END"
+        )
+        parts = {
+            "{table}": self.table,
+            "{columns}": "".join(f", {name}" for name in names),
+            "{values}": "".join(", " + c.cast.replace("{}", f"i.{c.name}") for c in columns),
+            "{updates}": "".join(f"\n    {name} = {kept.format(name)}," for name in names),
+        }
+        self.create = _fill(queries["create_incoming_runs"], {
+            "{table}": self.table,
+            "{columns}": "".join(f", {c.name} {c.staged}" for c in columns),
+        })  # fmt: skip
+        self.merge = _fill(queries["merge_incoming_runs"], parts)
+        self.empty = _fill(queries["empty_incoming_runs"], parts)
+
+    def records(self, runs: Sequence[Run]) -> list[tuple[Any, ...]]:
+        """The runs as the staging table's rows."""
+        rows = [run[:-1] + run[-1] for run in runs]
+        width = len(self.columns)
+        if any(len(row) != width for row in rows):
+            raise ValueError(
+                f"a run of {self.upstream} does not hold its {width - len(_SHARED_COLUMNS)} typed columns"
+            )
+        return rows
+
+
+def _fill(template: str, parts: dict[str, str]) -> str:
+    for placeholder, text in parts.items():
+        template = template.replace(placeholder, text)
+    return template
+
+
+def run_tables(columns: Mapping[str, Sequence[Column]]) -> dict[str, RunTable]:
+    queries = sqlfiles.queries()
+    return {upstream: RunTable(upstream, typed, queries) for upstream, typed in columns.items()}
+
+
+async def _init_connection(conn: asyncpg.Connection, tables: Sequence[RunTable] = ()) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
     )
-    await conn.execute(sqlfiles.queries()["create_incoming_runs"])
+    for table in tables:
+        await conn.execute(table.create)
 
 
 class Connections:
@@ -139,9 +195,11 @@ class Store:
         max_connections: int = MAX_CONNECTIONS,
         takeover_after: timedelta = TAKEOVER_AFTER,
         holder: str | None = None,
+        tables: Mapping[str, RunTable] | None = None,
     ) -> None:
         self.pool = pool
         self.q = sqlfiles.queries()
+        self.tables = dict(tables or {})  # per upstream: where its runs are staged and merged
         self.holder = holder or process_name()
         self.takeover_after = takeover_after
         self.connections = Connections(max_connections)
@@ -158,20 +216,23 @@ class Store:
         *,
         max_connections: int = MAX_CONNECTIONS,
         takeover_after: timedelta = TAKEOVER_AFTER,
+        columns: Mapping[str, Sequence[Column]] | None = None,
     ) -> Store:
-        """A store that opens at most `max_connections` connections to `url`."""
+        """A store that opens at most `max_connections` connections to `url`, and writes the
+        runs of the upstreams in `columns` (each with its typed columns: sources.columns())."""
         holder = process_name()
+        tables = run_tables(columns or {})
         pool = await asyncpg.create_pool(
             url,
             min_size=1,
             max_size=max_connections,
-            init=_init_connection,
+            init=functools.partial(_init_connection, tables=list(tables.values())),
             command_timeout=300,
             # Who holds a connection, in pg_stat_activity (the server cuts it at 63 bytes).
             server_settings={"application_name": f"runsync {holder}"},
         )
         return cls(pool, max_connections=max_connections, takeover_after=takeover_after,
-                   holder=holder)  # fmt: skip
+                   holder=holder, tables=tables)  # fmt: skip
 
     async def close(self) -> None:
         if self._renewing is not None:
@@ -392,7 +453,7 @@ class Store:
         earlier observation never replaces a later one whoever writes it.
         """
         async with self.connection(wait=10) as conn, conn.transaction():
-            return await Writes(conn, self.q, source).write(upstream, runs, rejected)
+            return await Writes(conn, self.tables, source).write(upstream, runs, rejected)
 
 
 class Lease:
@@ -510,7 +571,9 @@ class Lease:
     ) -> Written:
         """A page's runs and the checkpoint after them (KEEP: leave it), in one transaction."""
         async with self._transaction() as conn:
-            written = await Writes(conn, self.q, self.source).write(upstream, runs, rejected)
+            written = await Writes(conn, self.store.tables, self.source).write(
+                upstream, runs, rejected
+            )
             if checkpoint is not KEEP:
                 await self._save_checkpoint(conn, checkpoint)
             await self._count(conn, pass_id, 1, items, written.runs, written.quarantined, refreshed)
@@ -528,7 +591,9 @@ class Lease:
         """Open runs read again one by one; runs of `project` the upstream no longer has are
         marked gone."""
         async with self._transaction() as conn:
-            written = await Writes(conn, self.q, self.source).write(upstream, runs, rejected)
+            written = await Writes(conn, self.store.tables, self.source).write(
+                upstream, runs, rejected
+            )
             if gone:
                 await conn.execute(self.q["mark_gone"], self.source, project, list(gone))
             refreshed = len(runs) + len(rejected) + len(gone)
@@ -569,9 +634,12 @@ class Writes:
     """Runs and quarantined items of one source, written on one connection in its caller's
     transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, queries: dict[str, str], source: str) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, tables: Mapping[str, RunTable], source: str
+    ) -> None:
         self.conn = conn
-        self.q = queries
+        self.tables = tables
+        self.q = sqlfiles.queries()
         self.source = source
 
     async def write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
@@ -594,7 +662,7 @@ class Writes:
                             one = await self._merge(upstream, [run], then_empty=True)
                     except _REFUSED_RUN as error:
                         reason = f"run {run.run_id[:40]}: the database refused it: {error}"
-                        refused.append(Rejected(reason, run.raw, run.run_id, run.project))
+                        refused.append(Rejected(reason, run.raw, run.run_id, run.partition))
                         continue
                     inserted, updated = inserted + one[0], updated + one[1]
                 if refused:
@@ -609,7 +677,7 @@ class Writes:
                 self.q["release_quarantined"],
                 self.source,
                 [run.run_id for run in stored],
-                [run.project or "" for run in stored],
+                [run.partition or "" for run in stored],
             )
         if rejected:
             unique_rejects = {_sha256(r.raw): r for r in rejected}
@@ -621,7 +689,7 @@ class Writes:
                 [r.raw for r in unique_rejects.values()],
                 list(unique_rejects),
                 [_run_id(r) for r in unique_rejects.values()],
-                [r.project for r in unique_rejects.values()],
+                [r.partition for r in unique_rejects.values()],
             )
         return Written(inserted, updated, len(rejected))
 
@@ -630,10 +698,15 @@ class Writes:
     ) -> tuple[int, int]:
         """(inserted, updated): runs staged by binary COPY, then merged in one statement. The
         staging table empties at commit; `then_empty` when the transaction merges again."""
-        await self.conn.copy_records_to_table("incoming_runs", records=runs, columns=_RUN_COLUMNS)
-        rows = await self.conn.fetch(self.q["merge_incoming_runs"], self.source, upstream)
+        table = self.tables.get(upstream)
+        if table is None:
+            raise ValueError(f"the store was opened without upstream {upstream!r}'s columns")
+        await self.conn.copy_records_to_table(
+            table.table, records=table.records(runs), columns=table.columns
+        )
+        rows = await self.conn.fetch(table.merge, self.source, upstream)
         if then_empty:
-            await self.conn.execute(self.q["empty_incoming_runs"])
+            await self.conn.execute(table.empty)
         inserted = sum(1 for row in rows if row["inserted"])
         return inserted, len(rows) - inserted
 

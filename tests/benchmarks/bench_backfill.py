@@ -69,7 +69,7 @@ COPY_COLUMNS = (
     ("default_dataset_id", "text"), ("default_request_queue_id", "text"), ("project", "text"),
     ("triggered_by", "text"), ("result", "jsonb"), ("raw", "jsonb"),
     ("observed_at", "timestamptz"), ("recheck_at", "timestamptz"), ("partial", "boolean"),
-    ("notes", "text"),
+    ("notes", "text"), ("scope", "text"), ("succeeded", "boolean"),
 )  # fmt: skip
 
 
@@ -229,11 +229,12 @@ def parsed_runs(runs: int) -> list:
 
 def bench_copy(server: str, runs: int) -> dict[str, float]:
     """A plain binary COPY of the same runs into a table with no index: the physical ceiling."""
-    from worker.store import _RUN_COLUMNS
+    from worker import sources, store
 
     url = asyncio.run(fresh_database(server, "bench_copy"))
-    records = [("apify", "apify", *run) for run in parsed_runs(runs)]
-    return {"seconds": asyncio.run(copy_into(url, records, ("source", "upstream", *_RUN_COLUMNS)))}
+    table = store.run_tables(sources.columns())["apify"]
+    records = [("apify", "apify", *run) for run in table.records(parsed_runs(runs))]
+    return {"seconds": asyncio.run(copy_into(url, records, ("source", "upstream", *table.columns)))}
 
 
 async def copy_into(url: str, records: list[tuple], names: tuple[str, ...]) -> float:
@@ -256,10 +257,12 @@ def bench_merge(server: str, runs: int) -> dict[str, float]:
 
 
 async def merge_into(server: str, runs: list, writers: int = 8) -> float:
-    from worker import store
+    from worker import sources, store
 
     db = await store.Store.open(
-        await fresh_database(server, "bench_merge"), max_connections=writers + 1
+        await fresh_database(server, "bench_merge"),
+        max_connections=writers + 1,
+        columns=sources.columns(),
     )
     try:
         await db.migrate()

@@ -1,34 +1,74 @@
-"""One module per upstream: how to page through its runs and how to read an item.
-
-A source knows HTTP paths and the upstream's JSON shape, nothing of Postgres. Its paginators do no
-I/O: they say which request comes next and read the parsed answer; sync.py owns the request loop.
+"""The upstreams runsync reads, one package each; the shared layers know them only through the
+contract (worker/sources/contract.py). Adding one: docs/adding-an-upstream.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from worker.config import SourceConfig
+from worker.model import Column
 from worker.ratelimit import Published
-from worker.sources import apify, rakerone
-from worker.sources.common import PageError, Paginator, Source
+from worker.sources import apify, github, rakerone
+from worker.sources.contract import Hooks, PageError, Paginator, Source, Upstream
 
-__all__ = ["PageError", "Paginator", "Source", "build", "limits"]
+__all__ = [
+    "UPSTREAMS",
+    "PageError",
+    "Paginator",
+    "Source",
+    "build",
+    "columns",
+    "limits",
+    "partitions",
+    "upstream",
+]
+
+# The registration: one line per upstream.
+UPSTREAMS: dict[str, Upstream] = {
+    u.kind: u
+    for u in (
+        apify.UPSTREAM,
+        rakerone.UPSTREAM,
+        github.UPSTREAM,
+    )
+}
+
+
+def upstream(kind: str) -> Upstream:
+    try:
+        return UPSTREAMS[kind]
+    except KeyError:
+        raise ValueError(f"no upstream of kind {kind!r} ({', '.join(UPSTREAMS)})") from None
 
 
 def build(config: SourceConfig) -> list[Source]:
-    """The streams of runs a configured source reads: one per RakerOne project, one for Apify."""
-    if config.kind == "apify":
-        return [apify.ApifySource(config)]
-    if config.kind == "rakerone":
-        return [rakerone.RakerOneSource(config, project) for project in config.projects]
-    raise ValueError(f"no source for kind {config.kind!r}")
+    """The streams of runs a configured source reads (one, or one per partition)."""
+    return upstream(config.kind).streams(config)
+
+
+def partitions(config: SourceConfig) -> list[str]:
+    """The partitions of a configured source's streams (a RakerOne source's projects); none for
+    an upstream that has one stream per source."""
+    return [s.partition for s in build(config) if s.partition is not None]
 
 
 def limits(config: SourceConfig) -> Published:
     """The upstream's published request limits; for one that publishes none, the source's own
     max_requests_per_second in place of runsync's guess."""
-    published = {"apify": apify.LIMITS, "rakerone": rakerone.LIMITS}[config.kind]
+    published = upstream(config.kind).limits
     if published.guessed and config.max_requests_per_second is not None:
         return dataclasses.replace(published, per_token=config.max_requests_per_second)
     return published
+
+
+def webhooks(config: SourceConfig, client: Any = None) -> Hooks | None:
+    """The source's webhook deliveries, when its upstream takes them and it has a secret."""
+    make = upstream(config.kind).webhooks
+    return make(config, client) if make is not None and config.webhook_secret else None
+
+
+def columns() -> dict[str, tuple[Column, ...]]:
+    """Each upstream's typed columns of runsync.runs, for the store's writes."""
+    return {kind: u.columns for kind, u in UPSTREAMS.items()}

@@ -1,4 +1,4 @@
-"""What every source offers, and the helpers for reading upstream JSON."""
+"""The helpers every upstream's package uses to read its JSON and walk its lists."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from worker import jsontext
-from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Run
 
 # A start time this far ahead of our clock is an upstream error; taken as is, it would move the
 # watermark past runs that have not happened yet.
@@ -18,109 +18,6 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 class PageError(Exception):
     """A list answer does not have the documented shape; the pass fails and its checkpoint stays."""
-
-
-class Paginator(Protocol):
-    """Walks one list endpoint. No I/O: says the next request, reads the answer, keeps the position."""
-
-    def next_request(self) -> Request | None: ...
-
-    def advance(self, body: Any, observed_at: datetime) -> Page: ...
-
-    def restart(self) -> bool:
-        """The upstream refused the position (400); True if the walk can start over from the top."""
-        ...
-
-    def undo(self) -> None:
-        """Forgets the last advance, so the same page can be read again."""
-        ...
-
-    def shrink(self) -> bool:
-        """Asks for half as many items a page from now on; False at one already."""
-        ...
-
-    @property
-    def checkpoint(self) -> Checkpoint: ...
-
-
-class Source(Protocol):
-    """One stream of runs: a whole upstream account or scope, or one RakerOne project."""
-
-    upstream: str
-    partition: str | None  # the project, where the upstream has them
-    # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
-    # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
-    refresh: str
-    windowed: (
-        bool  # a backfill can be cut into time windows walked side by side (worker/backfill.py)
-    )
-
-    def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
-
-    def recent(self, floor: datetime) -> Paginator:
-        """Every run started since `floor`, for the reconcile sweep."""
-        ...
-
-    def head(self, checkpoint: Checkpoint) -> Paginator | None:
-        """For a newest-first walk in flight: a walk from the top down to where it began, so
-        runs newer than it are read before it resumes (and even while one of its pages is
-        stuck). None when there is no such walk."""
-        ...
-
-    def backfill(
-        self,
-        checkpoint: Checkpoint | None,
-        since: datetime | None,
-        until: datetime | None,
-        walk: dict[str, Any],
-    ) -> Paginator:
-        """A walk of [since, until]: resumed from `checkpoint`, or from the start when None.
-        `walk` goes into every checkpoint of it, so a resume can tell the range it was for."""
-        ...
-
-
-class Windowed(Source, Protocol):
-    """What a backfill in windows needs (worker/backfill.py), from a source whose `windowed` is
-    true: probes that place the windows' boundaries, and a walk of one window."""
-
-    page_size: int
-
-    def probe(self, since: datetime | None, until: datetime | None, offset: int) -> Request:
-        """One run of [since, until], at `offset` in start order; the answer says the total."""
-        ...
-
-    def read_probe(self, body: Any, observed_at: datetime) -> tuple[int, datetime | None]:
-        """(total, the start of the probed run, None when it has no readable start)."""
-        ...
-
-    def window(
-        self,
-        checkpoint: Checkpoint | None,
-        start: datetime | None,
-        end: datetime | None,
-        walk: dict[str, Any],
-    ) -> Paginator:
-        """A walk of one window, from `start` up to and including `end`; resumed from
-        `checkpoint` when there is one."""
-        ...
-
-
-class OpenList(Source, Protocol):
-    """What refresh = "open_list" needs: a list of every open status, and one run by id."""
-
-    def open_walk(self) -> Paginator: ...
-
-    def run_request(self, run_id: str) -> Request: ...
-
-    def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected: ...
-
-
-class ByWalks(Source, Protocol):
-    """What refresh = "walks" needs: a list filtered by one status, and the unfiltered one."""
-
-    def status_walk(self, status: str, floor: datetime | None) -> Paginator: ...
-
-    def search_walk(self, floor: datetime | None) -> Paginator: ...
 
 
 class Rewindable:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from worker import jsontext
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
     ItemError,
@@ -32,6 +32,10 @@ from worker.sources.common import (
     text,
     walk_top,
 )
+
+# RakerOne's typed columns of runsync.runs (sql/migrations/0002_rakerone.sql), in the order a
+# Run's `columns` holds them; its project is the runs' partition (runs.project).
+COLUMNS = (Column("triggered_by", "text"), Column("result", "text", "{}::jsonb"))
 
 MAX_RESTARTS = 3  # refused cursors in one walk before the pass gives up
 REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the history's size
@@ -101,18 +105,24 @@ def read_item(
             started_at = parse_time(stored.get("startedAt"), "startedAt", required=False)
             check_not_future(started_at, observed_at)
             result = stored.get("result")
+            is_terminal = status.casefold() in terminal
             return Run(
                 run_id=run_id,
                 status=status,
-                is_terminal=status.casefold() in terminal,
+                is_terminal=is_terminal,
                 started_at=started_at,
                 finished_at=parse_time(stored.get("finishedAt"), "finishedAt", required=False),
                 raw=raw,
                 observed_at=observed_at,
-                project=project,
-                triggered_by=text(stored, "triggeredBy"),
-                result=None if result is None else jsontext.dumps(result),
+                partition=project,
                 notes=note,
+                scope=project,
+                # Statuses are matched without case, as is_terminal is.
+                succeeded=status.casefold() == "completed" if is_terminal else None,
+                columns=(
+                    text(stored, "triggeredBy"),
+                    None if result is None else jsontext.dumps(result),
+                ),  # in the order of COLUMNS
             )
         except ItemError as error:
             raise ItemError(f"run {run_id[:40]}: {error}") from None

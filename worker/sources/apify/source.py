@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
@@ -32,6 +32,21 @@ from worker.sources.common import (
     storable,
     text,
     walk_top,
+)
+
+# Apify's typed columns of runsync.runs (sql/migrations/0001_initial.sql), in the order a Run's
+# `columns` holds them. The usage figure is staged as float8: asyncpg encodes a Python float as
+# numeric a hundred times slower, and float8 as text is its shortest exact form.
+COLUMNS = (
+    Column("actor_id", "text"),
+    Column("task_id", "text"),
+    Column("build_id", "text"),
+    Column("build_number", "text"),
+    Column("origin", "text"),
+    Column("usage_total_usd", "float8", "{}::text::numeric"),
+    Column("default_key_value_store_id", "text"),
+    Column("default_dataset_id", "text"),
+    Column("default_request_queue_id", "text"),
 )
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
@@ -233,8 +248,8 @@ def _read_common(item: dict[str, Any], observed_at: datetime, partial: bool) -> 
         recheck_at = finished_at + SETTLE
     return Run(
         run_id, status, is_terminal, started_at, finished_at, raw, observed_at, recheck_at,
-        actor_id, task_id, build_id, build_number, origin, usage,
-        store_id, dataset_id, queue_id, partial=partial,
+        None, partial, None, actor_id, (status == "SUCCEEDED") if is_terminal else None,
+        (actor_id, task_id, build_id, build_number, origin, usage, store_id, dataset_id, queue_id),
     )  # fmt: skip
 
 
@@ -293,12 +308,21 @@ def _read_fields(
         raw=raw,
         observed_at=observed_at,
         recheck_at=recheck_at,
-        build_number=build_number,
-        origin=origin,
-        usage_total_usd=number(item, "usageTotalUsd"),
         partial=partial,
         notes=note,
-        **texts,
+        scope=texts["actor_id"],
+        succeeded=(status == "SUCCEEDED") if is_terminal else None,
+        columns=(
+            texts["actor_id"],
+            texts["task_id"],
+            texts["build_id"],
+            build_number,
+            origin,
+            number(item, "usageTotalUsd"),
+            texts["default_key_value_store_id"],
+            texts["default_dataset_id"],
+            texts["default_request_queue_id"],
+        ),  # in the order of COLUMNS
     )
 
 
