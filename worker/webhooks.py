@@ -80,8 +80,7 @@ class Receiver:
             hooks.authenticate(headers, body)
             if body is None:
                 raise Refused(413, "too_large", "the body is larger than this endpoint takes")
-            delivery = await hooks.read(headers, body)
-            facts = delivery.facts
+            delivery = await hooks.read(headers, body, facts)
             answer = delivery.answer or await self._store(name, hooks.upstream, delivery)
         except Refused as refusal:
             answer = refusal.answer

@@ -148,7 +148,6 @@ class Delivery:
 
     observations: list[Run | Rejected] = field(default_factory=list)
     answer: Answer | None = None  # e.g. not a run event, or a run out of the source's scope
-    facts: dict[str, Any] = field(default_factory=dict)  # for its log line: ids, never a secret
 
 
 def ignored(outcome: str, message: str) -> Answer:
@@ -166,8 +165,12 @@ class Hooks(Protocol):
         is None when it was larger than the endpoint takes."""
         ...
 
-    async def read(self, headers: Mapping[str, str], body: bytes) -> Delivery:
-        """The delivery's runs; raises Refused for one that cannot be taken."""
+    async def read(
+        self, headers: Mapping[str, str], body: bytes, facts: dict[str, Any]
+    ) -> Delivery:
+        """The delivery's runs; raises Refused for one that cannot be taken. `facts`: what the
+        delivery's log line says of it (its id, event, run), filled in as they are read; never
+        a secret or the payload."""
         ...
 
 

@@ -47,11 +47,15 @@ class ApifyHooks:
         ):
             raise Refused(401, "unauthorized", f"missing or wrong {SECRET_HEADER} header")
 
-    async def read(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+    async def read(
+        self, headers: Mapping[str, str], body: bytes, facts: dict[str, Any]
+    ) -> Delivery:
         dispatch = headers.get(DISPATCH_HEADER)
-        delivery = Delivery(facts={"dispatch_id": dispatch[:100]} if dispatch else {})
+        if dispatch:
+            facts["dispatch_id"] = dispatch[:100]
+        delivery = Delivery()
         payload = _payload(body)
-        event_type = delivery.facts["event_type"] = payload["eventType"][:60]
+        event_type = facts["event_type"] = payload["eventType"][:60]
         if not event_type.startswith(RUN_EVENTS):  # a build event, or the Console's test
             delivery.answer = ignored(
                 "ignored", f"{event_type} is not an actor run event; not stored"
@@ -59,7 +63,7 @@ class ApifyHooks:
             return delivery
         resource, observed_at = _run_event(payload)
         run_id = resource.get("id")
-        delivery.facts["run_id"] = run_id[:100] if isinstance(run_id, str) else None
+        facts["run_id"] = run_id[:100] if isinstance(run_id, str) else None
         if not await self._in_scope(resource, payload.get("eventData")):
             config = self.config
             scope = f"actor {config.actor}" if config.actor else f"task {config.task}"

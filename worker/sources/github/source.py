@@ -340,15 +340,17 @@ class CreatedWalk(Rewindable):
             self.ranges, self.page = rest, 1
             return
         in_order = bool(created) and all(a >= b for a, b in itertools.pairwise(created))
-        oldest = min(created) if created else None
-        if in_order and oldest is not None and (high is None or oldest < high):
-            # Every run of (oldest, high] was on this page: on from `oldest`, inclusive.
-            self.ranges, self.page = (*rest, (low, oldest)), 1
-            return
-        if in_order and high is not None and oldest == high and low != high:
-            # A full page within one second: that second page by page, then the range below it.
-            self.ranges, self.page = (*rest, (low, high - _SECOND), (high, high)), 2
-            return
+        if in_order and self.page == 1:
+            # The range's newest runs, in order: nothing in it is newer than the page's newest.
+            oldest, newest = created[-1], created[0]
+            if oldest < newest or (high is not None and oldest < high):
+                # Every run of (oldest, high] was on this page: on from `oldest`, inclusive.
+                self.ranges, self.page = (*rest, (low, oldest)), 1
+                return
+            if low != oldest:
+                # A full page within one second: that second page by page, then below it.
+                self.ranges, self.page = (*rest, (low, oldest - _SECOND), (oldest, oldest)), 2
+                return
         if low is not None and low == high:
             if self.page * self.page_size >= RESULT_CAP:
                 raise PageError(

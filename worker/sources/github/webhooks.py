@@ -48,10 +48,13 @@ class GitHubHooks:
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected):
             raise Refused(401, "unauthorized", f"wrong {SIGNATURE_HEADER} signature")
 
-    async def read(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+    async def read(
+        self, headers: Mapping[str, str], body: bytes, facts: dict[str, Any]
+    ) -> Delivery:
         guid = headers.get(DELIVERY_HEADER)
         event = (headers.get(EVENT_HEADER) or "")[:60]
-        delivery = Delivery(facts={"delivery": guid[:100] if guid else None, "event": event})
+        facts.update(delivery_id=guid[:100] if guid else None, github_event=event)
+        delivery = Delivery()
         if event == "ping":
             delivery.answer = ignored("ignored", "ping: the webhook reaches runsync")
             return delivery
@@ -60,8 +63,8 @@ class GitHubHooks:
             return delivery
         payload = _payload(body)
         run = payload["workflow_run"]
-        delivery.facts["action"] = str(payload.get("action"))[:40]
-        delivery.facts["run_id"] = str(run.get("id"))[:100]
+        facts["action"] = str(payload.get("action"))[:40]
+        facts["run_id"] = str(run.get("id"))[:100]
         if not self._in_scope(payload):
             where = self.config.repository + (
                 f" workflow {self.config.workflow}" if self.config.workflow else ""

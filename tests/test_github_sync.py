@@ -1,0 +1,342 @@
+"""GitHub Actions end to end: created-range walks that never skip, re-runs, runs that stay
+queued, deleted runs, the 1,000-result cap, one workflow's runs, and workflow_run webhooks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from helpers import TOKEN, one_pass, stored_runs
+
+from worker import sources, sync, webhooks
+from worker.model import Checkpoint, Rejected, Run, typed
+from worker.simulator import Simulator
+from worker.simulator.github import GitHubWorld
+from worker.simulator.github_hooks import workflow_run_delivery
+from worker.sources import github
+from worker.sources.common import isoformat
+
+REPO = "octo/app"
+SECRET = "whsec-0123456789abcdef0123"
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def item(run_id: int, created: datetime, **fields) -> dict:
+    stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"id": run_id, "status": "completed", "conclusion": "success", "name": "CI",
+            "created_at": stamp, "updated_at": stamp, **fields}  # fmt: skip
+
+
+def listing(*items: dict, total: int | None = None) -> dict:
+    return {"total_count": len(items) if total is None else total, "workflow_runs": list(items)}
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+
+def test_a_run_object_is_read_into_the_analysts_columns():
+    run = github.read_item(
+        {
+            "id": 9876543210, "run_number": 562, "run_attempt": 2, "name": "CI",
+            "event": "push", "status": "in_progress", "conclusion": None, "workflow_id": 161335,
+            "path": ".github/workflows/ci.yml", "head_branch": "main", "head_sha": "009b8a3a",
+            "created_at": "2024-05-01T12:00:03Z", "updated_at": "2024-05-02T08:15:10Z",
+            "run_started_at": "2024-05-02T08:15:02Z", "actor": {"login": "octocat", "id": 1},
+        },
+        NOW,
+    )  # fmt: skip
+    assert isinstance(run, Run)
+    assert (run.run_id, run.status, run.is_terminal, run.succeeded) == (
+        "9876543210", "in_progress", False, None,
+    )  # fmt: skip
+    assert run.started_at == datetime(2024, 5, 2, 8, 15, 2, tzinfo=UTC)  # the latest attempt's
+    assert run.finished_at is None and run.scope == "CI" and not run.partial
+    assert typed(run, github.COLUMNS) == {
+        "github_workflow": "CI", "github_workflow_id": 161335, "github_event": "push",
+        "github_branch": "main", "github_head_sha": "009b8a3a", "github_actor": "octocat",
+        "github_conclusion": None, "github_attempt": 2, "github_run_number": 562,
+        "github_created_at": datetime(2024, 5, 1, 12, 0, 3, tzinfo=UTC),
+        "github_updated_at": datetime(2024, 5, 2, 8, 15, 10, tzinfo=UTC),
+    }  # fmt: skip
+
+
+def test_a_completed_run_ends_at_its_last_update_and_succeeds_on_success_only():
+    done = github.read_item(item(1, NOW, conclusion="failure"), NOW)
+    assert done.is_terminal and done.finished_at == NOW and done.succeeded is False
+    assert github.read_item(item(2, NOW), NOW).succeeded is True
+
+
+def test_every_field_but_the_id_may_be_missing_or_null():
+    run = github.read_item({"id": 7, "status": None, "actor": None, "run_attempt": None}, NOW)
+    assert isinstance(run, Run)
+    assert (run.run_id, run.status, run.is_terminal, run.started_at) == (
+        "7",
+        "unknown",
+        False,
+        None,
+    )
+    assert set(typed(run, github.COLUMNS).values()) == {None}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"id": None}, "id is missing"),
+        ({"id": True}, "id is bool"),
+        ({"run_attempt": "2"}, "run_attempt is str"),
+        ({"run_attempt": 2**40}, "run_attempt is int"),
+        ({"actor": "octocat"}, "actor is str"),
+        ({"created_at": "yesterday"}, "created_at 'yesterday' is not an ISO 8601 time"),
+        ({"created_at": "2099-01-01T00:00:00Z"}, "is in the future"),
+    ],
+)
+def test_an_unreadable_run_is_rejected_with_its_reason(change, reason):
+    rejected = github.read_item({**item(5, NOW), **change}, NOW)
+    assert isinstance(rejected, Rejected) and reason in rejected.reason
+
+
+def test_text_postgres_cannot_store_is_escaped_and_noted():
+    run = github.read_item(item(5, NOW, display_title="fix \x00 and \ud800"), NOW)
+    assert isinstance(run, Run) and "NUL and lone surrogate in display_title" in run.notes
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+
+def walk(checkpoint: Checkpoint | None = None, **options) -> github.CreatedWalk:
+    return github.CreatedWalk(
+        "/repos/o/r/actions/runs", checkpoint or Checkpoint(), page_size=3, **options
+    )
+
+
+def test_the_range_moves_down_to_the_oldest_run_of_each_full_page_inclusive():
+    w = walk(floor=NOW - timedelta(hours=1))
+    assert w.next_request().params["created"] == f"{isoformat(NOW - timedelta(hours=1))[:19]}Z..*"
+    page = w.advance(
+        listing(*(item(i, NOW - timedelta(minutes=i)) for i in (1, 2, 3)), total=9), NOW
+    )
+    assert len(page.runs) == 3 and not w.done
+    upper = (NOW - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert w.next_request().params["created"].endswith(f"..{upper}")  # the oldest, read again
+    assert w.next_request().params["page"] == "1"
+    w.advance(
+        listing(item(3, NOW - timedelta(minutes=3)), item(4, NOW - timedelta(minutes=4))), NOW
+    )
+    assert w.done and w.next_request() is None
+    assert w.checkpoint == Checkpoint(NOW - timedelta(minutes=1), None)  # the newest seen
+
+
+def test_a_full_page_within_one_second_is_read_page_by_page_then_below_it():
+    w = walk()
+    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=5), NOW)
+    (low, high), page = w.ranges[-1], w.page
+    assert (low, high, page) == (NOW, NOW, 2)  # that second's second page
+    w.advance(listing(item(4, NOW), item(5, NOW)), NOW)
+    assert w.ranges == ((None, NOW - timedelta(seconds=1)),) and w.page == 1
+    w.advance(listing(), NOW)
+    assert w.done
+
+
+def test_a_page_out_of_creation_order_cuts_the_range_in_two_newer_half_first():
+    w = walk(floor=NOW - timedelta(hours=2), until=NOW)
+    w.advance(
+        listing(
+            *(item(i, NOW - timedelta(minutes=m)) for i, m in ((1, 5), (2, 50), (3, 9))), total=7
+        ),
+        NOW,
+    )
+    (older, newer) = w.ranges
+    assert newer == (NOW - timedelta(hours=1) + timedelta(seconds=1), NOW)
+    assert older == (NOW - timedelta(hours=2), NOW - timedelta(hours=1))
+
+
+def test_a_walk_resumes_from_its_checkpoint():
+    w = walk(floor=NOW - timedelta(hours=1))
+    w.advance(listing(*(item(i, NOW - timedelta(minutes=i)) for i in (1, 2, 3)), total=9), NOW)
+    resumed = walk(w.checkpoint, floor=NOW - timedelta(hours=1))
+    assert resumed.next_request() == w.next_request()
+    assert resumed.checkpoint.cursor["top"] == w.checkpoint.cursor["top"]
+
+
+def test_a_page_that_is_not_a_listing_fails_the_walk():
+    with pytest.raises(sources.PageError, match="workflow_runs"):
+        walk().advance({"total_count": 1}, NOW)
+
+
+# --- against the simulator ------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub():
+    return GitHubWorld(repos={REPO: 0}, seed=11, result_cap=50)
+
+
+@pytest.fixture
+async def hub_sim(hub):
+    served = Simulator(github=hub, token=TOKEN)
+    await served.start()
+    yield served
+    await served.stop()
+
+
+@pytest.fixture
+def hub_settings(hub_sim, write_config):
+    def settings(extra: str = "", page_size: int = 20):
+        return write_config(
+            f"""
+            [http]
+            listen = "127.0.0.1:0"
+
+            [[sources]]
+            name = "hub"
+            kind = "github"
+            token_env = "GITHUB_TOKEN"
+            repository = "{REPO}"
+            base_url = "{hub_sim.base_url}"
+            page_size = {page_size}
+            every = "1s"
+            {extra}
+            """,
+            env={"GITHUB_TOKEN": TOKEN, "HUB_SECRET": SECRET},
+        )
+
+    return settings
+
+
+def assert_matches_github(stored: dict[str, dict], items: list[dict]) -> None:
+    """Exactly the upstream's runs, each with its fields in raw and in the typed columns."""
+    truth = {str(i["id"]): i for i in items}
+    assert stored.keys() == truth.keys(), (
+        f"missing {sorted(truth.keys() - stored.keys())[:5]}, "
+        f"extra {sorted(stored.keys() - truth.keys())[:5]}"
+    )
+    for run_id, i in truth.items():
+        row = stored[run_id]
+        assert json.loads(row["raw"]) if isinstance(row["raw"], str) else row["raw"] == i
+
+        def when(key: str, i: dict = i) -> datetime | None:
+            return datetime.fromisoformat(i[key]) if i.get(key) else None
+
+        expected = {
+            "status": i.get("status") or "unknown",
+            "is_terminal": i.get("status") == "completed",
+            "github_workflow": i.get("name"), "github_event": i.get("event"),
+            "github_branch": i.get("head_branch"), "github_head_sha": i.get("head_sha"),
+            "github_actor": (i.get("actor") or {}).get("login"),
+            "github_conclusion": i.get("conclusion"), "github_attempt": i.get("run_attempt"),
+            "github_created_at": when("created_at"),
+            "github_updated_at": when("updated_at"),
+            "started_at": when("run_started_at") or when("created_at"),
+        }  # fmt: skip
+        actual = {column: row[column] for column in expected}
+        assert actual == expected, f"run {run_id}"
+
+
+async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim, db, hub_settings):
+    for minutes in range(130):  # 390 runs, 3 a second, far past the cap of 50 a search
+        hub.add_runs(REPO, 3, created_at=hub.now() - timedelta(minutes=minutes + 1))
+    hub.add_runs(REPO, 45, created_at=hub.now() - timedelta(hours=5))  # more than a page at once
+
+    result = await one_pass(hub_settings(), "hub")
+
+    assert result.outcome == "succeeded", result.error
+    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO))
+    async with db.pool.acquire() as conn:
+        checkpoint = await conn.fetchrow("SELECT * FROM runsync.checkpoints WHERE source = 'hub'")
+    assert checkpoint["watermark"] == max(
+        datetime.fromisoformat(r["created_at"]) for r in hub.runs(REPO)
+    )
+    assert checkpoint["cursor"] is None
+
+
+async def test_a_rerun_is_followed_to_its_end_with_its_attempt(hub, hub_sim, db, hub_settings):
+    (run,) = hub.add_runs(REPO, 1, created_at=hub.now() - timedelta(days=3))
+    hub.add_runs(REPO, 5, created_at=hub.now() - timedelta(days=2))
+    settings = hub_settings()
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+
+    hub.rerun(REPO, run["id"])  # queued again, attempt 2; its creation is days old
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+    row = (await stored_runs(db, "hub"))[str(run["id"])]
+    assert (row["status"], row["github_attempt"], row["is_terminal"]) == ("queued", 2, False)
+
+    hub.progress(REPO)
+    hub.progress(REPO)  # in progress, then completed
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+    row = (await stored_runs(db, "hub"))[str(run["id"])]
+    assert (row["status"], row["github_attempt"], row["succeeded"]) == ("completed", 2, True)
+    async with db.pool.acquire() as conn:
+        history = await conn.fetch(
+            "SELECT status FROM runsync.run_status_history WHERE run_id = $1 ORDER BY id",
+            str(run["id"]),
+        )
+    assert [h["status"] for h in history] == ["queued", "completed"]  # changes since stored
+
+
+async def test_queued_runs_stay_open_and_deleted_ones_are_marked_gone(
+    hub, hub_sim, db, hub_settings
+):
+    (stuck,) = hub.add_runs(REPO, 1, status="queued", stuck=True)
+    (doomed,) = hub.add_runs(
+        REPO, 1, status="in_progress", created_at=hub.now() - timedelta(days=20)
+    )
+    settings = hub_settings()
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+    hub.delete_run(REPO, doomed["id"])
+    for _ in range(2):
+        hub.progress(REPO)
+        assert (await one_pass(settings, "hub")).outcome == "succeeded"
+
+    rows = await stored_runs(db, "hub")
+    assert (
+        rows[str(stuck["id"])]["status"] == "queued" and not rows[str(stuck["id"])]["is_terminal"]
+    )
+    assert rows[str(doomed["id"])]["gone_at"] is not None
+
+
+async def test_one_workflows_runs_only(hub, hub_sim, db, hub_settings):
+    hub.add_runs(REPO, 4, workflow="ci.yml", created_at=hub.now() - timedelta(hours=1))
+    hub.add_runs(REPO, 3, workflow="nightly.yml", created_at=hub.now() - timedelta(hours=2))
+
+    result = await one_pass(hub_settings('workflow = "nightly.yml"'), "hub")
+
+    assert result.outcome == "succeeded", result.error
+    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO, "nightly.yml"))
+
+
+async def test_a_backfill_of_a_range_stores_that_range(hub, hub_sim, db, hub_settings):
+    base = hub.now() - timedelta(days=10)
+    for day in range(10):
+        hub.add_runs(REPO, 4, created_at=base + timedelta(days=day))
+    since, until = base + timedelta(days=2), base + timedelta(days=5)
+
+    result = await one_pass(hub_settings(), "hub", stream=sync.BACKFILL, since=since, until=until)
+
+    assert result.outcome == "succeeded", result.error
+    inside = [
+        r for r in hub.runs(REPO) if since <= datetime.fromisoformat(r["created_at"]) <= until
+    ]
+    assert_matches_github(await stored_runs(db, "hub"), inside)
+
+
+async def test_workflow_run_deliveries_are_verified_and_stored(hub, hub_sim, db, hub_settings):
+    settings = hub_settings('webhook_secret_env = "HUB_SECRET"')
+    (run,) = hub.add_runs(REPO, 1, status="in_progress")
+    receiver = webhooks.receiver(settings.sources, db, {})
+    delivery = workflow_run_delivery(hub, REPO, run["id"], secret=SECRET)
+
+    answer = await receiver.receive("github", "hub", delivery.headers, delivery.body)
+    assert (answer.status, answer.body["outcome"]) == (200, "stored"), answer.body
+    again = await receiver.receive("github", "hub", delivery.headers, delivery.body)
+    assert again.body["outcome"] == "unchanged"  # a redelivery changes nothing
+
+    forged = {**delivery.headers, "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    assert (await receiver.receive("github", "hub", forged, delivery.body)).status == 401
+    ping = {**delivery.headers, "X-GitHub-Event": "ping"}
+    assert (await receiver.receive("github", "hub", ping, delivery.body)).body[
+        "outcome"
+    ] == "ignored"
+    assert (await receiver.receive("apify", "hub", delivery.headers, delivery.body)).status == 404
+    row = (await stored_runs(db, "hub"))[str(run["id"])]
+    assert row["status"] == "in_progress" and row["github_workflow"] == "CI"
