@@ -23,6 +23,7 @@ class Scripted:
         self.answers: list = []
         self.seen: list[web.Request] = []
         self.runner: web.AppRunner | None = None
+        self.base = ""
         self.released = asyncio.Event()  # set when the test ends: stalled answers go then
 
     async def stalled(self, request: web.Request) -> web.StreamResponse:
@@ -43,7 +44,8 @@ class Scripted:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        self.base = f"http://127.0.0.1:{port}"
+        return self.base
 
 
 @pytest.fixture
@@ -140,6 +142,33 @@ async def test_client_errors_fail_at_once_with_the_upstreams_words(upstream):
         "test: GET /v2/actor-runs answered HTTP 401: Authentication token is not valid."
     )
     assert len(server.seen) == 1
+
+
+async def test_githubs_words_are_read_from_its_top_level_message(upstream):
+    server, client = upstream
+    body = {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+    server.answers = [web.json_response(body, status=404)]
+    with pytest.raises(http.UpstreamError) as caught:
+        await client.get_json("/repos/octo/gone/actions/runs")
+    assert caught.value.status == 404
+    assert (
+        str(caught.value) == "test: GET /repos/octo/gone/actions/runs answered HTTP 404: Not Found"
+    )
+
+
+async def test_an_upstreams_own_headers_go_over_the_defaults(upstream):
+    server, _ = upstream
+    own = {"accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+    async with http.Client(server.base, TOKEN, name="gh", backoff=FAST, headers=own) as client:
+        await client.get_json("/x")
+    (request,) = server.seen
+    assert request.headers.getall("Accept") == ["application/vnd.github+json"]
+    assert request.headers["X-GitHub-Api-Version"] == "2022-11-28"
+    assert request.headers["User-Agent"].startswith("runsync/")
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    # The token has one place: a header that would carry it elsewhere, or replace it, is refused.
+    with pytest.raises(ValueError, match="Authorization"):
+        http.Client(server.base, TOKEN, name="gh", headers={"authorization": f"token {TOKEN}"})
 
 
 async def test_retries_run_out_with_one_clear_error(upstream):

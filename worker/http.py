@@ -119,7 +119,10 @@ class Client:
         backoff: Backoff | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         observer: Observer | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        if any(key.lower() == "authorization" for key in headers or {}):
+            raise ValueError(f"{name}: the token goes in Authorization by itself, not in headers")
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.observer: Observer = observer or _Unobserved()  # the daemon sets its metrics here
@@ -130,11 +133,16 @@ class Client:
         self.limits = limits or ratelimit.Limits(ratelimit.Published(), name)
         self._cap = RateLimiter(rate) if rate else None
         self._slots = asyncio.Semaphore(concurrency)
+        # An upstream's own headers (GitHub's Accept and API version) go over the defaults, whatever
+        # their case.
+        own = dict(headers or {})
+        replaced = {key.lower() for key in own}
+        defaults = {"Accept": "application/json", "User-Agent": f"runsync/{__version__}"}
         self._session = aiohttp.ClientSession(
             headers={
+                **{key: value for key, value in defaults.items() if key.lower() not in replaced},
+                **own,
                 "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": f"runsync/{__version__}",
             },
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
             connector=aiohttp.TCPConnector(limit=concurrency),
@@ -264,9 +272,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _upstream_message(body: bytes) -> str:
-    """The upstream's own words about an error, short: Apify nests them, others don't."""
+    """The upstream's own words about an error, short: Apify nests them in `error`, GitHub puts
+    them in `message`."""
     try:
-        error = json.loads(body).get("error")
+        parsed = json.loads(body)
+        error = parsed.get("error") or parsed.get("message")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return ""
     if isinstance(error, dict):
