@@ -1,4 +1,5 @@
-"""The upstream client against a real HTTP server on loopback that answers from a script."""
+"""The upstream client against real HTTP servers on loopback: one that answers from a script, and
+the simulated GitHub API (ETags and free 304s, its hourly budget and its rate-limit answers)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from worker import http
+from worker.simulator import GitHubWorld, Simulator
 
 TOKEN = "tok-SECRET-9f8e"
 FAST = http.Backoff(retries=4, base=0.01, cap=0.05, budget=5.0)
@@ -202,3 +204,107 @@ async def test_a_retry_after_beyond_the_budget_fails_at_once(upstream):
     with pytest.raises(http.UpstreamError, match="would exceed the 5 s retry budget"):
         await asyncio.wait_for(client.get_json("/x"), 60)
     assert len(server.seen) == 1
+
+
+async def test_a_last_modified_alone_is_asked_about_too_and_an_unasked_304_is_retried(upstream):
+    server, _ = upstream
+    stamp = "Sat, 01 Mar 2025 12:00:00 GMT"
+    server.answers = [
+        web.json_response({"n": 1}, headers={"Last-Modified": stamp}),
+        web.Response(status=304),
+        web.Response(status=304),  # asked without a condition: not an answer to take
+    ]
+    async with http.Client(server.base, TOKEN, name="t", backoff=FAST, conditional=True) as client:
+        assert (await client.get_json("/x")).status == 200
+        again = await client.get_json("/x")
+        assert again.status == 304 and again.body == {"n": 1}
+        assert (await client.get_json("/y")).body == {"ok": True}
+    first, second, third, fourth = server.seen
+    assert "If-Modified-Since" not in first.headers and "If-None-Match" not in second.headers
+    assert second.headers["If-Modified-Since"] == stamp
+    assert "If-Modified-Since" not in third.headers and fourth.path == "/y"
+
+
+# --- GitHub: conditional requests ------------------------------------------------------------
+
+GITHUB_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+SIM_TOKEN = "sim-token"
+RUNS = "/repos/octo/app/actions/runs"
+ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class WorldClock:
+    """The simulated GitHub's clock (epoch milliseconds): real time, shifted to start at ANCHOR
+    and moved on by the test. Being real time, the waits the client sleeps pass upstream too."""
+
+    def __init__(self) -> None:
+        self.shift = int(ANCHOR.timestamp() * 1000) - time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return time.time_ns() // 1_000_000 + self.shift
+
+    def advance(self, seconds: float) -> None:
+        self.shift += int(seconds * 1000)
+
+
+@pytest.fixture
+async def github():
+    clock = WorldClock()
+    world = GitHubWorld({"octo/app": 40}, seed=7, anchor=ANCHOR, clock=clock)
+    sim = Simulator(github=world, token=SIM_TOKEN)
+    await sim.start()
+    yield world, sim, clock
+    await sim.stop()
+
+
+def github_client(sim: Simulator, **options) -> http.Client:
+    options = {"name": "github", "headers": GITHUB_HEADERS, "backoff": FAST, **options}
+    return http.Client(sim.base_url, SIM_TOKEN, **options)
+
+
+async def test_a_repeated_get_is_answered_304_with_the_same_body_for_no_budget(github):
+    world, sim, _ = github
+    params = {"per_page": "10", "exclude_pull_requests": "true"}
+    async with github_client(sim, conditional=True) as client:
+        first = await client.get_json(RUNS, params)
+        used = world.budget.used
+        again = await client.get_json(RUNS, params)
+        assert (first.status, again.status) == (200, 304)
+        assert again.body == first.body and again.observed_at > first.observed_at
+        assert world.budget.used == used  # the 304 was free
+        # Other params are another request; a change upstream is a 200 with the new body.
+        assert (await client.get_json(RUNS, {"per_page": "5"})).status == 200
+        world.add_run("octo/app")
+        changed = await client.get_json(RUNS, params)
+        assert changed.status == 200 and changed.body != first.body
+        assert (await client.get_json(RUNS, params)).body == changed.body
+    assert world.budget.used == used + 2
+    # Off by default: the same GETs spend the budget every time.
+    async with github_client(sim) as plain:
+        for _ in range(2):
+            assert (await plain.get_json(RUNS, params)).status == 200
+    assert world.budget.used == used + 4
+
+
+async def test_what_is_remembered_is_bounded_in_bytes_least_recently_used_out(github):
+    """Five GETs of one run, told apart by a parameter the API ignores, so each body is the same
+    size: four fit the bound and the fifth pushes out the one least recently asked for."""
+    world, sim, _ = github
+    run = f"{RUNS}/{world.runs('octo/app')[0]['id']}"
+    async with github_client(sim, conditional=True) as probe:
+        await probe.get_json(run)
+        size = probe.remembered.size
+    async with github_client(sim, conditional=True, remembered_bytes=4 * size) as client:
+        for n in range(5):
+            await client.get_json(run, {"n": str(n)})
+        assert len(client.remembered) == 4 and client.remembered.size == 4 * size
+        assert (await client.get_json(run, {"n": "1"})).status == 304  # kept, and now the newest
+        used = world.budget.used
+        assert (await client.get_json(run, {"n": "0"})).status == 200  # pushed out: asked afresh
+        assert (await client.get_json(run, {"n": "2"})).status == 200  # pushed out by n=0
+        assert (await client.get_json(run, {"n": "1"})).status == 304
+        assert world.budget.used == used + 2
+        # A body over a quarter of the bound is not kept at all.
+        for _ in range(2):
+            assert (await client.get_json(RUNS, {"per_page": "30"})).status == 200
+        assert client.remembered.size <= 4 * size

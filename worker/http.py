@@ -1,5 +1,5 @@
 """One aiohttp session per source: auth, timeouts, request pacing (ratelimit.py), retries with
-backoff."""
+backoff, and conditional GETs for an upstream whose 304s are free (GitHub)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,10 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A page of 1000 Apify runs is about 1 MB. Parsed JSON can take 25 times its size in memory
 # (a body of empty objects), so the cap is what bounds memory against a hostile upstream.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# The bodies a conditional client keeps for its next GETs, in all. 16 MB is about a hundred pages of
+# a hundred GitHub runs: the pages a pass reads again (its first) and the open runs it refreshes.
+REMEMBERED_BYTES = 16 * 1024 * 1024
+_VALIDATORS = ("ETag", "Last-Modified")
 
 
 class UpstreamError(Exception):
@@ -65,7 +70,55 @@ class Backoff:
 class Response:
     body: Any  # the parsed JSON
     observed_at: datetime  # when the attempt that succeeded was sent
-    status: int
+    status: int  # 304: the body is the one remembered, which the upstream confirmed is current
+
+
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    """A 200's body and the validators a conditional GET sends to ask whether it is current."""
+
+    etag: str | None
+    last_modified: str | None
+    body: bytes
+
+    def conditions(self) -> dict[str, str]:
+        sent = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
+        return {name: value for name, value in sent.items() if value is not None}
+
+
+class Remembered:
+    """The last 200 of each GET (by path and params), least recently used out first, bounded in
+    bytes. A body over a quarter of the bound is not kept: one large answer must not push out the
+    many small ones a pass reads again."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._kept: OrderedDict[tuple, _Validated] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: tuple) -> _Validated | None:
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+        return found
+
+    def keep(self, key: tuple, answer: _Validated) -> None:
+        self.forget(key)
+        if len(answer.body) > self.max_bytes // 4:
+            return
+        self._kept[key] = answer
+        self.size += len(answer.body)
+        while self.size > self.max_bytes:
+            _, oldest = self._kept.popitem(last=False)
+            self.size -= len(oldest.body)
+
+    def forget(self, key: tuple) -> None:
+        gone = self._kept.pop(key, None)
+        if gone is not None:
+            self.size -= len(gone.body)
 
 
 class Observer(Protocol):
@@ -120,6 +173,8 @@ class Client:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         observer: Observer | None = None,
         headers: Mapping[str, str] | None = None,
+        conditional: bool = False,
+        remembered_bytes: int = REMEMBERED_BYTES,
     ) -> None:
         if any(key.lower() == "authorization" for key in headers or {}):
             raise ValueError(f"{name}: the token goes in Authorization by itself, not in headers")
@@ -133,6 +188,9 @@ class Client:
         self.limits = limits or ratelimit.Limits(ratelimit.Published(), name)
         self._cap = RateLimiter(rate) if rate else None
         self._slots = asyncio.Semaphore(concurrency)
+        # With `conditional`, a GET asks whether the answer it remembers is still current, and a
+        # 304 (which costs no budget on GitHub) gives it back.
+        self.remembered = Remembered(remembered_bytes) if conditional else None
         # An upstream's own headers (GitHub's Accept and API version) go over the defaults, whatever
         # their case.
         own = dict(headers or {})
@@ -190,18 +248,26 @@ class Client:
         raise AssertionError("unreachable")
 
     async def _attempt(self, path: str, params: Mapping[str, str] | None) -> Response:
+        key = (path, tuple(sorted((params or {}).items())))
+        # Held from the request to its answer, so a 304 finds the body even if it is pushed out of
+        # what is remembered meanwhile.
+        kept = self.remembered.get(key) if self.remembered is not None else None
         async with self._slots:
             await self.limits.acquire(path)
             if self._cap is not None:
                 await self._cap.wait()
             observed_at = datetime.now(UTC)
             code: str | None = "error"  # until a whole answer has been read
+            conditions = kept.conditions() if kept is not None else None
             try:
-                async with self._session.get(self.base_url + path, params=params) as response:
+                async with self._session.get(
+                    self.base_url + path, params=params, headers=conditions
+                ) as response:
                     body = await self._read(response)
                     status = response.status
                     code = str(status)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
+                    etag, last_modified = (response.headers.get(h) for h in _VALIDATORS)
                     self.limits.answered(path, status, self._stated(response))
             except TimeoutError:
                 code = "timeout"
@@ -219,6 +285,10 @@ class Client:
             finally:
                 if code is not None:
                     self.observer.answered(code)
+        if status == 304:
+            if kept is None:  # nothing was asked on a condition: no body to give back
+                raise _Transient("HTTP 304 to a request without a condition")
+            body = kept.body
         if status in RETRY_STATUSES or status >= 500:
             raise _Transient(f"HTTP {status}{_upstream_message(body)}", retry_after)
         if status >= 400:
@@ -227,11 +297,17 @@ class Client:
                 status=status,
             )
         try:
-            return Response(jsontext.loads(body), observed_at, status)
+            answer = Response(jsontext.loads(body), observed_at, status)
         except (ValueError, UnicodeDecodeError):
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         except RecursionError:
             raise _Transient(f"HTTP {status} with JSON nested too deeply to read") from None
+        if self.remembered is not None and status != 304:
+            if etag or last_modified:
+                self.remembered.keep(key, _Validated(etag, last_modified, body))
+            else:
+                self.remembered.forget(key)
+        return answer
 
     def _stated(self, response: aiohttp.ClientResponse) -> str | None:
         header = self.limits.published.header
