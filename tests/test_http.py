@@ -11,7 +11,7 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 
-from worker import http
+from worker import http, ratelimit
 from worker.simulator import GitHubWorld, Simulator
 
 TOKEN = "tok-SECRET-9f8e"
@@ -257,6 +257,15 @@ async def github():
     await sim.stop()
 
 
+# As GitHub's package declares them: 900 requests a minute (its secondary limit per endpoint), and
+# the hourly budget its answers state.
+GITHUB = ratelimit.Published(per_token=15.0, budget=ratelimit.Budget())
+
+
+def github_limits(clock: WorldClock) -> ratelimit.Limits:
+    return ratelimit.Limits(GITHUB, "github", wall=lambda: clock() / 1000)
+
+
 def github_client(sim: Simulator, **options) -> http.Client:
     options = {"name": "github", "headers": GITHUB_HEADERS, "backoff": FAST, **options}
     return http.Client(sim.base_url, SIM_TOKEN, **options)
@@ -308,3 +317,114 @@ async def test_what_is_remembered_is_bounded_in_bytes_least_recently_used_out(gi
         for _ in range(2):
             assert (await client.get_json(RUNS, {"per_page": "30"})).status == 200
         assert client.remembered.size <= 4 * size
+
+
+# --- GitHub: its limits -----------------------------------------------------------------------
+
+
+def sent(sim: Simulator) -> int:
+    return sum(sim.requests.values())
+
+
+async def test_a_spent_budget_whose_reset_is_near_is_waited_for(github):
+    world, sim, clock = github
+    world.budget.exhaust()
+    clock.advance(3600 - 2)  # the budget refills in a second or two
+    async with github_client(sim, limits=github_limits(clock)) as client:
+        answer = await client.get_json(RUNS)
+    assert answer.status == 200 and world.budget.used == 1
+    assert sent(sim) == 2  # refused once, then answered after the reset
+
+
+@pytest.mark.parametrize("limited_status", [403, 429])
+async def test_a_spent_budget_whose_reset_is_far_fails_at_once_and_sends_nothing_more(
+    github, limited_status
+):
+    world, sim, clock = github
+    world.limited_status = limited_status
+    world.budget.exhaust()  # at 12:00:00: the budget refills at 13:00:00
+    registry = ratelimit.Registry(wall=lambda: clock() / 1000)
+    clients = [
+        github_client(sim, limits=registry.limits("github", sim.base_url, SIM_TOKEN, GITHUB))
+        for _ in range(2)
+    ]
+    # A source, then another on the same token, then the first again: only the first request
+    # is sent, and every one fails at once (waiting would take an hour), saying until when.
+    for client, path in zip([*clients, clients[0]], [RUNS, f"{RUNS}/1", RUNS], strict=True):
+        with pytest.raises(http.UpstreamError) as failure:
+            await asyncio.wait_for(client.get_json(path), 60)
+        assert str(failure.value) == (
+            f"github: GET {path}: the hourly request budget (core, 5000 requests) is spent until "
+            "2025-03-01 13:00:00 UTC, past the 5 s retry budget"
+        )
+    assert sent(sim) == 1
+    for client in clients:
+        await client.close()
+
+
+async def test_an_answer_that_leaves_no_budget_stops_the_next_request_before_it_is_sent(github):
+    world, sim, clock = github
+    world.budget.limit = 2
+    async with github_client(sim, limits=github_limits(clock)) as client:
+        for _ in range(2):
+            await client.get_json(RUNS, {"per_page": "1"})
+        with pytest.raises(http.UpstreamError, match="is spent until 2025-03-01 13:00:00 UTC"):
+            await client.get_json(RUNS, {"per_page": "2"})
+    assert sent(sim) == 2
+
+
+@pytest.mark.parametrize("status", [403, 429])
+async def test_the_secondary_limit_is_retried_after_retry_after_and_slows_the_pace(github, status):
+    world, sim, clock = github
+    world.trip_secondary_limit(1, status=status)
+    limits = github_limits(clock)
+    async with github_client(sim, limits=limits) as client:
+        started = time.monotonic()
+        assert (await client.get_json(RUNS)).status == 200
+    assert time.monotonic() - started >= 0.9  # Retry-After: 1; jittered backoff takes ms
+    assert sent(sim) == 2 and world.budget.used == 1
+    assert limits.token.refusals == 1 and limits.token.rate < limits.token.ceiling
+
+
+async def test_a_secondary_limit_without_retry_after_waits_a_minute_at_least(upstream):
+    """GitHub asks for a minute's wait at least: more than this client's 5 s retry budget, so the
+    request fails at once instead of trying again in milliseconds."""
+    server, _ = upstream
+    words = "You have exceeded a secondary rate limit. Please wait a few minutes."
+    server.answers = [web.json_response({"message": words}, status=403)]
+    limits = ratelimit.Limits(GITHUB, "github")
+    async with http.Client(server.base, TOKEN, name="gh", backoff=FAST, limits=limits) as client:
+        with pytest.raises(http.UpstreamError) as failure:
+            await asyncio.wait_for(client.get_json("/x"), 60)
+    assert str(failure.value) == (
+        f"gh: GET /x failed after 1 attempts: HTTP 403: {words}; waiting 60 s more would exceed "
+        "the 5 s retry budget"
+    )
+    assert failure.value.status is None and len(server.seen) == 1
+
+
+async def test_a_permission_403_and_a_404_are_not_retried(upstream, github):
+    """GitHub's 403 that is about no limit (a token without Actions: read; SSO) fails at once in
+    GitHub's words, and its budget is left as it was; so does a 404."""
+    server, _ = upstream
+    words = "Resource not accessible by personal access token"
+    headers = {
+        "x-ratelimit-limit": "5000",
+        "x-ratelimit-remaining": "4990",
+        "x-ratelimit-reset": str(int(time.time()) + 600),
+        "x-ratelimit-resource": "core",
+        "X-Accepted-GitHub-Permissions": "actions=read",
+    }
+    server.answers = [web.json_response({"message": words}, status=403, headers=headers)]
+    limits = ratelimit.Limits(GITHUB, "github")
+    async with http.Client(server.base, TOKEN, name="gh", backoff=FAST, limits=limits) as client:
+        with pytest.raises(http.UpstreamError) as failure:
+            await client.get_json(RUNS)
+    assert failure.value.status == 403 and len(server.seen) == 1
+    assert str(failure.value) == f"gh: GET {RUNS} answered HTTP 403: {words}"
+    assert limits.spent() is None and limits.refusals == 0
+    _, sim, clock = github
+    async with github_client(sim, limits=github_limits(clock)) as client:
+        with pytest.raises(http.UpstreamError) as failure:
+            await client.get_json("/repos/octo/nope/actions/runs")
+    assert failure.value.status == 404 and sent(sim) == 1

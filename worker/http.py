@@ -28,6 +28,7 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 # The bodies a conditional client keeps for its next GETs, in all. 16 MB is about a hundred pages of
 # a hundred GitHub runs: the pages a pass reads again (its first) and the open runs it refreshes.
 REMEMBERED_BYTES = 16 * 1024 * 1024
+SECONDARY_WAIT = 60.0  # seconds; GitHub: without Retry-After, wait a minute, then back off
 _VALIDATORS = ("ETag", "Last-Modified")
 
 
@@ -44,11 +45,15 @@ class TooLarge(UpstreamError):
 
 
 class _Transient(Exception):
-    """A failure worth another try."""
+    """A failure worth another try. `secondary`: GitHub's secondary rate limit, which asks for a
+    minute's wait at least when it gives no Retry-After."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, secondary: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.secondary = secondary
 
 
 @dataclass(frozen=True)
@@ -217,43 +222,59 @@ class Client:
         await self.close()
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Response:
-        """The parsed body of a 2xx answer; retries what may pass, raises UpstreamError otherwise."""
+        """The parsed body of a 2xx answer (or of a 304, remembered); retries what may pass, raises
+        UpstreamError otherwise."""
         what = f"GET {path}"
         waited = 0.0
+        slowed = 0  # waits for a secondary limit that gave no Retry-After
         for attempt in range(self.backoff.retries + 1):
             try:
-                return await self._attempt(path, params)
-            except _Transient as failure:
-                delay = self.backoff.delay(attempt, failure.retry_after)
-                if attempt == self.backoff.retries:
-                    raise UpstreamError(
-                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
-                    ) from None
+                return await self._attempt(path, params, self.backoff.budget - waited)
+            except ratelimit.Spent as spent:
+                # Nothing goes before the budget's reset: wait for it, or fail now if this
+                # request may not wait that long. Until then, so do the token's other requests.
+                delay, failure = spent.wait, spent
                 if waited + delay > self.backoff.budget:
                     raise UpstreamError(
-                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}; "
-                        f"waiting {delay:.0f} s more would exceed the {self.backoff.budget:.0f} s "
+                        f"{self.name}: {what}: {spent}, past the {self.backoff.budget:.0f} s "
                         "retry budget"
                     ) from None
-                log.warning(
-                    "request retry",
-                    request=what,
-                    attempt=attempt + 1,
-                    reason=str(failure),
-                    delay_s=round(delay, 3),
-                )
-                self.observer.retried()
-                waited += delay
-                await asyncio.sleep(delay)
+            except _Transient as transient:
+                delay, failure = self.backoff.delay(attempt, transient.retry_after), transient
+                if transient.secondary and transient.retry_after is None:
+                    delay = SECONDARY_WAIT * 2**slowed  # as GitHub asks: a minute, then more
+                    slowed += 1
+            if attempt == self.backoff.retries:
+                raise UpstreamError(
+                    f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
+                ) from None
+            if waited + delay > self.backoff.budget:
+                raise UpstreamError(
+                    f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}; "
+                    f"waiting {delay:.0f} s more would exceed the {self.backoff.budget:.0f} s "
+                    "retry budget"
+                ) from None
+            log.warning(
+                "request retry",
+                request=what,
+                attempt=attempt + 1,
+                reason=str(failure),
+                delay_s=round(delay, 3),
+            )
+            self.observer.retried()
+            waited += delay
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, path: str, params: Mapping[str, str] | None) -> Response:
+    async def _attempt(
+        self, path: str, params: Mapping[str, str] | None, patience: float
+    ) -> Response:
         key = (path, tuple(sorted((params or {}).items())))
         # Held from the request to its answer, so a 304 finds the body even if it is pushed out of
         # what is remembered meanwhile.
         kept = self.remembered.get(key) if self.remembered is not None else None
         async with self._slots:
-            await self.limits.acquire(path)
+            await self.limits.acquire(path, patience)
             if self._cap is not None:
                 await self._cap.wait()
             observed_at = datetime.now(UTC)
@@ -268,7 +289,14 @@ class Client:
                     code = str(status)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
                     etag, last_modified = (response.headers.get(h) for h in _VALIDATORS)
-                    self.limits.answered(path, status, self._stated(response))
+                    words = _upstream_message(body) if status >= 400 else ""
+                    refused = self.limits.answered(
+                        path,
+                        status,
+                        self._stated(response),
+                        headers=response.headers,
+                        message=words,
+                    )
             except TimeoutError:
                 code = "timeout"
                 raise _Transient("timed out") from None
@@ -285,16 +313,19 @@ class Client:
             finally:
                 if code is not None:
                     self.observer.answered(code)
+        if refused is ratelimit.Refused.BUDGET:
+            raise self.limits.spent() or _Transient(f"HTTP {status}{words}", retry_after)
+        if refused is ratelimit.Refused.SECONDARY:
+            raise _Transient(f"HTTP {status}{words}", retry_after, secondary=True)
         if status == 304:
             if kept is None:  # nothing was asked on a condition: no body to give back
                 raise _Transient("HTTP 304 to a request without a condition")
             body = kept.body
         if status in RETRY_STATUSES or status >= 500:
-            raise _Transient(f"HTTP {status}{_upstream_message(body)}", retry_after)
+            raise _Transient(f"HTTP {status}{words}", retry_after)
         if status >= 400:
             raise UpstreamError(
-                f"{self.name}: GET {path} answered HTTP {status}{_upstream_message(body)}",
-                status=status,
+                f"{self.name}: GET {path} answered HTTP {status}{words}", status=status
             )
         try:
             answer = Response(jsontext.loads(body), observed_at, status)
