@@ -382,6 +382,7 @@ def test_figures_of_another_resource_or_an_answer_overtaken_on_the_way_are_left_
     limits.answered(REPO_RUNS, 200, None, headers=budget(3000, reset))
     limits.answered(REPO_RUNS, 200, None, headers=budget(3001, reset))  # sent earlier, came later
     limits.answered("/search/code", 403, None, headers=budget(0, reset, 30, "search"))
+    limits.answered(REPO_RUNS, 401, None, headers=budget(59, reset + 60, 60))  # anonymous
     assert (allowance.remaining, allowance.limit) == (3000, 5000) and limits.spent() is None
     limits.answered(REPO_RUNS, 200, None, headers=budget(4999, reset - 3600))  # an hour ago
     assert allowance.remaining == 3000

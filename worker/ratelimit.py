@@ -372,11 +372,12 @@ class Limits:
                 self._stated = limit
                 pace.learned(limit)
         refused = self._refused(status, headers or {}, message)
-        if refused is Refused.BUDGET:
-            return refused  # about the hour's budget, not the pace
-        if refused is not None:
+        if refused is Refused.SECONDARY:
+            (self.token or pace or _UNPACED).refused()  # GitHub's are mostly per user, not path
+        elif refused is Refused.PACE:
             (pace or self.token or _UNPACED).refused()
-            return refused
+        if refused is not None:
+            return refused  # a spent budget is about the hour, not the pace
         for each in (self.token, pace):
             if each is not None:
                 each.answered()
@@ -389,7 +390,7 @@ class Limits:
         the answer says none is left, and the secondary limit says so in words or with
         Retry-After. Any other 403 is no refusal: permission, SSO."""
         allowance = self.allowance
-        if allowance is not None:
+        if allowance is not None and status != 401:  # a 401's figures are the anonymous budget's
             allowance.stated(headers)
             if status in (403, 429):
                 none_left = headers.get(allowance.budget.prefix + "remaining") == "0"
