@@ -25,8 +25,8 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A page of 1000 Apify runs is about 1 MB. Parsed JSON can take 25 times its size in memory
 # (a body of empty objects), so the cap is what bounds memory against a hostile upstream.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-# The bodies a conditional client keeps for its next GETs, in all. 16 MB is about a hundred pages of
-# a hundred GitHub runs: the pages a pass reads again (its first) and the open runs it refreshes.
+# The bodies a conditional client keeps for its next GETs, in all. A GitHub run is 3 to 10 KB, so
+# 16 MB holds a pass's first pages (a hundred runs each) and thousands of open runs read again.
 REMEMBERED_BYTES = 16 * 1024 * 1024
 SECONDARY_WAIT = 60.0  # seconds; GitHub: without Retry-After, wait a minute, then back off
 _VALIDATORS = ("ETag", "Last-Modified")
