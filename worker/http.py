@@ -270,16 +270,16 @@ class Client:
         self, path: str, params: Mapping[str, str] | None, patience: float
     ) -> Response:
         key = (path, tuple(sorted((params or {}).items())))
-        # Held from the request to its answer, so a 304 finds the body even if it is pushed out of
-        # what is remembered meanwhile.
-        kept = self.remembered.get(key) if self.remembered is not None else None
         async with self._slots:
             await self.limits.acquire(path, patience)
             if self._cap is not None:
                 await self._cap.wait()
+            # Held from the request to its answer, so a 304 finds the body even if it is pushed out
+            # of what is remembered meanwhile.
+            kept = self.remembered.get(key) if self.remembered is not None else None
+            conditions = kept.conditions() if kept is not None else None
             observed_at = datetime.now(UTC)
             code: str | None = "error"  # until a whole answer has been read
-            conditions = kept.conditions() if kept is not None else None
             try:
                 async with self._session.get(
                     self.base_url + path, params=params, headers=conditions
