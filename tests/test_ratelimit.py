@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from helpers import assert_matches_upstream, stored_runs
 
 from worker import ratelimit, scheduler, sources
@@ -243,3 +244,168 @@ async def test_429s_without_a_stated_limit_slow_the_pace_and_the_stream_complete
     assert result.outcome == "succeeded"
     assert 0 < limiter.refused_total < 40
     assert_matches_upstream(await stored_runs(db), world.list_items())
+
+
+# --- an hourly budget stated in the answers (GitHub) --------------------------------------------
+
+GITHUB = ratelimit.Published(per_token=15.0, budget=ratelimit.Budget())
+REPO_RUNS = "/repos/octo/app/actions/runs"
+SECONDARY = (
+    ": You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+)
+
+
+def github_limits() -> tuple[ratelimit.Limits, Clock]:
+    """GitHub's limits on one clock, in epoch seconds (its resets are stated in them)."""
+    clock = Clock()
+    clock.now = T0.timestamp()
+    return ratelimit.Limits(GITHUB, "github", clock=clock, wall=clock), clock
+
+
+def budget(remaining: int, reset: float, limit: int = 5000, resource: str = "core") -> dict:
+    return {
+        "x-ratelimit-limit": str(limit),
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-used": str(limit - remaining),
+        "x-ratelimit-reset": str(int(reset)),
+        "x-ratelimit-resource": resource,
+    }
+
+
+def spacing(allowance: ratelimit.Allowance, clock: Clock) -> tuple[float, float]:
+    """The seconds between two requests that each start as soon as the budget lets them, and the
+    seconds from the first to the reset."""
+    clock.now += allowance.take()
+    left = allowance.reset - clock.now
+    wait = allowance.take()
+    clock.now += wait
+    return wait, left
+
+
+def test_a_budget_paces_nothing_while_half_is_left_then_more_as_it_falls():
+    limits, clock = github_limits()
+    allowance = limits.allowance
+    reset = clock.now + 1800
+    assert allowance.take() == 0  # nothing stated yet
+    limits.answered(REPO_RUNS, 200, None, headers=budget(2501, reset))
+    assert [allowance.take() for _ in range(50)] == [0] * 50
+    gaps = []
+    for remaining in (2500, 1500, 1000, 600, 501):
+        limits.answered(REPO_RUNS, 200, None, headers=budget(remaining, reset))
+        gap, left = spacing(allowance, clock)
+        # What is left above the reserve (500 of 5000), spread over the seconds to the reset.
+        assert gap == pytest.approx(left / (remaining - 500))
+        gaps.append(gap)
+    assert gaps == sorted(gaps) and gaps[0] < 1 < 100 < gaps[-1]
+
+
+def test_a_paced_budget_lasts_until_the_reset_and_stops_at_the_reserve():
+    """Requests taken as fast as the pace lets them, each spending one: the budget comes down to
+    the reserve just as it refills, never before."""
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    remaining = 2500
+    limits.answered(REPO_RUNS, 200, None, headers=budget(remaining, reset))
+    with pytest.raises(ratelimit.Spent) as spent:
+        while True:
+            clock.now += limits.allowance.take()
+            assert clock.now < reset
+            remaining -= 1
+            limits.answered(REPO_RUNS, 200, None, headers=budget(remaining, reset))
+    assert remaining == 500 and reset - 2 < clock.now < reset
+    assert "is down to 500, the 500 runsync leaves to the token's other users, until" in str(
+        spent.value
+    )
+    assert spent.value.wait == pytest.approx(reset + ratelimit.RESET_MARGIN - clock.now)
+
+
+def test_a_304_costs_no_budget_and_gives_its_place_back():
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    limits.answered(REPO_RUNS, 200, None, headers=budget(1000, reset))
+    gap, _ = spacing(limits.allowance, clock)
+    assert gap > 1
+    limits.answered(REPO_RUNS, 304, None, headers=budget(1000, reset))
+    assert limits.allowance.take() == 0  # the 304's place
+    limits.answered(REPO_RUNS, 200, None, headers=budget(999, reset))
+    assert limits.allowance.take() == pytest.approx(gap, rel=0.01)
+
+
+def test_a_spent_budget_refuses_every_request_until_the_reset_then_refills():
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    words = ": API rate limit exceeded for user ID 1."
+    for status in (403, 429):
+        refused = limits.answered(REPO_RUNS, status, None, headers=budget(0, reset), message=words)
+        assert refused is ratelimit.Refused.BUDGET
+    assert limits.token.refusals == 0  # the hour's budget, not the pace
+    for _ in range(3):
+        with pytest.raises(ratelimit.Spent) as spent:
+            limits.allowance.take()
+        assert str(spent.value) == (
+            "the hourly request budget (core, 5000 requests) is spent until 2026-05-01 00:30:00 UTC"
+        )
+        assert spent.value.wait == 1800 + ratelimit.RESET_MARGIN
+    clock.now = reset + ratelimit.RESET_MARGIN
+    assert limits.spent() is None and limits.allowance.take() == 0
+    # A 200 that leaves none spends it as well: the next request is not sent.
+    limits.answered(REPO_RUNS, 200, None, headers=budget(0, reset + 3600))
+    assert limits.spent() is not None
+
+
+def test_the_secondary_limit_slows_the_pace_and_other_403s_are_no_refusal():
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    token = limits.token
+    top = token.rate
+    starts(token, clock, 1)
+    refused = limits.answered(REPO_RUNS, 403, None, headers=budget(4000, reset), message=SECONDARY)
+    assert refused is ratelimit.Refused.SECONDARY and token.rate == top / 2
+    clock.now += 5
+    with_retry_after = {**budget(3999, reset), "Retry-After": "30"}
+    assert limits.answered(REPO_RUNS, 429, None, headers=with_retry_after) is not None
+    assert token.refusals == 2
+    # Permission or SSO: GitHub's 403 that is about no limit, and the budget is left as it was.
+    words = ": Resource not accessible by personal access token"
+    assert limits.answered(REPO_RUNS, 403, None, headers=budget(3998, reset), message=words) is None
+    assert token.refusals == 2 and limits.spent() is None
+    # Apify and RakerOne, which state no budget, are as they were: a 403 is no refusal.
+    apify_limits = ratelimit.Limits(apify.LIMITS, "apify", clock=clock)
+    assert apify_limits.answered(LIST, 403, None, message=SECONDARY) is None
+    assert apify_limits.answered(LIST, 429, None) is ratelimit.Refused.PACE
+
+
+def test_figures_of_another_resource_or_an_answer_overtaken_on_the_way_are_left_out():
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    allowance = limits.allowance
+    limits.answered(REPO_RUNS, 200, None, headers=budget(3000, reset))
+    limits.answered(REPO_RUNS, 200, None, headers=budget(3001, reset))  # sent earlier, came later
+    limits.answered("/search/code", 403, None, headers=budget(0, reset, 30, "search"))
+    limits.answered(REPO_RUNS, 401, None, headers=budget(59, reset + 60, 60))  # anonymous
+    assert (allowance.remaining, allowance.limit) == (3000, 5000) and limits.spent() is None
+    limits.answered(REPO_RUNS, 200, None, headers=budget(4999, reset - 3600))  # an hour ago
+    assert allowance.remaining == 3000
+    limits.answered(REPO_RUNS, 200, None, headers=budget(4999, reset + 3600))  # the next hour
+    assert allowance.remaining == 4999
+
+
+def test_a_wait_past_the_patience_is_not_taken():
+    """Paced so far apart that the request could not wait for its turn: it fails at once, and
+    its place stays free for one that can."""
+    limits, clock = github_limits()
+    reset = clock.now + 1800
+    limits.answered(REPO_RUNS, 200, None, headers=budget(503, reset))  # 3 above the reserve
+    assert limits.allowance.take(patience=120) == 0
+    with pytest.raises(ratelimit.Spent, match="paced to last: the next request may start at"):
+        limits.allowance.take(patience=120)
+    assert limits.allowance.take() == pytest.approx(600)
+
+
+def test_sources_on_one_token_share_its_budget():
+    registry = ratelimit.Registry(wall=lambda: T0.timestamp())
+    one = registry.limits("github", "https://api.github.com", "token-a", GITHUB)
+    other = registry.limits("github", "https://api.github.com/", "token-a", GITHUB)
+    apart = registry.limits("github", "https://api.github.com", "token-b", GITHUB)
+    one.answered(REPO_RUNS, 403, None, headers=budget(0, T0.timestamp() + 60))
+    assert other.spent() is not None and apart.spent() is None

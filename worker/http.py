@@ -1,5 +1,5 @@
 """One aiohttp session per source: auth, timeouts, request pacing (ratelimit.py), retries with
-backoff."""
+backoff, and conditional GETs for an upstream whose 304s are free (GitHub)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,11 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A page of 1000 Apify runs is about 1 MB. Parsed JSON can take 25 times its size in memory
 # (a body of empty objects), so the cap is what bounds memory against a hostile upstream.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# The bodies a conditional client keeps for its next GETs, in all. A GitHub run is 3 to 10 KB, so
+# 16 MB holds a pass's first pages (a hundred runs each) and thousands of open runs read again.
+REMEMBERED_BYTES = 16 * 1024 * 1024
+SECONDARY_WAIT = 60.0  # seconds; GitHub: without Retry-After, wait a minute, then back off
+_VALIDATORS = ("ETag", "Last-Modified")
 
 
 class UpstreamError(Exception):
@@ -39,11 +45,15 @@ class TooLarge(UpstreamError):
 
 
 class _Transient(Exception):
-    """A failure worth another try."""
+    """A failure worth another try. `secondary`: GitHub's secondary rate limit, which asks for a
+    minute's wait at least when it gives no Retry-After."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, secondary: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.secondary = secondary
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,55 @@ class Backoff:
 class Response:
     body: Any  # the parsed JSON
     observed_at: datetime  # when the attempt that succeeded was sent
-    status: int
+    status: int  # 304: the body is the one remembered, which the upstream confirmed is current
+
+
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    """A 200's body and the validators a conditional GET sends to ask whether it is current."""
+
+    etag: str | None
+    last_modified: str | None
+    body: bytes
+
+    def conditions(self) -> dict[str, str]:
+        sent = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
+        return {name: value for name, value in sent.items() if value is not None}
+
+
+class Remembered:
+    """The last 200 of each GET (by path and params), least recently used out first, bounded in
+    bytes. A body over a quarter of the bound is not kept: one large answer must not push out the
+    many small ones a pass reads again."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._kept: OrderedDict[tuple, _Validated] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: tuple) -> _Validated | None:
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+        return found
+
+    def keep(self, key: tuple, answer: _Validated) -> None:
+        self.forget(key)
+        if len(answer.body) > self.max_bytes // 4:
+            return
+        self._kept[key] = answer
+        self.size += len(answer.body)
+        while self.size > self.max_bytes:
+            _, oldest = self._kept.popitem(last=False)
+            self.size -= len(oldest.body)
+
+    def forget(self, key: tuple) -> None:
+        gone = self._kept.pop(key, None)
+        if gone is not None:
+            self.size -= len(gone.body)
 
 
 class Observer(Protocol):
@@ -119,7 +177,12 @@ class Client:
         backoff: Backoff | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         observer: Observer | None = None,
+        headers: Mapping[str, str] | None = None,
+        conditional: bool = False,
+        remembered_bytes: int = REMEMBERED_BYTES,
     ) -> None:
+        if any(key.lower() == "authorization" for key in headers or {}):
+            raise ValueError(f"{name}: the token goes in Authorization by itself, not in headers")
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.observer: Observer = observer or _Unobserved()  # the daemon sets its metrics here
@@ -130,11 +193,19 @@ class Client:
         self.limits = limits or ratelimit.Limits(ratelimit.Published(), name)
         self._cap = RateLimiter(rate) if rate else None
         self._slots = asyncio.Semaphore(concurrency)
+        # With `conditional`, a GET asks whether the answer it remembers is still current, and a
+        # 304 (which costs no budget on GitHub) gives it back.
+        self.remembered = Remembered(remembered_bytes) if conditional else None
+        # An upstream's own headers (GitHub's Accept and API version) go over the defaults, whatever
+        # their case.
+        own = dict(headers or {})
+        replaced = {key.lower() for key in own}
+        defaults = {"Accept": "application/json", "User-Agent": f"runsync/{__version__}"}
         self._session = aiohttp.ClientSession(
             headers={
+                **{key: value for key, value in defaults.items() if key.lower() not in replaced},
+                **own,
                 "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": f"runsync/{__version__}",
             },
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
             connector=aiohttp.TCPConnector(limit=concurrency),
@@ -151,50 +222,81 @@ class Client:
         await self.close()
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Response:
-        """The parsed body of a 2xx answer; retries what may pass, raises UpstreamError otherwise."""
+        """The parsed body of a 2xx answer (or of a 304, remembered); retries what may pass, raises
+        UpstreamError otherwise."""
         what = f"GET {path}"
         waited = 0.0
+        slowed = 0  # waits for a secondary limit that gave no Retry-After
         for attempt in range(self.backoff.retries + 1):
             try:
-                return await self._attempt(path, params)
-            except _Transient as failure:
-                delay = self.backoff.delay(attempt, failure.retry_after)
-                if attempt == self.backoff.retries:
-                    raise UpstreamError(
-                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
-                    ) from None
+                return await self._attempt(path, params, self.backoff.budget - waited)
+            except ratelimit.Spent as spent:
+                # Nothing goes before the budget's reset: wait for it, or fail now if this
+                # request may not wait that long. Until then, so do the token's other requests.
+                delay, failure = spent.wait, spent
                 if waited + delay > self.backoff.budget:
                     raise UpstreamError(
-                        f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}; "
-                        f"waiting {delay:.0f} s more would exceed the {self.backoff.budget:.0f} s "
+                        f"{self.name}: {what}: {spent}, past the {self.backoff.budget:.0f} s "
                         "retry budget"
                     ) from None
-                log.warning(
-                    "request retry",
-                    request=what,
-                    attempt=attempt + 1,
-                    reason=str(failure),
-                    delay_s=round(delay, 3),
-                )
-                self.observer.retried()
-                waited += delay
-                await asyncio.sleep(delay)
+            except _Transient as transient:
+                delay, failure = self.backoff.delay(attempt, transient.retry_after), transient
+                if transient.secondary and transient.retry_after is None:
+                    delay = SECONDARY_WAIT * 2**slowed  # as GitHub asks: a minute, then more
+                    slowed += 1
+            if attempt == self.backoff.retries:
+                raise UpstreamError(
+                    f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}"
+                ) from None
+            if waited + delay > self.backoff.budget:
+                raise UpstreamError(
+                    f"{self.name}: {what} failed after {attempt + 1} attempts: {failure}; "
+                    f"waiting {delay:.0f} s more would exceed the {self.backoff.budget:.0f} s "
+                    "retry budget"
+                ) from None
+            log.warning(
+                "request retry",
+                request=what,
+                attempt=attempt + 1,
+                reason=str(failure),
+                delay_s=round(delay, 3),
+            )
+            self.observer.retried()
+            waited += delay
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, path: str, params: Mapping[str, str] | None) -> Response:
+    async def _attempt(
+        self, path: str, params: Mapping[str, str] | None, patience: float
+    ) -> Response:
+        key = (path, tuple(sorted((params or {}).items())))
         async with self._slots:
-            await self.limits.acquire(path)
+            await self.limits.acquire(path, patience)
             if self._cap is not None:
                 await self._cap.wait()
+            # Held from the request to its answer, so a 304 finds the body even if it is pushed out
+            # of what is remembered meanwhile.
+            kept = self.remembered.get(key) if self.remembered is not None else None
+            conditions = kept.conditions() if kept is not None else None
             observed_at = datetime.now(UTC)
             code: str | None = "error"  # until a whole answer has been read
             try:
-                async with self._session.get(self.base_url + path, params=params) as response:
+                async with self._session.get(
+                    self.base_url + path, params=params, headers=conditions
+                ) as response:
                     body = await self._read(response)
                     status = response.status
                     code = str(status)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
-                    self.limits.answered(path, status, self._stated(response))
+                    etag, last_modified = (response.headers.get(h) for h in _VALIDATORS)
+                    words = _upstream_message(body) if status >= 400 else ""
+                    refused = self.limits.answered(
+                        path,
+                        status,
+                        self._stated(response),
+                        headers=response.headers,
+                        message=words,
+                    )
             except TimeoutError:
                 code = "timeout"
                 raise _Transient("timed out") from None
@@ -211,19 +313,32 @@ class Client:
             finally:
                 if code is not None:
                     self.observer.answered(code)
+        if refused is ratelimit.Refused.BUDGET:
+            raise self.limits.spent() or _Transient(f"HTTP {status}{words}", retry_after)
+        if refused is ratelimit.Refused.SECONDARY:
+            raise _Transient(f"HTTP {status}{words}", retry_after, secondary=True)
+        if status == 304:
+            if kept is None:  # nothing was asked on a condition: no body to give back
+                raise _Transient("HTTP 304 to a request without a condition")
+            body = kept.body
         if status in RETRY_STATUSES or status >= 500:
-            raise _Transient(f"HTTP {status}{_upstream_message(body)}", retry_after)
+            raise _Transient(f"HTTP {status}{words}", retry_after)
         if status >= 400:
             raise UpstreamError(
-                f"{self.name}: GET {path} answered HTTP {status}{_upstream_message(body)}",
-                status=status,
+                f"{self.name}: GET {path} answered HTTP {status}{words}", status=status
             )
         try:
-            return Response(jsontext.loads(body), observed_at, status)
+            answer = Response(jsontext.loads(body), observed_at, status)
         except (ValueError, UnicodeDecodeError):
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         except RecursionError:
             raise _Transient(f"HTTP {status} with JSON nested too deeply to read") from None
+        if self.remembered is not None and status != 304:
+            if etag or last_modified:
+                self.remembered.keep(key, _Validated(etag, last_modified, body))
+            else:
+                self.remembered.forget(key)
+        return answer
 
     def _stated(self, response: aiohttp.ClientResponse) -> str | None:
         header = self.limits.published.header
@@ -264,9 +379,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _upstream_message(body: bytes) -> str:
-    """The upstream's own words about an error, short: Apify nests them, others don't."""
+    """The upstream's own words about an error, short: Apify nests them in `error`, GitHub puts
+    them in `message`."""
     try:
-        error = json.loads(body).get("error")
+        parsed = json.loads(body)
+        error = parsed.get("error") or parsed.get("message")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return ""
     if isinstance(error, dict):
