@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from helpers import TOKEN, one_pass, stored_runs
 
-from worker import sources, sync, webhooks
+from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
 from worker.simulator import Simulator
 from worker.simulator.github import GitHubWorld
@@ -340,3 +340,17 @@ async def test_workflow_run_deliveries_are_verified_and_stored(hub, hub_sim, db,
     assert (await receiver.receive("apify", "hub", delivery.headers, delivery.body)).status == 404
     row = (await stored_runs(db, "hub"))[str(run["id"])]
     assert row["status"] == "in_progress" and row["github_workflow"] == "CI"
+
+
+async def test_a_pass_that_finds_nothing_new_costs_no_budget(hub, hub_sim, db, hub_settings):
+    hub.add_runs(REPO, 30, created_at=hub.now() - timedelta(hours=3))
+    hub.add_runs(REPO, 2, status="queued", stuck=True)
+    async with runtime.open_runtime(hub_settings(), ["hub"]) as rt:
+        for _ in range(2):  # the second reads from the watermark: a request not asked before
+            assert (await sync.run_pass(rt.stream("hub"), rt.store)).outcome == "succeeded"
+        before = hub.budget.remaining
+        result = await sync.run_pass(rt.stream("hub"), rt.store)
+
+    assert result.outcome == "succeeded" and result.pages > 0
+    assert hub.budget.remaining == before  # every answer a 304, which GitHub does not count
+    assert len(await stored_runs(db, "hub")) == 32

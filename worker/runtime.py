@@ -45,6 +45,7 @@ def client_for(config, registry: ratelimit.Registry | None = None) -> http.Clien
     """The source's client, paced by its token's limits (shared through `registry`)."""
     token = config.token.reveal()
     registry = registry or ratelimit.Registry()
+    upstream = sources.upstream(config.kind)
     return http.Client(
         config.base_url,
         token,
@@ -56,6 +57,8 @@ def client_for(config, registry: ratelimit.Registry | None = None) -> http.Clien
         timeout=config.timeout.total_seconds(),
         backoff=http.Backoff(retries=config.max_retries),
         max_response_bytes=config.max_response_mb * 1024 * 1024,
+        headers=upstream.headers,
+        conditional=upstream.conditional,
     )
 
 

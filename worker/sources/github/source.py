@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from worker.config import SourceConfig
 from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
-from worker.ratelimit import Published
+from worker.ratelimit import Budget, Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
     ItemError,
@@ -69,8 +69,10 @@ COLUMNS = (
 )
 _CREATED = 9  # the index of github_created_at in a Run's columns
 
-# GitHub's published limits: an hourly budget per token, stated in every answer's headers.
-LIMITS = Published(per_token=5000 / 3600)
+# GitHub's published limits: an hourly budget per token (5,000 for a personal token, up to
+# 15,000), stated in every answer's headers, which runsync paces to last until its reset; and a
+# secondary limit of about 900 requests a minute per endpoint, which 15 a second stays under.
+LIMITS = Published(per_token=15.0, budget=Budget())
 
 
 class GitHubSource:
