@@ -75,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
     simulate.add_argument(
-        "--runs", type=int, default=1000, help="Apify runs; each RakerOne project gets half as many"
+        "--runs",
+        type=int,
+        default=1000,
+        help="Apify runs; each RakerOne project and the GitHub repository get half as many",
     )
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--token", default="sim-token", help="the bearer token it accepts")
@@ -237,9 +240,11 @@ def _simulate(args) -> int:
     kinds = tuple(args.fault_kinds.split(",")) if args.fault_kinds else simulator.FAULT_KINDS
     faults = f", {args.fault_rate:.0%} faults (seed {args.fault_seed})" if args.fault_rate else ""
     latency = f", {args.latency * 1000:g} ms latency" if args.latency else ""
-    print(f"simulated Apify and RakerOne on http://{args.host}:{args.port} (token {args.token!r}, "
-          f"seed {args.seed}): {args.runs} Apify runs, RakerOne projects proj_alpha and proj_beta "
-          f"with {args.runs // 2} runs each{faults}{latency}; Ctrl-C stops it", flush=True)  # fmt: skip
+    print(f"simulated Apify, RakerOne and GitHub on http://{args.host}:{args.port} "
+          f"(token {args.token!r}, seed {args.seed}): {args.runs} Apify runs, RakerOne projects "
+          f"proj_alpha and proj_beta with {args.runs // 2} runs each, GitHub repository "
+          f"{simulator.DEMO_REPOSITORY} with {args.runs // 2} workflow runs{faults}{latency}; "
+          "Ctrl-C stops it", flush=True)  # fmt: skip
     try:
         asyncio.run(simulator.serve(
             host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token,

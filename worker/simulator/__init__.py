@@ -102,6 +102,8 @@ def _dialect(path: str) -> type[_Endpoints]:
     return RakerEndpoints if path.startswith(RakerEndpoints.paths) else ApifyEndpoints
 
 
+DEMO_REPOSITORY = "octo-org/octo-app"  # `runsync simulate`'s GitHub repository
+
 # The demo controls' paths: never slowed down or faulted, so tests can always shape the world.
 _CONTROLS = "/_simulator/"
 
@@ -269,15 +271,17 @@ async def serve(
     fault_seed: int = 0,
     latency: float = 0.0,
 ) -> None:
-    """Runs a Simulator of both upstreams over freshly generated worlds until cancelled."""
+    """Runs a Simulator of every upstream over freshly generated worlds until cancelled."""
     faults = Faults(fault_rate, fault_kinds, seed=fault_seed)  # built anyway: rejects bad kinds
     # Generating in a thread keeps the loop responsive.
     apify = await asyncio.to_thread(ApifyWorld, runs=runs, seed=seed)
     projects = {"proj_alpha": runs // 2, "proj_beta": runs // 2}
     rakerone = await asyncio.to_thread(RakerWorld, projects=projects, seed=seed)
+    github = await asyncio.to_thread(GitHubWorld, {DEMO_REPOSITORY: runs // 2}, seed=seed)
     simulator = Simulator(
         apify,
         rakerone=rakerone,
+        github=github,
         token=token,
         faults=faults if fault_rate > 0 else None,
         latency=latency,

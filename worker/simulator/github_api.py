@@ -15,8 +15,9 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import wraps
+from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from worker.simulator.github import (
     API_VERSIONS,
@@ -28,6 +29,7 @@ from worker.simulator.github import (
     _seconds,
     _Workflow,
 )
+from worker.simulator.github_hooks import workflow_run_delivery
 
 _DOCS = "https://docs.github.com/rest"
 # The query parameters that make a listing a "search" capped at the result cap.
@@ -212,7 +214,7 @@ class GitHubEndpoints:
     """GitHub's workflow-run endpoints (GET only) over a GitHubWorld, metered by its budget."""
 
     # Paths whose errors (401, unrouted) answer in GitHub's error format.
-    paths = ("/repos/",)
+    paths = ("/repos/", "/_simulator/github/")
 
     def __init__(self, world: GitHubWorld) -> None:
         self.world = world
@@ -220,6 +222,7 @@ class GitHubEndpoints:
     def routes(self) -> list[tuple[str, str, _Handler, str]]:
         """(method, path, handler, route name) of every endpoint."""
         runs = "/repos/{owner}/{repo}/actions/runs"
+        controls = "/_simulator/github/{owner}/{repo}"
         return [
             (method, path, self._metered(handler), name)
             for method, path, handler, name in (
@@ -229,6 +232,15 @@ class GitHubEndpoints:
                 ("GET", runs + "/{run_id}", self._get_run, "github.get_run"),
                 ("GET", runs + "/{run_id}/attempts/{attempt}", self._get_attempt,
                  "github.get_attempt"),
+            )
+        ] + [
+            # Controls for demos driven from a shell; they take the same token, spend no budget.
+            (method, path, _controlled(handler), name)
+            for method, path, handler, name in (
+                ("POST", controls + "/runs", self._add_runs, "control.github.add_runs"),
+                ("POST", controls + "/progress", self._progress, "control.github.progress"),
+                ("POST", controls + "/rerun", self._rerun, "control.github.rerun"),
+                ("POST", controls + "/deliver", self._deliver, "control.github.deliver"),
             )
         ]  # fmt: skip
 
@@ -282,6 +294,58 @@ class GitHubEndpoints:
             return response
 
         return answer
+
+    async def _add_runs(self, request: web.Request) -> web.Response:
+        """New runs of ci.yml created now (?count=1&status=in_progress)."""
+        repo = self._repo(request).full_name
+        count = min(_page_number(request.query, "count", 1, 100_000), 100_000)
+        status = request.query.get("status", "in_progress")
+        added = self.world.add_runs(repo, count, status=status)
+        return web.json_response({"ids": [run["id"] for run in added]}, status=201)
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        """One step for the open runs that are not stuck: waiting ones start, running ones end."""
+        return web.json_response({"moved": self.world.progress(self._repo(request).full_name)})
+
+    async def _rerun(self, request: web.Request) -> web.Response:
+        """Re-runs ?run_id=, or the newest completed run: the same id, the next attempt."""
+        repo = self._repo(request).full_name
+        run_id = self._chosen_run(request, repo, completed=True)
+        try:
+            rerun = self.world.rerun(repo, run_id)
+        except ValueError as exc:
+            raise _Rejected(422, str(exc)) from None
+        return web.json_response({"id": rerun["id"], "run_attempt": rerun["run_attempt"]})
+
+    async def _deliver(self, request: web.Request) -> web.Response:
+        """Sends the workflow_run delivery of ?run_id= (default: the newest run) to ?to=, a URL on
+        this machine, signed with the secret in the X-Webhook-Secret header; answers with what
+        the receiver answered."""
+        repo = self._repo(request).full_name
+        to, secret = request.query.get("to", ""), request.headers.get("X-Webhook-Secret", "")
+        host = urlsplit(to).hostname
+        if host not in ("127.0.0.1", "localhost", "::1") or not secret:
+            raise _Rejected(422, "give ?to=<a URL on 127.0.0.1> and the X-Webhook-Secret header")
+        delivery = workflow_run_delivery(
+            self.world, repo, self._chosen_run(request, repo), secret=secret
+        )
+        async with (
+            ClientSession() as session,
+            session.post(to, data=delivery.body, headers=delivery.headers) as answer,
+        ):
+            text = await answer.text()
+        return web.json_response({"status": answer.status, "answer": text[:2000]})
+
+    def _chosen_run(self, request: web.Request, repo: str, *, completed: bool = False) -> int:
+        given = request.query.get("run_id")
+        if given is not None:
+            if not given.isdigit() or self.world.get(repo, int(given)) is None:
+                raise _Rejected(404, "Not Found")
+            return int(given)
+        for run in self.world.runs(repo):
+            if not completed or run.get("status") == "completed":
+                return int(run["id"])
+        raise _Rejected(404, "no such run yet")
 
     def _limited(self) -> web.Response | None:
         """The secondary or primary rate-limit answer, or None to go on. Neither spends budget.
@@ -394,6 +458,19 @@ class GitHubEndpoints:
         response = web.Response(body=body, content_type="application/json")
         response.headers["ETag"] = etag
         return response
+
+
+def _controlled(handler: _Handler) -> _Handler:
+    """A demo control: rejections become GitHub's error bodies; no budget, no version check."""
+
+    @wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Rejected as exc:
+            return _error(exc.status, exc.message, **exc.extra)
+
+    return answer
 
 
 def _check_version(request: web.Request) -> None:
