@@ -818,3 +818,49 @@ def test_delivery_actions_follow_the_run_and_redeliveries_keep_the_guid(
         workflow_run_delivery(world, "octo/lib", run_id, secret="s", action="queued")
     with pytest.raises(KeyError):
         workflow_run_delivery(world, "octo/lib", 1, secret="s")
+
+
+async def test_demo_controls_shape_the_world_and_send_a_signed_delivery(
+    http: aiohttp.ClientSession, world: GitHubWorld
+) -> None:
+    from aiohttp import web
+
+    received: list[tuple[dict, bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.json_response({"outcome": "stored"})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    controls = "/_simulator/github/octo/lib"
+    budget = world.budget.remaining
+    try:
+        async with http.post(controls + "/runs?count=2") as answer:
+            added = (await answer.json())["ids"]
+        assert answer.status == 201 and len(added) == 2
+        assert all(world.get("octo/lib", i)["status"] == "in_progress" for i in added)
+        async with http.post(controls + "/progress") as answer:
+            assert (await answer.json())["moved"] >= 2
+        assert world.get("octo/lib", added[0])["status"] == "completed"
+        async with http.post(controls + f"/rerun?run_id={added[0]}") as answer:
+            assert await answer.json() == {"id": added[0], "run_attempt": 2}
+        secret = "demo-secret-0123456789"
+        url = f"/deliver?run_id={added[0]}&to=http://127.0.0.1:{port}/hook"
+        async with http.post(controls + url, headers={"X-Webhook-Secret": secret}) as answer:
+            assert (await answer.json())["status"] == 200
+        async with http.post(controls + "/deliver?to=http://example.com/hook") as answer:
+            assert answer.status == 422  # only to this machine, and only with a secret
+    finally:
+        await runner.cleanup()
+
+    (headers, body) = received[0]
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Hub-Signature-256"] == expected
+    assert json.loads(body)["workflow_run"]["run_attempt"] == 2
+    assert world.budget.remaining == budget  # the controls spend none of it
