@@ -366,14 +366,23 @@ def test_an_outcome_is_its_text_wherever_it_goes():
     assert json.dumps({"outcome": Outcome.INTERRUPTED}) == '{"outcome": "interrupted"}'
 
 
+def configured(kind: str):
+    """A source of each kind, as its config would give it."""
+    from worker.config import Secret, SourceConfig
+
+    return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
+                        base_url="https://example.com", projects=("p",),
+                        repository="o/r")  # fmt: skip
+
+
 def test_every_source_names_a_refresh_strategy_that_exists():
     """refresh.open_runs takes the source's word for how to read its open runs again; an
     unknown word is an error, not the open-list way by default."""
-    from worker import refresh
-    from worker.sources import apify, rakerone
+    from worker import refresh, sources
 
-    assert apify.ApifySource.refresh in refresh.STRATEGIES
-    assert rakerone.RakerOneSource.refresh in refresh.STRATEGIES
+    for upstream in sources.UPSTREAMS.values():
+        for source in upstream.streams(configured(upstream.kind)):
+            assert source.refresh in refresh.STRATEGIES, upstream.kind
 
 
 async def test_a_source_with_an_unknown_refresh_strategy_is_an_error():
@@ -382,27 +391,24 @@ async def test_a_source_with_an_unknown_refresh_strategy_is_an_error():
     from worker import refresh
 
     runtime = SimpleNamespace(name="new", source=SimpleNamespace(refresh="by_magic"))
+    state = SimpleNamespace(runtime=runtime)
     with pytest.raises(ValueError, match="new: unknown refresh strategy 'by_magic'"):
-        await refresh.open_runs(runtime, None, None, None, None, None)
+        await refresh.open_runs(state, refresh.Pending([]))
 
 
 def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
     """backfill.py asks a source whose `windowed` is true for the members of the Windowed
     protocol; a source that says windowed without them would fail mid-backfill."""
-    from worker.config import Secret, SourceConfig
-    from worker.sources import build
+    from worker.sources import UPSTREAMS, build
     from worker.sources.contract import Windowed
 
     members = {name for name in vars(Windowed) if not name.startswith("_")}
     members |= set(Windowed.__annotations__)
     assert {"probe", "read_probe", "window", "page_size"} <= members
 
-    def config(kind: str, **keys) -> SourceConfig:
-        return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
-                            base_url="https://example.com", **keys)  # fmt: skip
-
-    sources = [*build(config("apify")), *build(config("rakerone", projects=("p",)))]
+    sources = [source for kind in UPSTREAMS for source in build(configured(kind))]
     windowed = [s for s in sources if s.windowed]
-    assert [s.upstream for s in windowed] == ["apify"]  # RakerOne's keyset walk cannot be cut
+    # RakerOne's keyset walk cannot be cut; GitHub asks for one request at a time.
+    assert [s.upstream for s in windowed] == ["apify"]
     for source in windowed:
         assert not {m for m in members if not hasattr(source, m)}, source

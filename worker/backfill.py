@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections import deque
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -21,7 +22,7 @@ from worker import store
 from worker.model import Checkpoint, Page
 from worker.sources.common import isoformat, parse_time
 from worker.sources.contract import Windowed
-from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
+from worker.walk import Pass, SourceRuntime, stopping, walk_pages
 
 log = structlog.get_logger("runsync.backfill")
 
@@ -65,16 +66,16 @@ async def plan(
 
 
 async def run(
-    runtime: SourceRuntime,
-    lease: store.Lease,
-    result: PassResult,
-    walk: dict,
+    state: Pass,
+    walk: dict[str, Any],
     saved: Checkpoint | None,
-    stop: asyncio.Event | None,
-    progress: ProgressCallback | None,
     since: datetime | None,
     until: datetime | None,
 ) -> None:
+    """The backfill of [since, until] in windows: planned (or resumed from `saved`, its plan),
+    walked side by side, and marked done in the backfill's checkpoint (`walk`: its range)."""
+    runtime, lease, result = state.runtime, state.lease, state.result
+    progress, stop = state.progress, state.stop
     windows = (saved.cursor or {}).get("windows") if saved else None
     planned = (saved.cursor or {}).get("total") if windows is not None else None
     if windows is None:
@@ -110,9 +111,8 @@ async def run(
                 resume, start and parse_time(start, "start"), end and parse_time(end, "end"), place
             )
             if await walk_pages(
-                runtime, writer, result, paginator, checkpointed=True,
+                state.through(writer, window_progress), paginator, checkpointed=True,
                 done_checkpoint=Checkpoint(None, {**place, "done": True}),
-                stop=stop, progress=window_progress,
             ):  # fmt: skip
                 reached[index] = paginator.checkpoint.watermark
 

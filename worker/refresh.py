@@ -2,9 +2,10 @@
 
 The open runs as they stood before the pass are the pending set; the pass's own list walk crosses
 some off. Then, by what the upstream offers:
-- Apify: one list filtered by every open status, over the whole history (one request per
-  thousand open runs), crosses off those still open, and finds the runs that are open again
-  (Apify resurrects finished runs at any age). Only runs that left the open statuses,
+- Apify, GitHub: one walk of the open runs over the whole history (Apify: one list filtered by
+  every open status, one request per thousand open runs; GitHub: a walk per open status, each
+  answered 304 for free while nothing changed), crosses off those still open, and finds the runs
+  that are open again (Apify resurrects finished runs at any age, GitHub re-runs them). Only runs that left the open statuses,
   just-finished runs due for a second look at their figures, and runs whose items are in
   quarantine (a garbled read may read well now) are read one by one.
 - RakerOne (no endpoint for one run, one status per filter): for each status pending runs are in,
@@ -25,17 +26,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from worker import http, store
+from worker import http
 from worker.model import Rejected, Run
 from worker.sources.contract import ByWalks, OpenList, PageError
-from worker.walk import (
-    PAGE_READS,
-    PassResult,
-    SourceRuntime,
-    log_rejected,
-    stopping,
-    walk_pages,
-)
+from worker.walk import PAGE_READS, Pass, SourceRuntime, log_rejected, walk_pages
 
 log = structlog.get_logger("runsync.refresh")
 
@@ -45,46 +39,36 @@ BATCH = 200  # open runs read one by one per transaction
 STRATEGIES = ("open_list", "walks")  # what a source's `refresh` may say
 
 
-async def open_runs(runtime, lease, result, pending: Pending, pass_started, stop) -> None:
-    """The open runs read again, the way the source says (`refresh`): one list of every open
-    status (Apify), or a walk per status (RakerOne)."""
-    strategy = runtime.source.refresh
+async def open_runs(state: Pass, pending: Pending) -> None:
+    """The open runs read again, the way the source says (`refresh`): a walk of the open runs
+    then the single-run endpoint (Apify, GitHub), or a walk per status (RakerOne)."""
+    strategy = state.runtime.source.refresh
     if strategy == "walks":
-        await by_walks(runtime, lease, result, pending, stop)
+        await by_walks(state, pending)
     elif strategy == "open_list":
-        await by_open_list(runtime, lease, result, pending, pass_started, stop)
+        await by_open_list(state, pending)
     else:  # a new upstream's mistake: never fall into another's way silently
-        raise ValueError(f"{runtime.name}: unknown refresh strategy {strategy!r} ({STRATEGIES})")
+        name = state.runtime.name
+        raise ValueError(f"{name}: unknown refresh strategy {strategy!r} ({STRATEGIES})")
 
 
-async def by_open_list(
-    runtime: SourceRuntime,
-    lease: store.Lease,
-    result: PassResult,
-    pending: Pending,
-    pass_started: datetime,
-    stop: asyncio.Event | None,
-) -> None:
-    source: OpenList = runtime.source
-    await walk_pages(
-        runtime, lease, result, source.open_walk(), checkpointed=False, stop=stop,
-        observe=pending.see,
-    )  # fmt: skip
-    if stopping(stop):
+async def by_open_list(state: Pass, pending: Pending) -> None:
+    source: OpenList = state.runtime.source
+    await walk_pages(state, source.open_walk(), checkpointed=False, observe=pending.see)
+    if state.stopping:
         return
-    due = await lease.due_rechecks(source.partition, pass_started)
+    due = await state.lease.due_rechecks(source.partition, state.started_at)
     # Runs whose items were quarantined lately: a garbled read may read well now (then its
     # quarantined items are let go); a bad run stays in quarantine.
-    quarantined = await lease.quarantined_runs(source.partition, BATCH)
-    await one_by_one(
-        runtime, lease, result, list(dict.fromkeys([*pending.ids(), *due, *quarantined])), stop
-    )
+    quarantined = await state.lease.quarantined_runs(source.partition, BATCH)
+    await one_by_one(state, list(dict.fromkeys([*pending.ids(), *due, *quarantined])))
 
 
-async def one_by_one(runtime, lease, result, run_ids: list[str], stop) -> None:
+async def one_by_one(state: Pass, run_ids: list[str]) -> None:
     """Reads each run with the single-run endpoint, at most `concurrency` at a time."""
+    runtime, source = state.runtime, state.runtime.source
     for start in range(0, len(run_ids), BATCH):
-        if stopping(stop):
+        if state.stopping:
             return
         batch = run_ids[start : start + BATCH]
         try:
@@ -96,10 +80,10 @@ async def one_by_one(runtime, lease, result, run_ids: list[str], stop) -> None:
         runs = [o for o in observations if isinstance(o, Run)]
         rejected = [o for o in observations if isinstance(o, Rejected)]
         gone = [run_id for run_id, o in zip(batch, observations, strict=True) if o is None]
-        written = await lease.save_refreshed(
-            result.pass_id, runtime.source.upstream, runs, rejected, gone, runtime.source.partition
+        written = await state.lease.save_refreshed(
+            state.result.pass_id, source.upstream, runs, rejected, gone, source.partition
         )
-        result.count(written, refreshed=len(batch))
+        state.result.count(written, refreshed=len(batch))
         log_rejected(rejected)
         if gone:
             log.info("runs gone upstream", count=len(gone), example=gone[0])
@@ -164,34 +148,29 @@ class Pending:
         return list(self._runs)
 
 
-async def by_walks(
-    runtime: SourceRuntime,
-    lease: store.Lease,
-    result: PassResult,
-    pending: Pending,
-    stop: asyncio.Event | None,
-) -> None:
-    source: ByWalks = runtime.source
-    overlap = runtime.config.overlap
+async def by_walks(state: Pass, pending: Pending) -> None:
+    source: ByWalks = state.runtime.source
+    overlap = state.runtime.config.overlap
     for status in pending.statuses():
         if not pending.waiting(status):  # crossed off by an earlier status walk
             continue
-        if stopping(stop):
+        if state.stopping:
             return
         await walk_pages(
-            runtime, lease, result, source.status_walk(status, pending.floor(overlap, status)),
-            checkpointed=False, stop=stop, observe=pending.see,
-            enough=lambda status=status: not pending.waiting(status),
+            state, source.status_walk(status, pending.floor(overlap, status)), checkpointed=False,
+            observe=pending.see, enough=lambda status=status: not pending.waiting(status),
         )  # fmt: skip
-    if not pending or stopping(stop):
+    if not pending or state.stopping:
         return
     log.info("open runs changed status; searching the list for them", runs=len(pending))
     complete = await walk_pages(
-        runtime, lease, result, source.search_walk(pending.floor(overlap)),
-        checkpointed=False, stop=stop, observe=pending.see, enough=lambda: not pending,
+        state, source.search_walk(pending.floor(overlap)), checkpointed=False,
+        observe=pending.see, enough=lambda: not pending,
     )  # fmt: skip
     if complete and pending:
         # The walk went past every one of them: the upstream no longer has these runs.
         gone = pending.ids()
-        await lease.save_refreshed(result.pass_id, source.upstream, [], [], gone, source.partition)
+        await state.lease.save_refreshed(
+            state.result.pass_id, source.upstream, [], [], gone, source.partition
+        )
         log.info("runs gone upstream", count=len(gone), example=gone[0])

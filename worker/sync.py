@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from worker import backfill, http, refresh, store
 from worker.model import Checkpoint, Outcome
 from worker.sources import PageError, Source
 from worker.sources.common import isoformat, parse_time
-from worker.walk import PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
+from worker.walk import Pass, PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
 
 if TYPE_CHECKING:
     from worker.metrics import Metrics
@@ -71,7 +72,8 @@ async def run_pass(
         copied = await _first_copy(runtime, db, stop, progress, metrics)
         if copied is not None:
             return copied
-    result = await _pass(runtime, db, stream, since, until, stop, progress, not_within, restart)
+    asked = Asked(stream, since, until, restart, not_within)
+    result = await _pass(runtime, db, asked, stop, progress)
     if metrics is not None:
         metrics.pass_finished(result)
         await _measure(runtime, db, metrics)
@@ -134,8 +136,26 @@ async def _first_copy(
     return result
 
 
-async def _pass(runtime, db, stream, since, until, stop, progress, not_within, restart):
-    result = PassResult(runtime.name, runtime.stream(stream))
+@dataclass(frozen=True)
+class Asked:
+    """What a pass is asked to do: which stream of the source, and for a backfill its range."""
+
+    stream: str = INCREMENTAL
+    since: datetime | None = None
+    until: datetime | None = None
+    restart: bool = False  # walk a finished backfill again
+    # Skip the pass when a replica started one of this stream more recently than this says.
+    not_within: Callable[[], timedelta] | None = None
+
+
+async def _pass(
+    runtime: SourceRuntime,
+    db: store.Store,
+    asked: Asked,
+    stop: asyncio.Event | None,
+    progress: ProgressCallback | None,
+) -> PassResult:
+    result = PassResult(runtime.name, runtime.stream(asked.stream))
     try:
         # A place among the process's passes first: a pass waiting in line holds no lease, so
         # another replica may walk the stream meanwhile.
@@ -145,17 +165,16 @@ async def _pass(runtime, db, stream, since, until, stop, progress, not_within, r
         ):
             if lease is None:
                 return _skipped(result, "another pass holds this stream's lease")
-            if not_within is not None:
+            if asked.not_within is not None:
                 age = await lease.last_pass_age()
-                if age is not None and age < not_within():
+                if age is not None and age < asked.not_within():
                     return _skipped(result, "another replica ran this stream this tick")
             result.pass_id = await lease.start_pass()
+            state = Pass(runtime, lease, result, datetime.now(UTC), stop, progress)
             with structlog.contextvars.bound_contextvars(
                 source=runtime.name, pass_id=result.pass_id, stream=result.stream
             ):
-                await _run_leased(
-                    runtime, lease, result, stream, since, until, stop, progress, restart
-                )
+                await _run_leased(state, asked)
     except store.DatabaseError as error:
         result.outcome, result.error = Outcome.FAILED, f"database: {error}"
         _log_finished(result, source=result.source, stream=result.stream, pass_id=result.pass_id)
@@ -181,17 +200,18 @@ def _skipped(result: PassResult, reason: str) -> PassResult:
     return result
 
 
-async def _run_leased(runtime, lease, result, stream, since, until, stop, progress, restart):
-    started_at, started, cpu = datetime.now(UTC), time.monotonic(), time.process_time()
+async def _run_leased(state: Pass, asked: Asked) -> None:
+    result, lease = state.result, state.lease
+    started, cpu = time.monotonic(), time.process_time()
     log.info("pass started")
     try:
-        if stream == BACKFILL:
-            await _backfill(runtime, lease, result, since, until, restart, stop, progress)
-        elif stream == RECONCILE:
-            await _reconcile(runtime, lease, result, stop)
+        if asked.stream == BACKFILL:
+            await _backfill(state, asked)
+        elif asked.stream == RECONCILE:
+            await _reconcile(state)
         else:
-            await _incremental(runtime, lease, result, started_at, stop, progress)
-        result.outcome = Outcome.INTERRUPTED if stopping(stop) else Outcome.SUCCEEDED
+            await _incremental(state)
+        result.outcome = Outcome.INTERRUPTED if state.stopping else Outcome.SUCCEEDED
     except (http.UpstreamError, PageError) as error:
         result.outcome, result.error = Outcome.FAILED, str(error)
     except store.DatabaseError as error:
@@ -234,11 +254,12 @@ def _log_finished(result: PassResult, **context: object) -> None:
         log.info(f"pass {result.outcome}", **context, **fields)
 
 
-async def _incremental(runtime, lease, result, started_at, stop, progress) -> None:
+async def _incremental(state: Pass) -> None:
     """The list walk, then the open runs. One page that cannot be read or stored does not hold
     up the rest: a walk in flight is resumed only after the runs newer than it are read (the
     source's head walk), and the open runs are read again even when a walk failed; the pass
     still fails, with the walk's error, and the next one tries again from the checkpoint."""
+    runtime, lease = state.runtime, state.lease
     source: Source = runtime.source
     checkpoint = await lease.checkpoint() or Checkpoint()
     copied = await lease.checkpoint(runtime.stream(BACKFILL))
@@ -248,26 +269,23 @@ async def _incremental(runtime, lease, result, started_at, stop, progress) -> No
         )
         checkpoint = Checkpoint(copied.watermark)
     # Which runs were open must be known before the list walk crosses any of them off.
-    pending = refresh.Pending(await lease.open_snapshot(source.partition, started_at))
+    pending = refresh.Pending(await lease.open_snapshot(source.partition, state.started_at))
     failures: list[Exception] = []
     walks = [
         (source.head(checkpoint), False),
         (source.incremental(checkpoint), True),
     ]
     for paginator, checkpointed in walks:
-        if paginator is None or stopping(stop):
+        if paginator is None or state.stopping:
             continue
         try:
-            await walk_pages(
-                runtime, lease, result, paginator, checkpointed=checkpointed, stop=stop,
-                progress=progress if checkpointed else None, observe=pending.see,
-            )  # fmt: skip
+            await walk_pages(state, paginator, checkpointed=checkpointed, observe=pending.see)
         except (http.UpstreamError, PageError) as error:
             log.warning("walk failed; going on with the rest", position=str(paginator))
             failures.append(error)
-    if not stopping(stop):
+    if not state.stopping:
         try:
-            await refresh.open_runs(runtime, lease, result, pending, started_at, stop)
+            await refresh.open_runs(state, pending)
         except (http.UpstreamError, PageError) as error:
             failures.append(error)
     if failures:
@@ -291,39 +309,35 @@ def covers(copied: Checkpoint | None, checkpoint: Checkpoint) -> bool:
     )
 
 
-async def _reconcile(runtime, lease, result, stop) -> None:
+async def _reconcile(state: Pass) -> None:
     """Reads every run started in the last `reconcile_lookback` again and stores what changed.
 
     Polling reads runs stored as open and runs open now; a run that finished, was resurrected and
     finished again between two passes is neither. This sweep, on its own schedule, is how such a
     change reaches the table. Its cost: one request per page of runs in the lookback."""
-    floor = await lease.database_now() - runtime.config.reconcile_lookback
-    await walk_pages(
-        runtime, lease, result, runtime.source.recent(floor), checkpointed=False, stop=stop
-    )
+    floor = await state.lease.database_now() - state.runtime.config.reconcile_lookback
+    await walk_pages(state, state.runtime.source.recent(floor), checkpointed=False)
 
 
-async def _backfill(runtime, lease, result, since, until, restart, stop, progress) -> None:
+async def _backfill(state: Pass, asked: Asked) -> None:
     """A walk of [since, until], resumed where an interrupted one of the same range stopped.
 
     A finished one leaves a mark, so running it again (a restarted job) does nothing unless asked.
     """
+    since, until = asked.since, asked.until
     walk = {"range": [since and isoformat(since), until and isoformat(until)]}
-    saved = await lease.checkpoint()
+    saved = await state.lease.checkpoint()
     same_range = saved is not None and (saved.cursor or {}).get("range") == walk["range"]
-    if same_range and saved.cursor.get("done") and not restart:
-        result.note = (
+    if same_range and saved.cursor.get("done") and not asked.restart:
+        state.result.note = (
             f"already complete (pass {saved.cursor.get('pass_id')}); --restart walks it again"
         )
         log.info("backfill already complete", completed_by_pass=saved.cursor.get("pass_id"))
         return
-    resume = saved if same_range and not saved.cursor.get("done") and not restart else None
-    if runtime.source.windowed:
-        await backfill.run(runtime, lease, result, walk, resume, stop, progress, since, until)
+    resume = saved if same_range and not saved.cursor.get("done") and not asked.restart else None
+    if state.runtime.source.windowed:
+        await backfill.run(state, walk, resume, since, until)
         return
-    paginator = runtime.source.backfill(resume, since, until, walk)
-    done = Checkpoint(None, {**walk, "done": True, "pass_id": result.pass_id})
-    await walk_pages(
-        runtime, lease, result, paginator, checkpointed=True, done_checkpoint=done,
-        stop=stop, progress=progress,
-    )  # fmt: skip
+    paginator = state.runtime.source.backfill(resume, since, until, walk)
+    done = Checkpoint(None, {**walk, "done": True, "pass_id": state.result.pass_id})
+    await walk_pages(state, paginator, checkpointed=True, done_checkpoint=done)

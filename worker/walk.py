@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
@@ -91,29 +93,52 @@ def stopping(stop: asyncio.Event | None) -> bool:
     return stop is not None and stop.is_set()
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One pass of one stream, as each of its steps sees it: the stream and its upstream client,
+    the lease it holds (every write goes through it, and fails once another process took the
+    stream over), its figures, when it started, and how it is told to stop or to report its
+    progress. A backfill's window is the same pass writing through the window's own lease."""
+
+    runtime: SourceRuntime
+    lease: store.Lease
+    result: PassResult
+    started_at: datetime  # on the worker's clock, before the pass read anything
+    stop: asyncio.Event | None = None
+    progress: ProgressCallback | None = None  # hears the pages of its checkpointed walks
+
+    @property
+    def stopping(self) -> bool:
+        return stopping(self.stop)
+
+    def through(self, lease: store.Lease, progress: ProgressCallback | None) -> Pass:
+        """The same pass writing through another lease (a window's) and reporting elsewhere."""
+        return dataclasses.replace(self, lease=lease, progress=progress)
+
+
 def log_rejected(rejected: list[Rejected]) -> None:
     if rejected:
         log.warning("items quarantined", count=len(rejected), reason=rejected[0].reason)
 
 
 async def walk_pages(
-    runtime: SourceRuntime,
-    lease: store.Lease,
-    result: PassResult,
+    state: Pass,
     paginator: Paginator,
     *,
     checkpointed: bool,
     done_checkpoint: Checkpoint | None = None,
-    stop: asyncio.Event | None = None,
-    progress: ProgressCallback | None = None,
     observe: Callable[[list[Run]], None] | None = None,
     enough: Callable[[], bool] | None = None,
 ) -> bool:
-    """Fetches and stores pages until the paginator is done; False if `stop` cut it short.
+    """Fetches and stores pages until the paginator is done; False if the pass's stop cut it
+    short.
 
-    `observe` hears each page's runs; `enough` ends the walk early when what it looked for is
-    found. A walk that is not checkpointed counts its items as refreshed.
+    A checkpointed walk moves the stream's checkpoint with each page and reports its pages to the
+    pass's progress; one that is not counts its items as refreshed. `observe` hears each page's
+    runs; `enough` ends the walk early when what it looked for is found.
     """
+    runtime, lease, result, stop = state.runtime, state.lease, state.result, state.stop
+    progress = state.progress if checkpointed else None
     log.info("walk", position=str(paginator))
     ahead: asyncio.Task | None = None  # the next page, fetched while this one is written
     try:
