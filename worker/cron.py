@@ -28,7 +28,8 @@ MACROS = {
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 # name, lowest, highest, names (numbered from lowest)
-_FIELDS = (
+_Spec = tuple[str, int, int, tuple[str, ...]]
+_FIELDS: tuple[_Spec, ...] = (
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
     ("day of month", 1, 31, ()),
@@ -140,7 +141,7 @@ def parse(expression: str) -> Cron:
     return cron
 
 
-def _field(text: str, spec, expression: str) -> list[int]:
+def _field(text: str, spec: _Spec, expression: str) -> list[int]:
     name, low, high, _ = spec
     chosen: set[int] = set()
     for part in text.split(","):
@@ -170,7 +171,7 @@ def _field(text: str, spec, expression: str) -> list[int]:
     return sorted(chosen)
 
 
-def _value(text: str, spec, expression: str) -> int:
+def _value(text: str, spec: _Spec, expression: str) -> int:
     name, low, high, names = spec
     if _digits(text):
         value = int(text)

@@ -9,8 +9,9 @@ webhook delivery. Nothing here touches the database: a scrape only reads what wa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,9 +21,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from worker.model import Outcome
+
+if TYPE_CHECKING:  # the budgets and results are read, not made, here: no import at run time
+    from worker.budget import Passes
+    from worker.store import Connections, Written
+    from worker.walk import PassResult
 
 # A pass takes from a tenth of a second (nothing new) to an hour (a first pass over a big history).
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -100,7 +106,7 @@ class Metrics:
         """What a source's http.Client reports its requests to."""
         return UpstreamObserver(self, source)
 
-    def pass_finished(self, result: Any) -> None:
+    def pass_finished(self, result: PassResult) -> None:
         """A pass's figures, from its result (a sync.PassResult)."""
         labels = (result.source, result.stream)
         self.passes.labels(*labels, result.outcome).inc()
@@ -138,11 +144,11 @@ class Metrics:
             self.backfill_runs.remove(source, backfill)  # finished: no longer in flight
             shown.discard(backfill)
 
-    def budgets(self, connections: Any, passes: Any) -> None:
+    def budgets(self, connections: Connections, passes: Passes) -> None:
         """The process's budgets (a store.Connections, a budget.Passes), read at each scrape."""
         self.registry.register(_Budgets(connections, passes))
 
-    def written(self, source: str, stream: str, written: Any) -> None:
+    def written(self, source: str, stream: str, written: Written) -> None:
         """What a write outside a pass changed (a store.Written; stream "webhook")."""
         self.inserted.labels(source, stream).inc(written.inserted)
         self.updated.labels(source, stream).inc(written.updated)
@@ -178,7 +184,7 @@ class _Budgets:
     """The connection and pass budgets' figures, as they are at the scrape."""
 
     # (kind, name, help, figure): a figure of store.Connections (c) or budget.Passes (p).
-    FIGURES = (
+    FIGURES: tuple[tuple[str, str, str, Callable[[Connections, Passes], float]], ...] = (
         ("gauge", "db_connections_limit",
          "Database connections this process may open ([database] max_connections)",
          lambda c, p: c.limit),
@@ -211,11 +217,11 @@ class _Budgets:
          lambda c, p: p.waits),
     )  # fmt: skip
 
-    def __init__(self, connections: Any, passes: Any) -> None:
+    def __init__(self, connections: Connections, passes: Passes) -> None:
         self.connections = connections
         self.passes = passes
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         family = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
         for kind, name, text, figure in self.FIGURES:
             value = figure(self.connections, self.passes)
