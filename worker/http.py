@@ -91,6 +91,10 @@ class _Validated:
         return {name: value for name, value in sent.items() if value is not None}
 
 
+# A GET as Remembered knows it: its path and its params, sorted.
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
 class Remembered:
     """The last 200 of each GET (by path and params), least recently used out first, bounded in
     bytes. A body over a quarter of the bound is not kept: one large answer must not push out the
@@ -99,18 +103,18 @@ class Remembered:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self._kept: OrderedDict[tuple, _Validated] = OrderedDict()
+        self._kept: OrderedDict[_Key, _Validated] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._kept)
 
-    def get(self, key: tuple) -> _Validated | None:
+    def get(self, key: _Key) -> _Validated | None:
         found = self._kept.get(key)
         if found is not None:
             self._kept.move_to_end(key)
         return found
 
-    def keep(self, key: tuple, answer: _Validated) -> None:
+    def keep(self, key: _Key, answer: _Validated) -> None:
         self.forget(key)
         if len(answer.body) > self.max_bytes // 4:
             return
@@ -120,7 +124,7 @@ class Remembered:
             _, oldest = self._kept.popitem(last=False)
             self.size -= len(oldest.body)
 
-    def forget(self, key: tuple) -> None:
+    def forget(self, key: _Key) -> None:
         gone = self._kept.pop(key, None)
         if gone is not None:
             self.size -= len(gone.body)
@@ -227,6 +231,7 @@ class Client:
         what = f"GET {path}"
         waited = 0.0
         slowed = 0  # waits for a secondary limit that gave no Retry-After
+        failure: ratelimit.Spent | _Transient
         for attempt in range(self.backoff.retries + 1):
             try:
                 return await self._attempt(path, params, self.backoff.budget - waited)
