@@ -23,10 +23,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from worker import sqlfiles
 from worker.model import Checkpoint, Column, Outcome, Rejected, Run
@@ -72,7 +74,12 @@ def may_pass(error: BaseException) -> bool:
 # (class 22) or past a limit (class 54: an index row too large, for an id of many kilobytes).
 _REFUSED_RUN = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
 
-KEEP = object()  # save_page: leave the stream's checkpoint as it is
+
+class _Keep(Enum):  # one member, so that `checkpoint is not KEEP` narrows the type
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP  # save_page: leave the stream's checkpoint as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,7 @@ class Store:
         self._held: dict[uuid.UUID, Lease] = {}  # the leases this process holds, by token
         # Per (source, stream): a token of this process's that it could not give back.
         self._unreleased: dict[tuple[str, str], uuid.UUID] = {}
-        self._renewing: asyncio.Task | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._figures: Callable[[], dict[str, Any]] = dict
 
     @classmethod
@@ -245,7 +252,7 @@ class Store:
         await self.pool.close()
 
     @asynccontextmanager
-    async def connection(self, *, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self, *, wait: float | None = None) -> AsyncIterator[PoolConnectionProxy]:
         """A connection of the budget, for one read or one transaction; waits while all are in
         use (`wait`: at most that many seconds, then TimeoutError)."""
         figures = self.connections
@@ -266,7 +273,7 @@ class Store:
             figures.in_use -= 1
             await self.pool.release(conn)
 
-    async def _acquire(self, wait: float | None) -> asyncpg.Connection:
+    async def _acquire(self, wait: float | None) -> PoolConnectionProxy:
         """A connection of the pool; a server that refuses to open one more is asked again, with
         backoff, while the pool's own connections come and go."""
         patience = FULL_SERVER_PATIENCE if wait is None else wait
@@ -370,7 +377,10 @@ class Store:
         """Whether an incremental stream has never run and no finished backfill of the whole
         history stands in for it (see sync.covers)."""
         async with self.connection() as conn:
-            return await conn.fetchval(self.q["needs_first_copy"], source, incremental, backfill)
+            needs: bool = await conn.fetchval(
+                self.q["needs_first_copy"], source, incremental, backfill
+            )
+            return needs
 
     async def ping(self) -> None:
         """Raises when the database cannot answer."""
@@ -442,6 +452,7 @@ class Store:
         """newest_started_at, open_runs and backfill_runs_read (None: no backfill in flight)."""
         async with self.connection(wait=5) as conn:
             row = await conn.fetchrow(self.q["stream_figures"], source, project, backfill_stream)
+        assert row is not None  # a SELECT of subqueries alone: always one row
         return dict(row)
 
     async def save_runs(
@@ -480,7 +491,7 @@ class Lease:
         self._deferred = [0, 0, 0, 0, 0] if defer_counts else None
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _transaction(self) -> AsyncIterator[PoolConnectionProxy]:
         """A transaction in which the lease is held: a takeover waits for its commit."""
         if self.lost:
             raise LeaseLost(f"another process took over stream {self.stream} of {self.source}")
@@ -517,7 +528,7 @@ class Lease:
         async with self._transaction() as conn:
             await self._save_checkpoint(conn, checkpoint)
 
-    async def _save_checkpoint(self, conn: asyncpg.Connection, checkpoint: Checkpoint) -> None:
+    async def _save_checkpoint(self, conn: PoolConnectionProxy, checkpoint: Checkpoint) -> None:
         await conn.execute(
             self.q["save_checkpoint"], self.source, self.stream, checkpoint.watermark,
             checkpoint.cursor,
@@ -530,23 +541,29 @@ class Lease:
     async def due(self, every: timedelta, first_of: str) -> bool:
         """Whether the stream's last success (or, before any, the first pass of stream
         `first_of`) started `every` ago or more, by the database's clock."""
-        return await self._fetch(
+        due: bool = await self._fetch(
             "stream_due", self.source, self.stream, first_of, every, method="fetchval"
         )
+        return due
 
     async def database_now(self) -> datetime:
-        return await self._fetch("database_now", method="fetchval")
+        now: datetime = await self._fetch("database_now", method="fetchval")
+        return now
 
     async def last_pass_age(self) -> timedelta | None:
         """How long ago the stream's newest pass started, measured by the database's clock."""
-        return await self._fetch("last_pass_age", self.source, self.stream, method="fetchval")
+        age: timedelta | None = await self._fetch(
+            "last_pass_age", self.source, self.stream, method="fetchval"
+        )
+        return age
 
     async def start_pass(self) -> int:
         """A new pass record; any left running by a process that died, or that lost the stream's
         lease, is closed as abandoned."""
         async with self._transaction() as conn:
             await conn.execute(self.q["abandon_passes"], self.source, self.stream)
-            return await conn.fetchval(self.q["start_pass"], self.source, self.stream)
+            pass_id: int = await conn.fetchval(self.q["start_pass"], self.source, self.stream)
+            return pass_id
 
     async def finish_pass(self, pass_id: int, outcome: Outcome, error: str | None = None) -> None:
         await self._fetch("finish_pass", pass_id, Outcome(outcome).value, error, method="execute")
@@ -565,7 +582,7 @@ class Lease:
         runs: Sequence[Run],
         rejected: Sequence[Rejected],
         *,
-        checkpoint: Checkpoint | object = KEEP,
+        checkpoint: Checkpoint | Literal[_Keep.KEEP] = KEEP,
         items: int = 0,
         refreshed: int = 0,
     ) -> Written:
@@ -600,7 +617,7 @@ class Lease:
             await self._count(conn, pass_id, 0, 0, written.runs, written.quarantined, refreshed)
         return written
 
-    async def _count(self, conn: asyncpg.Connection, pass_id: int, *figures: int) -> None:
+    async def _count(self, conn: PoolConnectionProxy, pass_id: int, *figures: int) -> None:
         """Adds figures to the pass record, in the caller's transaction (or later, if deferred)."""
         if self._deferred is None:
             await conn.execute(self.q["count_page"], pass_id, *figures)
@@ -635,19 +652,21 @@ class Writes:
     transaction."""
 
     def __init__(
-        self, conn: asyncpg.Connection, tables: Mapping[str, RunTable], source: str
+        self, conn: PoolConnectionProxy, tables: Mapping[str, RunTable], source: str
     ) -> None:
         self.conn = conn
         self.tables = tables
         self.q = sqlfiles.queries()
         self.source = source
 
-    async def write(self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]):
+    async def write(
+        self, upstream: str, runs: Sequence[Run], rejected: Sequence[Rejected]
+    ) -> Written:
         """Runs and quarantined items, in the caller's transaction. A run the database refuses
         (an id too long for the index, a value out of range) is quarantined with the database's
         reason, and the others are stored: one bad item never holds up a page."""
         inserted = updated = 0
-        refused_ids: set[str] = set()
+        refused_ids: set[str | None] = set()
         # One statement cannot touch a row twice: the last item of a run in the batch wins.
         unique = list({run.run_id: run for run in runs}.values())
         if unique:
