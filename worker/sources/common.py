@@ -6,7 +6,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from worker import jsontext
 from worker.model import Checkpoint, Run
@@ -50,6 +50,10 @@ class ItemError(ValueError):
     """Why one item cannot be read as a run."""
 
 
+@overload
+def parse_time(value: Any, field: str, *, required: Literal[True] = True) -> datetime: ...
+@overload
+def parse_time(value: Any, field: str, *, required: bool) -> datetime | None: ...
 def parse_time(value: Any, field: str, *, required: bool = True) -> datetime | None:
     if value is None and not required:
         return None
@@ -64,6 +68,10 @@ def parse_time(value: Any, field: str, *, required: bool = True) -> datetime | N
     return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
+@overload
+def text(item: dict[str, Any], field: str, *, required: Literal[True]) -> str: ...
+@overload
+def text(item: dict[str, Any], field: str, *, required: bool = False) -> str | None: ...
 def text(item: dict[str, Any], field: str, *, required: bool = False) -> str | None:
     value = item.get(field)
     if value is None and not required:

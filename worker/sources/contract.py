@@ -45,6 +45,11 @@ class Paginator(Protocol):
         ...
 
     @property
+    def page_size(self) -> int:
+        """The items it asks for a page (shrink halves it)."""
+        ...
+
+    @property
     def checkpoint(self) -> Checkpoint: ...
 
 
@@ -52,13 +57,19 @@ class Source(Protocol):
     """One stream of runs: a whole upstream account or scope, or one RakerOne project."""
 
     upstream: str  # the kind of upstream, as runs.upstream says
-    partition: str | None  # where a source has several streams (a RakerOne project): which one
     # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
     # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
     refresh: str
-    windowed: (
-        bool  # a backfill can be cut into time windows walked side by side (worker/backfill.py)
-    )
+
+    @property
+    def partition(self) -> str | None:
+        """Where a source has several streams (a RakerOne project): which one."""
+        ...
+
+    @property
+    def windowed(self) -> bool:
+        """A backfill can be cut into time windows walked side by side (worker/backfill.py)."""
+        ...
 
     def incremental(self, checkpoint: Checkpoint) -> Paginator: ...
 
