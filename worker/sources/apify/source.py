@@ -85,7 +85,7 @@ class ApifySource:
             self.list_path = "/v2/actor-runs"
             self.newest_first = False
 
-    def incremental(self, checkpoint: Checkpoint):
+    def incremental(self, checkpoint: Checkpoint) -> OldestFirst | NewestFirst:
         if self.newest_first:
             # Like the oldest-first pass, the walk goes on a little below the watermark, so a run
             # that becomes visible late is still read.
@@ -108,7 +108,13 @@ class ApifySource:
             return None
         return NewestFirst(self.list_path, Checkpoint(top - self.overlap), page_size=self.page_size)
 
-    def backfill(self, checkpoint, since, until, walk):
+    def backfill(
+        self,
+        checkpoint: Checkpoint | None,
+        since: datetime | None,
+        until: datetime | None,
+        walk: dict[str, Any],
+    ) -> OldestFirst | NewestFirst:
         checkpoint = checkpoint or Checkpoint(watermark=since)
         if self.newest_first:
             return NewestFirst(
@@ -145,14 +151,20 @@ class ApifySource:
             start = None
         return total or 0, start
 
-    def window(self, checkpoint: Checkpoint | None, start, end, walk) -> OldestFirst:
+    def window(
+        self,
+        checkpoint: Checkpoint | None,
+        start: datetime | None,
+        end: datetime | None,
+        walk: dict[str, Any],
+    ) -> OldestFirst:
         """A walk of one window of a backfill: from `start`, up to and including `end`."""
         checkpoint = checkpoint or Checkpoint(watermark=start)
         return OldestFirst(
             self.list_path, checkpoint, page_size=self.page_size, until=end, walk=walk
         )
 
-    def open_walk(self):
+    def open_walk(self) -> OldestFirst | NewestFirst:
         """Every run that is open now, whatever its age: one list filtered by every open status.
         A finished run can be resurrected at any age, so the list has no lower time bound."""
         status = ",".join(OPEN_STATUSES)
@@ -176,6 +188,7 @@ def scope_request(config: SourceConfig) -> Request:
     the id that the source's runs carry in actId or actorTaskId."""
     if config.task:
         return Request(f"/v2/actor-tasks/{quote(config.task, safe='~')}", {})
+    assert config.actor is not None, "a source of all the user's runs has no actor or task"
     return Request(f"/v2/acts/{quote(config.actor, safe='~')}", {})
 
 
@@ -276,9 +289,7 @@ def _read_fields(
     # text() again, for the error's words. Text comes from the item as stored (escaped where it
     # had to be), numbers from the item as received (a non-finite one is stored as null).
     get = stored.get
-    status = get("status")
-    if type(status) is not str or not status:
-        text(stored, "status", required=True)
+    status = text(stored, "status", required=True)
     texts = {field: get(key) for key, field in _TEXT_FIELDS}
     for (key, _), value in zip(_TEXT_FIELDS, texts.values(), strict=True):
         if value is not None and type(value) is not str:
@@ -328,7 +339,7 @@ def _read_fields(
 
 def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
     """The items of a list answer, with its total and served limit when they are numbers."""
-    data = body.get("data") if isinstance(body, dict) else None
+    data: Any = body.get("data") if isinstance(body, dict) else None
     items = data.get("items") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise PageError("the list answer has no data.items array")
@@ -343,7 +354,7 @@ def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
 class _Walk(Rewindable):
     """What both directions share: reading a page, noticing a page served twice."""
 
-    _position = ("done", "_last_page")
+    _position: tuple[str, ...] = ("done", "_last_page")
 
     def __init__(
         self,
@@ -365,7 +376,9 @@ class _Walk(Rewindable):
     def restart(self) -> bool:
         return False  # offsets cannot be refused; a 400 here is a real error
 
-    def read(self, body: Any, observed_at: datetime):
+    def read(
+        self, body: Any, observed_at: datetime
+    ) -> tuple[list[Any], list[Run | Rejected], list[Run], list[Rejected], int | None, bool]:
         self._save()
         items, total, served_limit = read_list(body)
         check_count(items, self.page_size, self.path)
@@ -478,7 +491,13 @@ class NewestFirst(_Walk):
         return _page(runs, rejected, self.checkpoint, len(items), total)
 
 
-def _page(runs, rejected, checkpoint, items, total) -> Page:
+def _page(
+    runs: list[Run],
+    rejected: list[Rejected],
+    checkpoint: Checkpoint,
+    items: int,
+    total: int | None,
+) -> Page:
     times = start_times(runs)
     return Page(
         runs, rejected, checkpoint, items, total, min(times, default=None), max(times, default=None)

@@ -9,6 +9,7 @@ again with the `status` filter (see worker/refresh.py).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -73,7 +74,13 @@ class RakerOneSource:
         top = walk_top(checkpoint)
         return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
 
-    def backfill(self, checkpoint, since, until, walk):
+    def backfill(
+        self,
+        checkpoint: Checkpoint | None,
+        since: datetime | None,
+        until: datetime | None,
+        walk: dict[str, Any],
+    ) -> KeysetWalk:
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
     def status_walk(self, status: str, floor: datetime | None) -> KeysetWalk:
@@ -143,7 +150,7 @@ class KeysetWalk(Rewindable):
         self,
         path: str,
         checkpoint: Checkpoint,
-        reader,
+        reader: Callable[[Any, datetime], Run | Rejected],
         *,
         page_size: int,
         floor: datetime | None = None,
