@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -75,11 +75,11 @@ def may_pass(error: BaseException) -> bool:
 _REFUSED_RUN = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
 
 
-class _Keep(Enum):  # one member, so that `checkpoint is not KEEP` narrows the type
+class Keep(Enum):  # one member, so that `checkpoint is not KEEP` narrows the type
     KEEP = "keep"
 
 
-KEEP = _Keep.KEEP  # save_page: leave the stream's checkpoint as it is
+KEEP = Keep.KEEP  # save_page: leave the stream's checkpoint as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +582,7 @@ class Lease:
         runs: Sequence[Run],
         rejected: Sequence[Rejected],
         *,
-        checkpoint: Checkpoint | Literal[_Keep.KEEP] = KEEP,
+        checkpoint: Checkpoint | Keep = KEEP,
         items: int = 0,
         refreshed: int = 0,
     ) -> Written:

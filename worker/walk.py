@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 import structlog
 
@@ -79,7 +80,9 @@ class PassResult:
         # Skipped means another replica is running this stream right now: not a failure.
         return self.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
 
-    def count(self, written: store.Written, *, items: int = 0, pages: int = 0, refreshed: int = 0):
+    def count(
+        self, written: store.Written, *, items: int = 0, pages: int = 0, refreshed: int = 0
+    ) -> None:
         self.pages += pages
         self.items += items
         self.written += written.runs
@@ -111,6 +114,12 @@ class Pass:
     def stopping(self) -> bool:
         return stopping(self.stop)
 
+    @property
+    def pass_id(self) -> int:
+        """Its row in runsync.passes: a Pass is made once the row is."""
+        assert self.result.pass_id is not None, "a Pass is made once its pass has started"
+        return self.result.pass_id
+
     def through(self, lease: store.Lease, progress: ProgressCallback | None) -> Pass:
         """The same pass writing through another lease (a window's) and reporting elsewhere."""
         return dataclasses.replace(self, lease=lease, progress=progress)
@@ -140,7 +149,8 @@ async def walk_pages(
     runtime, lease, result, stop = state.runtime, state.lease, state.result, state.stop
     progress = state.progress if checkpointed else None
     log.info("walk", position=str(paginator))
-    ahead: asyncio.Task | None = None  # the next page, fetched while this one is written
+    # The next page, fetched while this one is written.
+    ahead: asyncio.Task[http.Response] | None = None
     try:
         while (request := paginator.next_request()) is not None:
             try:
@@ -156,7 +166,7 @@ async def walk_pages(
             if following is not None and not stopping(stop):
                 ahead = asyncio.create_task(_fetch(runtime, following))
             if not checkpointed:
-                checkpoint = store.KEEP
+                checkpoint: Checkpoint | store.Keep = store.KEEP
             elif following is None and done_checkpoint is not None:
                 # A finished backfill says so, for the range it walked, and how far it read: an
                 # incremental stream may go on from there (sync.covers).
@@ -165,7 +175,7 @@ async def walk_pages(
                 checkpoint = page.checkpoint
             refreshed = 0 if checkpointed else page.items
             written = await lease.save_page(
-                result.pass_id,
+                state.pass_id,
                 runtime.source.upstream,
                 page.runs,
                 page.rejected,
@@ -200,7 +210,10 @@ async def _fetch(runtime: SourceRuntime, request: Request) -> http.Response:
 
 
 async def _read_page(
-    runtime: SourceRuntime, paginator: Paginator, request: Request, ahead: asyncio.Task | None
+    runtime: SourceRuntime,
+    paginator: Paginator,
+    request: Request,
+    ahead: asyncio.Task[http.Response] | None,
 ) -> Page:
     """One page of the walk (fetched ahead, or now), read again until two reads in a row agree
     on its unreadable items: only those are quarantined. A page that reads differently every
@@ -217,7 +230,8 @@ async def _read_page(
                 raise
             log.warning("answer too large; asking for smaller pages", error=str(error),
                         page_size=paginator.page_size)  # fmt: skip
-            request, ahead = paginator.next_request(), None
+            # The same page in fewer items: a walk that shrinks stays where it was, not done.
+            request, ahead = cast(Request, paginator.next_request()), None
             continue
         ahead = None
         attempt += 1
