@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 import structlog
 
@@ -219,7 +219,7 @@ async def _run_leased(state: Pass, asked: Asked) -> None:
     except asyncio.CancelledError:
         result.outcome = Outcome.INTERRUPTED
         try:
-            await asyncio.shield(lease.finish_pass(result.pass_id, result.outcome, None))
+            await asyncio.shield(lease.finish_pass(state.pass_id, result.outcome, None))
         except (*store.DatabaseError, asyncio.CancelledError):
             pass  # the connection was busy or gone; the pass stays marked as running
         result.duration_ms = int((time.monotonic() - started) * 1000)
@@ -227,7 +227,7 @@ async def _run_leased(state: Pass, asked: Asked) -> None:
         _log_finished(result)
         raise
     try:
-        await lease.finish_pass(result.pass_id, result.outcome, result.error)
+        await lease.finish_pass(state.pass_id, result.outcome, result.error)
     except store.DatabaseError as error:
         log.warning("could not record the end of the pass", error=str(error))
     result.duration_ms = int((time.monotonic() - started) * 1000)
@@ -264,9 +264,8 @@ async def _incremental(state: Pass) -> None:
     checkpoint = await lease.checkpoint() or Checkpoint()
     copied = await lease.checkpoint(runtime.stream(BACKFILL))
     if covers(copied, checkpoint):
-        log.info(
-            "going on from the end of the finished backfill", watermark=isoformat(copied.watermark)
-        )
+        watermark = cast(datetime, copied.watermark)  # covers() says it is not None
+        log.info("going on from the end of the finished backfill", watermark=isoformat(watermark))
         checkpoint = Checkpoint(copied.watermark)
     # Which runs were open must be known before the list walk crosses any of them off.
     pending = refresh.Pending(await lease.open_snapshot(source.partition, state.started_at))
@@ -292,12 +291,14 @@ async def _incremental(state: Pass) -> None:
         raise failures[0]
 
 
-def covers(copied: Checkpoint | None, checkpoint: Checkpoint) -> bool:
+def covers(copied: Checkpoint | None, checkpoint: Checkpoint) -> TypeGuard[Checkpoint]:
     """Whether a backfill (its checkpoint `copied`) read every run the incremental stream at
     `checkpoint` has yet to: it finished, its range reaches the present, it began at or before
     the stream's watermark (the beginning of history, for a stream that never ran), and it
     ended past that watermark."""
-    if copied is None or copied.watermark is None or not (copied.cursor or {}).get("done"):
+    if copied is None or copied.watermark is None or not copied.cursor:
+        return False
+    if not copied.cursor.get("done"):
         return False
     since, until = copied.cursor.get("range") or [None, None]
     if until is not None:
@@ -327,14 +328,15 @@ async def _backfill(state: Pass, asked: Asked) -> None:
     since, until = asked.since, asked.until
     walk = {"range": [since and isoformat(since), until and isoformat(until)]}
     saved = await state.lease.checkpoint()
-    same_range = saved is not None and (saved.cursor or {}).get("range") == walk["range"]
-    if same_range and saved.cursor.get("done") and not asked.restart:
+    cursor = (saved.cursor or {}) if saved is not None else {}
+    same_range = cursor.get("range") == walk["range"]
+    if same_range and cursor.get("done") and not asked.restart:
         state.result.note = (
-            f"already complete (pass {saved.cursor.get('pass_id')}); --restart walks it again"
+            f"already complete (pass {cursor.get('pass_id')}); --restart walks it again"
         )
-        log.info("backfill already complete", completed_by_pass=saved.cursor.get("pass_id"))
+        log.info("backfill already complete", completed_by_pass=cursor.get("pass_id"))
         return
-    resume = saved if same_range and not saved.cursor.get("done") and not asked.restart else None
+    resume = saved if same_range and not cursor.get("done") and not asked.restart else None
     if state.runtime.source.windowed:
         await backfill.run(state, walk, resume, since, until)
         return
