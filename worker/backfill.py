@@ -14,7 +14,7 @@ import dataclasses
 import time
 from collections import deque
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -36,7 +36,7 @@ async def plan(
 ) -> tuple[list[list[str | None]], int]:
     """[[start, end], ...] windows of [since, until] (ISO, inclusive; None: unbounded), and the
     runs in it."""
-    source: Windowed = runtime.source
+    source = cast(Windowed, runtime.source)  # sync runs a backfill in windows only when windowed
     client = runtime.client
 
     async def start_at(offset: int) -> tuple[int, datetime | None]:
@@ -48,7 +48,8 @@ async def plan(
     if first is None:
         # No run, or the oldest has no start to plan by: one window over the whole range, whose
         # walk reads the rest and quarantines what cannot be read.
-        windows = [[since and isoformat(since), until and isoformat(until)]] if total else []
+        whole = [isoformat(since) if since else None, isoformat(until) if until else None]
+        windows = [whole] if total else []
         log.info("backfill planned", runs=total, windows=len(windows))
         return windows, total
     count = min(runtime.config.concurrency, total // (source.page_size * MIN_WINDOW_PAGES))
@@ -59,7 +60,8 @@ async def plan(
     # Window i holds [start i, start i+1 - 1 ms]: every millisecond in exactly one window.
     ends = [later - RESOLUTION for later in starts[1:]] + [until]
     windows = [
-        [isoformat(start), end and isoformat(end)] for start, end in zip(starts, ends, strict=True)
+        [isoformat(start), isoformat(end) if end else None]
+        for start, end in zip(starts, ends, strict=True)
     ]
     log.info("backfill planned", runs=total, windows=len(windows))
     return windows, total
@@ -76,8 +78,9 @@ async def run(
     walked side by side, and marked done in the backfill's checkpoint (`walk`: its range)."""
     runtime, lease, result = state.runtime, state.lease, state.result
     progress, stop = state.progress, state.stop
-    windows = (saved.cursor or {}).get("windows") if saved else None
-    planned = (saved.cursor or {}).get("total") if windows is not None else None
+    cursor = (saved.cursor or {}) if saved else {}
+    windows = cursor.get("windows")
+    planned = cursor.get("total") if windows is not None else None
     if windows is None:
         await lease.forget_windows()  # an earlier plan's windows must not count for this one
         windows, planned = await plan(runtime, since, until)
@@ -100,15 +103,18 @@ async def run(
             log.info("backfill progress", runs_read=read, runs_planned=planned,
                      windows_done=len(reached), windows=len(windows))  # fmt: skip
 
-    async def walk_window(index: int, start: str, end: str | None) -> None:
-        async with lease.writer(f"{lease.stream}#{index}", result.pass_id) as writer:
+    async def walk_window(index: int, start: str | None, end: str | None) -> None:
+        async with lease.writer(f"{lease.stream}#{index}", state.pass_id) as writer:
             resume = await writer.checkpoint()
-            if resume is not None and resume.cursor.get("done"):
+            if resume is not None and (resume.cursor or {}).get("done"):
                 reached[index] = resume.watermark
                 return
             place = {**walk, "window": index}
-            paginator = runtime.source.window(
-                resume, start and parse_time(start, "start"), end and parse_time(end, "end"), place
+            paginator = cast(Windowed, runtime.source).window(
+                resume,
+                parse_time(start, "start") if start else None,
+                parse_time(end, "end") if end else None,
+                place,
             )
             if await walk_pages(
                 state.through(writer, window_progress), paginator, checkpointed=True,
@@ -133,7 +139,9 @@ async def run(
         extras -= 1
         runtime.passes.give_back_extra(runtime.client.limits)
 
-    async def walker(window: tuple[int, list], extra: bool, group: asyncio.TaskGroup) -> None:
+    async def walker(
+        window: tuple[int, list[str | None]], extra: bool, group: asyncio.TaskGroup
+    ) -> None:
         while True:
             index, (start, end) = window
             try:

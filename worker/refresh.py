@@ -21,8 +21,10 @@ and finished again between two passes is seen by neither; the reconcile sweep
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import cast
 
 import structlog
 
@@ -53,7 +55,7 @@ async def open_runs(state: Pass, pending: Pending) -> None:
 
 
 async def by_open_list(state: Pass, pending: Pending) -> None:
-    source: OpenList = state.runtime.source
+    source = cast(OpenList, state.runtime.source)  # open_runs checked its refresh
     await walk_pages(state, source.open_walk(), checkpointed=False, observe=pending.see)
     if state.stopping:
         return
@@ -81,7 +83,7 @@ async def one_by_one(state: Pass, run_ids: list[str]) -> None:
         rejected = [o for o in observations if isinstance(o, Rejected)]
         gone = [run_id for run_id, o in zip(batch, observations, strict=True) if o is None]
         written = await state.lease.save_refreshed(
-            state.result.pass_id, source.upstream, runs, rejected, gone, source.partition
+            state.pass_id, source.upstream, runs, rejected, gone, source.partition
         )
         state.result.count(written, refreshed=len(batch))
         log_rejected(rejected)
@@ -95,7 +97,8 @@ async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | Non
     An answer that cannot be read is asked again, like a list page (walk.PAGE_READS), so a run
     garbled on the way is not mistaken for a broken one.
     """
-    request = runtime.source.run_request(run_id)
+    source = cast(OpenList, runtime.source)  # only by_open_list reads runs one by one
+    request = source.run_request(run_id)
     earlier: Rejected | None = None
     for attempt in range(1, PAGE_READS + 1):
         try:
@@ -104,7 +107,7 @@ async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | Non
             if error.status == 404:
                 return None
             raise
-        observed = runtime.source.read_run(response.body, response.observed_at)
+        observed = source.read_run(response.body, response.observed_at)
         if isinstance(observed, Run) and observed.run_id != run_id:
             observed = Rejected(
                 f"asked for run {run_id[:40]}, got run {observed.run_id[:40]}", observed.raw
@@ -142,14 +145,18 @@ class Pending:
         starts = [started for s, started in self._runs.values() if status in (None, s)]
         if not starts or None in starts:
             return None
-        return min(starts) - margin
+        return min(cast(list[datetime], starts)) - margin  # None is not in starts
+
+    def seen_all(self, status: str) -> bool:
+        """Whether every run that was in `status` has been seen again."""
+        return not self.waiting(status)
 
     def ids(self) -> list[str]:
         return list(self._runs)
 
 
 async def by_walks(state: Pass, pending: Pending) -> None:
-    source: ByWalks = state.runtime.source
+    source = cast(ByWalks, state.runtime.source)  # open_runs checked its refresh
     overlap = state.runtime.config.overlap
     for status in pending.statuses():
         if not pending.waiting(status):  # crossed off by an earlier status walk
@@ -158,7 +165,7 @@ async def by_walks(state: Pass, pending: Pending) -> None:
             return
         await walk_pages(
             state, source.status_walk(status, pending.floor(overlap, status)), checkpointed=False,
-            observe=pending.see, enough=lambda status=status: not pending.waiting(status),
+            observe=pending.see, enough=functools.partial(pending.seen_all, status),
         )  # fmt: skip
     if not pending or state.stopping:
         return
@@ -171,6 +178,6 @@ async def by_walks(state: Pass, pending: Pending) -> None:
         # The walk went past every one of them: the upstream no longer has these runs.
         gone = pending.ids()
         await state.lease.save_refreshed(
-            state.result.pass_id, source.upstream, [], [], gone, source.partition
+            state.pass_id, source.upstream, [], [], gone, source.partition
         )
         log.info("runs gone upstream", count=len(gone), example=gone[0])
