@@ -12,13 +12,15 @@ import math
 import random
 import signal
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict, Unpack
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -26,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from worker import cron as crontab
 from worker import health, metrics, runtime, store, sync, webhooks
 from worker.config import Settings, SourceConfig, format_duration
+from worker.walk import SourceRuntime
 
 log = structlog.get_logger("runsync.scheduler")
 
@@ -33,7 +36,7 @@ DRAIN_TIMEOUT = 30.0
 
 
 @contextmanager
-def _stop_on_signals(stop: asyncio.Event, install: bool):
+def _stop_on_signals(stop: asyncio.Event, install: bool) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if install else ()
     for number in signals:
@@ -51,22 +54,28 @@ def _request_stop(stop: asyncio.Event, number: int) -> None:
     stop.set()
 
 
-def trigger_for(config: SourceConfig):
+def trigger_for(config: SourceConfig) -> BaseTrigger:
     if config.cron:
         return _cron_trigger(crontab.parse(config.cron))
-    seconds = config.every.total_seconds()
+    seconds = _interval(config).total_seconds()
     # Jitter spreads the passes a little more, a tenth of the interval at most.
     return _PhasedInterval(
         seconds=seconds, jitter=min(seconds / 10, 30), start_date=phase_of(config), timezone=UTC
     )
 
 
-class _PhasedInterval(IntervalTrigger):
+def _interval(config: SourceConfig) -> timedelta:
+    """The interval of a source without cron (config gives every such source one)."""
+    assert config.every is not None, f"source {config.name} has neither every nor cron"
+    return config.every
+
+
+class _PhasedInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 has no types
     """Ticks on the grid start_date + n x interval, each jittered anew. APScheduler's own
     interval adds the interval to the last fire time, so its jitter adds up from tick to tick,
     and after the pass at start every source would tick at start + n x interval: all at once."""
 
-    def get_next_fire_time(self, previous_fire_time, now):
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
         after = (previous_fire_time or now - timedelta(microseconds=1)).timestamp()
         start = self.start_date.timestamp()
         tick = start + self.interval_length * (
@@ -87,10 +96,10 @@ def phase_of(config: SourceConfig) -> datetime:
     whose last ones start late), and replicas tick each source together, one of them running
     it."""
     share = zlib.crc32(config.name.encode()) / 2**32
-    return PHASE_EPOCH + config.every * share
+    return PHASE_EPOCH + _interval(config) * share
 
 
-def _cron_trigger(cron: crontab.Cron):
+def _cron_trigger(cron: crontab.Cron) -> BaseTrigger:
     """The expression as APScheduler's CronTrigger takes it: each field's values spelled out (its
     weekdays are numbered from Monday, so they go by name), and two triggers when a day matches
     if either day field does (CronTrigger wants both)."""
@@ -163,17 +172,17 @@ def tick_at(config: SourceConfig, woken: datetime, clock: Callable[[], datetime]
         gap = fire_time - cron.previous_before(fire_time)
         return Tick(fire_time, min(gap / 2, CRON_MARGIN), clock)
     # An interval's job wakes at its fire time, jittered by a tenth of the interval at most.
-    return Tick(woken, config.every * INTERVAL_MARGIN, clock)
+    return Tick(woken, _interval(config) * INTERVAL_MARGIN, clock)
 
 
 def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list[datetime]:
     """The schedule's next fire times after `now` (an interval's as if started now, no jitter)."""
     if not config.cron:
-        every = config.every
+        every = _interval(config)
         first = now + (phase_of(config) - now) % every or every
         return [first + every * n for n in range(count)]
     trigger = trigger_for(config)
-    times = [trigger.get_next_fire_time(None, now)]
+    times: list[datetime] = [trigger.get_next_fire_time(None, now)]
     while len(times) < count:
         times.append(trigger.get_next_fire_time(times[-1], times[-1]))
     return times
@@ -189,7 +198,7 @@ class _Starting:
         self.reason = "starting"
         self.check: health.Check | None = None  # the running daemon's, once it runs
 
-    async def readiness(self) -> dict | None:
+    async def readiness(self) -> dict[str, Any] | None:
         if self.check is None:
             return {"reason": self.reason}
         return await self.check()
@@ -243,9 +252,17 @@ async def _open_when_reachable(
     return None
 
 
-async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) -> None:
+async def _serve(
+    settings: Settings,
+    rt: runtime.Runtime,
+    stop: asyncio.Event,
+    meters: metrics.Metrics,
+    starting: _Starting,
+    endpoint: health.HealthServer,
+    drain_timeout: float,
+) -> None:
     """Every source on its schedule, until a stop is asked for; then the drain."""
-    running: set[asyncio.Task] = set()
+    running: set[asyncio.Task[None]] = set()
     outcomes = health.PassOutcomes(settings.unhealthy_after)
     clients = {name: streams[0].client for name, streams in rt.streams.items()}
     for name, client in clients.items():
@@ -259,6 +276,7 @@ async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) 
         tick = tick_at(config, datetime.now(UTC))
         name = config.name
         task = asyncio.current_task()
+        assert task is not None  # APScheduler runs a coroutine's job as a task
         running.add(task)
         try:
             results = await _side_by_side(
@@ -287,7 +305,7 @@ async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) 
             next_run_time=datetime.now(UTC) + timedelta(milliseconds=10),
         )
 
-    async def readiness() -> dict | None:
+    async def readiness() -> dict[str, Any] | None:
         if not scheduler.running:
             return {"reason": "the scheduler is not running"}
         try:
@@ -325,7 +343,7 @@ async def _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout) 
         endpoint.webhooks = None
 
 
-async def _drain(running: set[asyncio.Task], seconds: float) -> None:
+async def _drain(running: set[asyncio.Task[None]], seconds: float) -> None:
     if not running:
         return
     log.info("waiting for passes to commit their page in flight", passes=len(running))
@@ -372,16 +390,35 @@ async def run_backfill(
             )  # fmt: skip
 
 
-async def _side_by_side(
-    streams, db, *, reconcile: bool = False, progress_for=None, **options
-) -> list[sync.PassResult]:
-    """A pass of each stream, side by side; then, with `reconcile`, the sweeps that are due."""
+class _PassOptions(TypedDict, total=False):
+    """What _side_by_side passes on to each stream's sync.run_pass."""
 
-    def one(stream):
+    stream: str
+    since: datetime | None
+    until: datetime | None
+    stop: asyncio.Event | None
+    not_within: Callable[[], timedelta] | None
+    restart: bool
+    metrics: metrics.Metrics | None
+
+
+async def _side_by_side(
+    streams: Sequence[SourceRuntime],
+    db: store.Store,
+    *,
+    reconcile: bool = False,
+    progress: sync.ProgressCallback | None = None,
+    progress_for: Callable[[str], sync.ProgressCallback] | None = None,
+    **options: Unpack[_PassOptions],
+) -> list[sync.PassResult]:
+    """A pass of each stream, side by side; then, with `reconcile`, the sweeps that are due.
+    Each pass's progress: `progress`, or `progress_for` the stream's label."""
+
+    def one(stream: SourceRuntime) -> Awaitable[sync.PassResult]:
         if progress_for is not None:
             label = sync.PassResult(stream.name, stream.stream(sync.INCREMENTAL)).label
             return sync.run_pass(stream, db, progress=progress_for(label), **options)
-        return sync.run_pass(stream, db, **options)
+        return sync.run_pass(stream, db, progress=progress, **options)
 
     results = list(await asyncio.gather(*(one(s) for s in streams)))
     if reconcile:
