@@ -198,6 +198,18 @@ def test_the_plan_lists_the_next_fire_times():
                for n, t in enumerate(ticks))  # fmt: skip
 
 
+def test_the_plan_of_an_interval_starts_after_now_even_when_now_falls_on_a_tick():
+    every = SourceConfig(
+        name="apify", kind="apify", token_env="APIFY_TOKEN", token=Secret("t"),
+        base_url="https://api.apify.com", every=timedelta(minutes=1),
+    )  # fmt: skip
+    on_a_tick = scheduler.phase_of(every) + timedelta(days=300)
+    assert scheduler.next_fire_times(every, on_a_tick, 2) == [
+        on_a_tick + timedelta(minutes=1),
+        on_a_tick + timedelta(minutes=2),
+    ]
+
+
 def test_sources_on_one_interval_tick_at_phases_spread_over_it_the_same_in_every_replica():
     def config(name: str) -> SourceConfig:
         return SourceConfig(

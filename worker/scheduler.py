@@ -179,7 +179,7 @@ def next_fire_times(config: SourceConfig, now: datetime, count: int = 3) -> list
     """The schedule's next fire times after `now` (an interval's as if started now, no jitter)."""
     if not config.cron:
         every = _interval(config)
-        first = now + (phase_of(config) - now) % every or every
+        first = now + ((phase_of(config) - now) % every or every)  # on a tick: the next one
         return [first + every * n for n in range(count)]
     trigger = trigger_for(config)
     times: list[datetime] = [trigger.get_next_fire_time(None, now)]
