@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 from worker import config, console, database, observability, runtime, scheduler, sources
 from worker.model import Outcome
@@ -134,11 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(settings, _args) -> int:
+def _run(settings: config.Settings, _args: argparse.Namespace) -> int:
     return asyncio.run(scheduler.run_daemon(settings))
 
 
-def _sync(settings, args) -> int:
+def _sync(settings: config.Settings, args: argparse.Namespace) -> int:
     for name in args.sources:
         settings.source(name)  # an unknown name is a usage error before any work
     with console.PassProgress() as bars:
@@ -158,7 +159,7 @@ def _sync(settings, args) -> int:
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
-def _backfill(settings, args) -> int:
+def _backfill(settings: config.Settings, args: argparse.Namespace) -> int:
     settings.source(args.source)
     if args.since and args.until and args.since > args.until:
         raise config.ConfigError("--since is after --until")
@@ -185,8 +186,8 @@ def _backfill(settings, args) -> int:
     return EXIT_OK if all(r.outcome == Outcome.SUCCEEDED for r in results) else EXIT_FAILED
 
 
-def _status(settings, args) -> int:
-    async def read():
+def _status(settings: config.Settings, args: argparse.Namespace) -> int:
+    async def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with runtime.open_store(settings, migrate=True) as db:
             partitions = {s.name: sources.partitions(s) for s in settings.sources}
             found = await db.status([s.name for s in settings.sources], partitions)
@@ -200,8 +201,8 @@ def _status(settings, args) -> int:
     return EXIT_OK
 
 
-def _migrate(settings, _args) -> int:
-    async def apply():
+def _migrate(settings: config.Settings, _args: argparse.Namespace) -> int:
+    async def apply() -> list[str]:
         async with runtime.open_store(settings, migrate=False) as db:
             return await db.migrate()
 
@@ -210,7 +211,7 @@ def _migrate(settings, _args) -> int:
     return EXIT_OK
 
 
-def _check_config(settings, _args) -> int:
+def _check_config(settings: config.Settings, _args: argparse.Namespace) -> int:
     print(f"config {settings.path}: ok")
     if settings.database_url is None:
         print(f"database: embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
@@ -229,12 +230,12 @@ def _check_config(settings, _args) -> int:
     return EXIT_OK
 
 
-async def _reach_database(settings) -> None:
+async def _reach_database(settings: config.Settings) -> None:
     async with runtime.open_store(settings, migrate=False):
         pass
 
 
-def _simulate(args) -> int:
+def _simulate(args: argparse.Namespace) -> int:
     from worker import simulator
 
     kinds = tuple(args.fault_kinds.split(",")) if args.fault_kinds else simulator.FAULT_KINDS
@@ -259,7 +260,7 @@ def _simulate(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[[config.Settings, argparse.Namespace], int]] = {
     "run": _run,
     "sync": _sync,
     "backfill": _backfill,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker import budget, database, http, ratelimit, sources, store
-from worker.config import Settings, redact_url
+from worker.config import Settings, SourceConfig, redact_url
 from worker.walk import SourceRuntime
 
 log = structlog.get_logger("runsync.runtime")
@@ -41,7 +41,7 @@ class Runtime:
         return only
 
 
-def client_for(config, registry: ratelimit.Registry | None = None) -> http.Client:
+def client_for(config: SourceConfig, registry: ratelimit.Registry | None = None) -> http.Client:
     """The source's client, paced by its token's limits (shared through `registry`)."""
     token = config.token.reveal()
     registry = registry or ratelimit.Registry()

@@ -394,7 +394,7 @@ class Store:
             return [dict(row) for row in await conn.fetch(self.q["processes"], within)]
 
     async def status(
-        self, sources: Sequence[str], projects: dict[str, Sequence[str]] | None = None
+        self, sources: Sequence[str], projects: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
         """Per source (the configured ones, then any other the tables know): its figures over all
         its streams, and `streams`, each stream's own (one per RakerOne project, else one).

@@ -57,6 +57,7 @@ class Source(Protocol):
     """One stream of runs: a whole upstream account or scope, or one RakerOne project."""
 
     upstream: str  # the kind of upstream, as runs.upstream says
+    list_path: str  # its list of runs, relative to the base URL (check-config shows it)
     # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
     # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
     refresh: str
