@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 _secrets: set[str] = set()
 
@@ -34,26 +35,26 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _scrub_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub_secrets(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     return _scrub(event) if _secrets else event
 
 
-class _Stderr(logging.StreamHandler):
+class _Stderr(logging.StreamHandler[TextIO]):
     """Writes to sys.stderr as it is at each line, so redirections (rich, tests) are followed."""
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
 def configure(*, level: str = "INFO", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
