@@ -7,9 +7,9 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod, OverflowMethod
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -160,10 +160,19 @@ def _reconcile_cell(record: dict[str, Any]) -> str:
     return f"{_age(record['reconcile_age_seconds'])} ago, {record['reconcile_requests']:,} requests"
 
 
+class _Column(TypedDict, total=False):
+    """The options of a table's column (rich's Table.add_column)."""
+
+    justify: JustifyMethod
+    max_width: int
+    no_wrap: bool
+    overflow: OverflowMethod
+
+
 def status_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title="runsync sources", title_justify="left")
-    right = {"justify": "right"}
-    columns = {
+    right: _Column = {"justify": "right"}
+    columns: dict[str, _Column] = {
         "source": {}, "watermark": {}, "lag": right, "runs": right, "open": right,
         "last success": {},
         # one line, cut short: `status --json` has the whole message
@@ -217,11 +226,12 @@ def process_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def processes_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title="runsync processes", title_justify="left")
-    right = {"justify": "right"}
-    for column, options in {
+    right: _Column = {"justify": "right"}
+    columns: dict[str, _Column] = {
         "process": {}, "seen": right, "streams held": right, "connections": right,
         "waits": right, "passes": right, "queued": right, "oldest wait": right,
-    }.items():  # fmt: skip
+    }  # fmt: skip
+    for column, options in columns.items():
         table.add_column(column, **options)
     for record in records:
         wait = max(record.get("pass_oldest_wait_seconds", 0),
