@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, wraps
 from itertools import accumulate, islice
 from operator import attrgetter
+from typing import Any
 
 from aiohttp import web
 
@@ -171,6 +172,10 @@ def _share(value: float, name: str) -> float:
     return value
 
 
+# The actor a run is of, and the task when it was started through one.
+_Owner = tuple[dict[str, Any], dict[str, Any] | None]
+
+
 class _Run:
     """One well-formed run; slots keep a million of them affordable."""
 
@@ -182,7 +187,7 @@ class _Run:
         started: int,
         finished: int | None,
         status: str,
-        owner: tuple[dict, dict | None],
+        owner: _Owner,
         origin: str,
     ) -> None:
         self.id, self.started, self.finished, self.status = run_id, started, finished, status
@@ -212,13 +217,17 @@ _order = attrgetter("started", "id")  # the listing order; attrgetter keeps bulk
 
 
 @lru_cache(maxsize=512)
-def _index_keys(act_id: str | None, task_id: str | None, status: str | None) -> tuple:
+def _index_keys(
+    act_id: str | None, task_id: str | None, status: str | None
+) -> tuple[tuple[str, str | None], ...]:
     """The (scope, status) index lists a record belongs to; few combinations, so cached."""
     scopes = [scope for scope in ("", act_id, task_id) if scope is not None]
     return tuple((scope, s) for s in dict.fromkeys((None, status)) for scope in scopes)
 
 
-def _merged_slice(spans: list[tuple[list, int, int]], start: int, stop: int) -> list:
+def _merged_slice(
+    spans: list[tuple[list[_Record], int, int]], start: int, stop: int
+) -> list[_Record]:
     """Items start..stop of the union of sorted spans, found by bisecting time, not by walking."""
     low = min(records[lo].started for records, lo, _ in spans)
     high = max(records[hi - 1].started for records, _, hi in spans)
@@ -350,7 +359,8 @@ class ApifyWorld:
         # an actor or task id; status None holds every status.
         self._index: dict[tuple[str, str | None], list[_Record]] = {}
         self._resurrections: Counter[str] = Counter()
-        self._details: dict[str, tuple[dict, tuple[str, ...]]] = {}  # set_detail's, per run
+        # set_detail's, per run
+        self._details: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
         # Runs that finished lately enough that their usage may still be preliminary.
         self._settling: dict[str, None] = {}
         self._carried: dict[str, float] = {}  # the usage a resurrected run had when it reopened
@@ -364,10 +374,10 @@ class ApifyWorld:
         names = rng.sample(_ACTOR_NAMES, rng.randint(3, 5))
         ids = _random_ids(rng, 1 + 4 * len(names) + len(_TASK_SUFFIXES))
         self.user_id = ids.pop()
-        self.actors: list[dict] = [
+        self.actors: list[dict[str, Any]] = [
             {"id": ids.pop(), "name": n, "username": USERNAME} for n in names
         ]
-        self.tasks: list[dict] = []
+        self.tasks: list[dict[str, Any]] = []
         for i in range(rng.randint(2, len(_TASK_SUFFIXES))):
             actor = self.actors[i % len(self.actors)]
             name = f"{actor['name']}-{_TASK_SUFFIXES[i]}"
@@ -388,7 +398,7 @@ class ApifyWorld:
         act_weights = [rng.uniform(1, 4) for _ in self.actors]
         task_weights = [rng.uniform(1, 4) for _ in self.tasks]
         scale = sum(act_weights) / 2 / sum(task_weights)
-        self._owners = [(a, None) for a in self.actors] + [
+        self._owners: list[_Owner] = [(a, None) for a in self.actors] + [
             (self._actor_of(t), t) for t in self.tasks
         ]
         self._owner_weights = list(accumulate(act_weights + [w * scale for w in task_weights]))
@@ -432,10 +442,11 @@ class ApifyWorld:
                     self._settling[run.id] = None
 
     @staticmethod
-    def _keys(record: _Record) -> tuple:
+    def _keys(record: _Record) -> tuple[tuple[str, str | None], ...]:
         if isinstance(record, _Raw):
             return _index_keys(None, None, record.status)
-        return _index_keys(record.act["id"], record.task and record.task["id"], record.status)
+        task_id = None if record.task is None else record.task["id"]
+        return _index_keys(record.act["id"], task_id, record.status)
 
     def _add(self, record: _Record) -> None:
         for key in self._keys(record):
@@ -458,7 +469,7 @@ class ApifyWorld:
         desc: bool,
         offset: int,
         limit: int,
-    ) -> tuple[int, list]:
+    ) -> tuple[int, list[_Record]]:
         """(total, records) of one listing page, in O(log n + limit) for a single status list."""
         spans = []
         for status in sorted(statuses) if statuses else [None]:
@@ -484,10 +495,10 @@ class ApifyWorld:
             page = _merged_slice(spans, start, stop)
         return total, page[::-1] if desc else page
 
-    def _actor_of(self, task: dict) -> dict:
+    def _actor_of(self, task: dict[str, Any]) -> dict[str, Any]:
         return next(a for a in self.actors if a["id"] == task["actId"])
 
-    def _lookup(self, entities: list[dict], ref: str) -> dict | None:
+    def _lookup(self, entities: list[dict[str, Any]], ref: str) -> dict[str, Any] | None:
         """An actor or task by id or by Apify's `username~name` form."""
         return next((e for e in entities if ref in (e["id"], f"{e['username']}~{e['name']}")), None)
 
@@ -557,8 +568,9 @@ class ApifyWorld:
             build_id, build_number, build_int, run.origin, usage_part, *_store_ids(run.id),
         )).encode()  # fmt: skip
 
-    def _item(self, run: _Run) -> dict:
-        return json.loads(self._item_json(run))
+    def _item(self, run: _Run) -> dict[str, Any]:
+        item: dict[str, Any] = json.loads(self._item_json(run))
+        return item
 
     def _status_message(self, run: _Run) -> tuple[str, bool]:
         if run.id in self._messages:
@@ -568,8 +580,8 @@ class ApifyWorld:
         text = _STATUS_MESSAGES[run.status].format(n=max(0, min(pages - 1, done)), m=pages)
         return text, run.status in TERMINAL_STATUSES
 
-    def _meta(self, run: _Run) -> dict:
-        meta: dict = {"origin": run.origin}
+    def _meta(self, run: _Run) -> dict[str, Any]:
+        meta: dict[str, Any] = {"origin": run.origin}
         if not self.detail_meta:
             return meta
         pick = self._fraction("meta", run.id)
@@ -583,7 +595,7 @@ class ApifyWorld:
             meta["scheduledAt"] = _iso(run.started - 1000 - int(pick * 2000))
         return meta
 
-    def _detail(self, run: _Run) -> dict:
+    def _detail(self, run: _Run) -> dict[str, Any]:
         """The run as GET /v2/actor-runs/{runId} serves it."""
         item = json.loads(self._item_json(run, complete=True))
         usd = float(item["usageTotalUsd"])
@@ -599,8 +611,8 @@ class ApifyWorld:
             "cpuAvgUsage": 12.5, "cpuMaxUsage": 98.25, "cpuCurrentUsage": 0,
             "netRxBytes": 1_048_576, "netTxBytes": 262_144,
         }  # fmt: skip
-        usage = dict.fromkeys(_USAGE_ITEMS, 0)
-        usage_usd = dict.fromkeys(_USAGE_ITEMS, 0)
+        usage: dict[str, float] = dict.fromkeys(_USAGE_ITEMS, 0)
+        usage_usd: dict[str, float] = dict.fromkeys(_USAGE_ITEMS, 0)
         usage["ACTOR_COMPUTE_UNITS"] = _js(compute_units)
         usage_usd["ACTOR_COMPUTE_UNITS"] = _js(usd)
         detail = {
@@ -644,7 +656,7 @@ class ApifyWorld:
         started_at: datetime | None = None,
         actor_id: str | None = None,
         task_id: str | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """New runs (startedAt default: now); all runs of one call share a given started_at."""
         _check_status(status)
         task = self._lookup(self.tasks, task_id) if task_id else None
@@ -658,6 +670,7 @@ class ApifyWorld:
         rng, created = self._rng, []
         for run_id in _random_ids(rng, count, self._runs):
             started = self._clock() if started_at is None else _to_ms(started_at)
+            owner: _Owner
             if task is not None:
                 owner = (self._actor_of(task), task)
             elif actor is not None:
@@ -680,7 +693,7 @@ class ApifyWorld:
         *,
         finished_at: datetime | None = None,
         usage_total_usd: float | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Changes a run and returns its list item. A terminal status sets finishedAt (default:
         now, never before startedAt), starts the usage's settling and drops exitCode's absence;
         an open status on a finished run resurrects it (finishedAt null, resurrectCount + 1, the
@@ -705,7 +718,7 @@ class ApifyWorld:
         self._add(run)
         return self._item(run)
 
-    def resurrect(self, run_id: str) -> dict:
+    def resurrect(self, run_id: str) -> dict[str, Any]:
         """Puts a finished run back to RUNNING, as Apify does at any age: the same id and
         startedAt, finishedAt null, stats.resurrectCount + 1, no exitCode. It finishes again with
         set_status (or finish_open). Returns its list item; ValueError if the run is open."""
@@ -792,17 +805,17 @@ class ApifyWorld:
         """Plants an arbitrary item in the user listing, sorted as if it started at `started_at`."""
         self._add(_Raw(item, _to_ms(started_at)))
 
-    def list_items(self) -> list[dict]:
+    def list_items(self) -> list[dict[str, Any]]:
         """Every well-formed run as a list item now (omissions, settling usage and all),
         ascending by (startedAt, id): the truth the list endpoints serve."""
         return [self._item(r) for r in self._index.get(("", None), ()) if isinstance(r, _Run)]
 
-    def get(self, run_id: str) -> dict | None:
+    def get(self, run_id: str) -> dict[str, Any] | None:
         """One run as GET /v2/actor-runs/{runId} returns it now, or None."""
         run = self._runs.get(run_id)
         return None if run is None else self._detail(run)
 
-    def details(self) -> list[dict]:
+    def details(self) -> list[dict[str, Any]]:
         """Every well-formed run as the single-run endpoint returns it now, in list order."""
         return [self._detail(r) for r in self._index.get(("", None), ()) if isinstance(r, _Run)]
 
@@ -973,7 +986,7 @@ class ApifyEndpoints:
     def _forbidden(self, *refs: str | None) -> bool:
         return not self.world.forbidden.isdisjoint(ref for ref in refs if ref)
 
-    def _names(self, entity: dict) -> tuple[str, str]:
+    def _names(self, entity: dict[str, Any]) -> tuple[str, str]:
         return entity["id"], f"{entity['username']}~{entity['name']}"
 
     async def _list_user_runs(self, request: web.Request) -> web.Response:

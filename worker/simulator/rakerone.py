@@ -28,11 +28,12 @@ import random
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from itertools import accumulate
 from operator import attrgetter
+from typing import Any
 
 from aiohttp import web
 
@@ -58,7 +59,7 @@ _RESULTS = {
 }
 _CANCELLED_UNSTARTED = {"success": False, "details": "Cancelled before it started"}
 # Free-form results a seeded world may give finished runs (see RakerWorld's odd_results).
-_ODD_RESULTS = (
+_ODD_RESULTS: tuple[object, ...] = (
     float("nan"),
     float("inf"),
     float("-inf"),
@@ -98,6 +99,10 @@ def _json_copy(value: object, what: str) -> object:
     return copy.deepcopy(value)
 
 
+# A record's place in every listing: (created, id, 0), or a planted item's (created, id, serial).
+_Key = tuple[int, str, int]
+
+
 class _ActionRun:
     """One well-formed run. Its key (created, id, 0) orders every listing and never changes;
     `created` is the startedAt of a run that started at once. `started` is None until it starts;
@@ -108,7 +113,7 @@ class _ActionRun:
 
     def __init__(
         self,
-        key: tuple[int, str, int],
+        key: _Key,
         status: str,
         finished: int | None,
         triggered_by: str,
@@ -119,7 +124,7 @@ class _ActionRun:
         self.key, self.status, self.finished = key, status, finished
         self.triggered_by, self.result = triggered_by, result
         self.started, self.absent_start = started, absent_start
-        self.extra: dict | None = None
+        self.extra: dict[str, Any] | None = None
 
 
 class _RawItem:
@@ -127,7 +132,7 @@ class _RawItem:
 
     __slots__ = ("body", "key", "status")
 
-    def __init__(self, item: object, key: tuple[int, str, int]) -> None:
+    def __init__(self, item: object, key: _Key) -> None:
         # Encoding now fails early on unserialisable items and keeps them immutable. Bytes are
         # served verbatim: JSON text json.dumps cannot write (e.g. 1e999).
         if isinstance(item, bytes):
@@ -151,7 +156,7 @@ class _Listing:
     def __init__(self, records: list[_Record] | None = None) -> None:
         self.records = records or []
 
-    def add(self, records: list[_Record]) -> None:
+    def add(self, records: Sequence[_Record]) -> None:
         if len(records) == 1:
             bisect.insort(self.records, records[0], key=_key)
         else:  # timsort merges the two sorted runs in linear time, unlike repeated insorts
@@ -164,7 +169,7 @@ class _Listing:
             raise LookupError("record not in listing")
         del self.records[i]
 
-    def page(self, before: tuple | None, limit: int) -> tuple[list[_Record], bool]:
+    def page(self, before: _Key | None, limit: int) -> tuple[list[_Record], bool]:
         """Up to `limit` records with keys below `before`, newest first, and whether more follow."""
         records = self.records
         end = len(records) if before is None else bisect.bisect_left(records, before, key=_key)
@@ -181,7 +186,7 @@ class _Project:
         self.runs: dict[str, _ActionRun] = {}
         self.triggers = triggers  # who starts this project's runs: a few users and the scheduler
 
-    def add(self, records: list[_Record]) -> None:
+    def add(self, records: Sequence[_Record]) -> None:
         self.listing.add(records)
         by_status: dict[str, list[_Record]] = {}
         for record in records:
@@ -310,7 +315,9 @@ class RakerWorld:
         return list(fresh)
 
     def _generate(self, project: _Project, runs: int, low: int, high: int, share: float) -> None:
-        rng, starts, triggers = self._rng, [], []
+        rng = self._rng
+        starts: list[int] = []
+        triggers: list[str] = []
         users = project.triggers[:-1]
         while len(starts) < runs:
             moment = rng.randint(low, high)
@@ -335,7 +342,8 @@ class RakerWorld:
             else:
                 status = terminal[i]
             started: int | None = created
-            finished = result = None
+            finished: int | None = None
+            result: object = None
             queued = bool(queue_share) and rng.random() < queue_share  # no draw when off
             if queued and i >= open_from:
                 status, started = RAKER_QUEUED, None
@@ -371,10 +379,10 @@ class RakerWorld:
         found = self._project(project)
         return found.listing if status is None else found.by_status.get(status, _Listing())
 
-    def _item(self, run: _ActionRun, *, private: bool = True) -> dict:
+    def _item(self, run: _ActionRun, *, private: bool = True) -> dict[str, Any]:
         """One run as the API lists it (this is the single definition of an item); private
         copies its values, so the caller may change them."""
-        item: dict = {"id": run.key[1], "status": run.status}
+        item: dict[str, Any] = {"id": run.key[1], "status": run.status}
         if run.started is not None:
             item["startedAt"] = _iso(run.started)
         elif not run.absent_start:
@@ -391,13 +399,13 @@ class RakerWorld:
             return record.body
         return json.dumps(self._item(record, private=False), separators=(",", ":")).encode()
 
-    def _cursor(self, project: str, status: str | None, key: tuple) -> str:
+    def _cursor(self, project: str, status: str | None, key: _Key) -> str:
         """The opaque cursor after `key`; the same position always gives the same cursor."""
         payload = {"project": project, "status": status, "after": key, "epoch": self._cursor_epoch}
         raw = json.dumps(payload, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
-    def _cursor_position(self, project: str, status: str | None, cursor: str) -> tuple | None:
+    def _cursor_position(self, project: str, status: str | None, cursor: str) -> _Key | None:
         """The key a cursor points after, or None if it is not valid for this very listing."""
         cursor = cursor.rstrip("=")
         if not _CURSOR_CHARS.fullmatch(cursor):
@@ -420,7 +428,7 @@ class RakerWorld:
             and isinstance(after[1], str)
             and _is_int(after[2])
         )
-        return tuple(after) if valid else None
+        return (after[0], after[1], after[2]) if valid else None
 
     def _restatus(self, found: _Project, run: _ActionRun, status: str) -> None:
         found.by_status[run.status].remove(run)  # the status picks the filtered listing
@@ -441,7 +449,7 @@ class RakerWorld:
         status: str = "processing",
         started_at: datetime | None = None,
         created_at: datetime | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """New runs (startedAt default: now); all runs of one call share the startedAt second.
 
         status "queued" makes runs that have not started: no startedAt (started_at must not be
@@ -478,7 +486,7 @@ class RakerWorld:
         fields: Mapping[str, object] | None = None,
         triggered_by: str = "schedule",
         unstarted: bool | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """One run with exactly the given values; unlike add_raw_item it is a real run, part of
         list_items, and it can change status later. Returns its item.
 
@@ -510,7 +518,9 @@ class RakerWorld:
         found.add([run])
         return self._item(run)
 
-    def start_run(self, project: str, run_id: str, *, started_at: datetime | None = None) -> dict:
+    def start_run(
+        self, project: str, run_id: str, *, started_at: datetime | None = None
+    ) -> dict[str, Any]:
         """Starts a queued run: status "processing", startedAt now (or started_at); it keeps its
         place in the list. ValueError if it has started already or was cancelled before it did.
         Returns its item."""
@@ -532,7 +542,7 @@ class RakerWorld:
         *,
         finished_at: datetime | None = None,
         result: object = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Changes a run's status and returns its item.
 
         A terminal status sets finishedAt (default now) and a result, an open one clears both, and
@@ -605,13 +615,13 @@ class RakerWorld:
                 found.by_status[record.status].remove(record)
         return len(planted)
 
-    def list_items(self, project: str) -> list[dict]:
+    def list_items(self, project: str) -> list[dict[str, Any]]:
         """Every well-formed run as the API lists it now, in list order: newest created first,
         ties by id descending (which is startedAt order only for runs that started at once)."""
         records = self._project(project).listing.records
         return [self._item(r) for r in reversed(records) if isinstance(r, _ActionRun)]
 
-    def get(self, project: str, run_id: str) -> dict | None:
+    def get(self, project: str, run_id: str) -> dict[str, Any] | None:
         """One run's item as listed now, or None (RakerOne has no endpoint for one run)."""
         run = self._project(project).runs.get(run_id)
         return None if run is None else self._item(run)
@@ -624,13 +634,13 @@ class RakerWorld:
 class _Rejected(Exception):
     """A request RakerOne answers with an error body instead of a page."""
 
-    def __init__(self, status: int, code: str, issues: list[dict] | None = None) -> None:
+    def __init__(self, status: int, code: str, issues: list[dict[str, Any]] | None = None) -> None:
         super().__init__(code)
         self.status, self.code, self.issues = status, code, issues
 
 
-def _error(status: int, code: str, issues: list[dict] | None = None) -> web.Response:
-    body: dict = {"error": code}
+def _error(status: int, code: str, issues: list[dict[str, Any]] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": code}
     if issues is not None:
         body["issues"] = issues
     return web.json_response(body, status=status)
@@ -649,7 +659,7 @@ def _positive_integer(query: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _issue(name: str, code: str, message: str) -> dict:
+def _issue(name: str, code: str, message: str) -> dict[str, Any]:
     return {"code": code, "path": [name], "message": message}
 
 
