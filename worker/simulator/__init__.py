@@ -14,9 +14,9 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import suppress
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from worker.simulator.apify import (
     ALL_STATUSES,
@@ -194,7 +194,7 @@ class Simulator:
             self._github.stamp(response)
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Counts routed requests, applies Apify's rate limit, adds latency, enforces the bearer
         token and injects faults. GitHub's budget is spent by its endpoints, after the token is
         checked: a 401 is not the token's request."""
@@ -219,7 +219,7 @@ class Simulator:
         return await handler(request)
 
     async def _faulty(
-        self, request: web.Request, handler: Any, faults: Faults
+        self, request: web.Request, handler: Handler, faults: Faults
     ) -> web.StreamResponse:
         """The answer to an upstream request, spoilt as the faults decide."""
         kind, draw = faults.draw(request_key(request))
@@ -227,7 +227,7 @@ class Simulator:
             return await handler(request)
         if kind in STATUS_FAULTS:  # a rate limiter or proxy answers before the API does
             faults.injected[kind] += 1
-            response = _dialect(request.path).failure(STATUS_FAULTS[kind])
+            response: web.StreamResponse = _dialect(request.path).failure(STATUS_FAULTS[kind])
             if kind == "429-retry-after":
                 response.headers["Retry-After"] = f"{faults.retry_after:g}"
             return response

@@ -12,8 +12,9 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -111,7 +112,7 @@ def wrong_types(body: bytes, draw: int) -> bytes | None:
     return json.dumps(page, separators=(",", ":")).encode()
 
 
-def _items(page: object) -> list[dict]:
+def _items(page: object) -> list[dict[str, Any]]:
     """The run objects of an Apify page or single run, or of a RakerOne or GitHub page."""
     if not isinstance(page, dict):
         return []
@@ -133,7 +134,7 @@ def _epoch_ms(value: object, rng: random.Random) -> int:
     return rng.randrange(1_500_000_000_000, 1_800_000_000_000)
 
 
-_MISTYPED = {
+_MISTYPED: dict[str, Callable[[object, random.Random], object]] = {
     "id": lambda value, rng: rng.randrange(1, 2**31),
     "startedAt": _epoch_ms,
     "status": lambda value, rng: [value],
@@ -142,13 +143,12 @@ _MISTYPED = {
 
 def body_of(response: web.StreamResponse) -> bytes | None:
     """The complete body of a handler's answer, or None if it streams (nothing to mangle)."""
-    complete = isinstance(response, web.Response) and not response.prepared
-    return (
-        bytes(response.body) if complete and isinstance(response.body, bytes | bytearray) else None
-    )
+    if not isinstance(response, web.Response) or response.prepared:
+        return None
+    return bytes(response.body) if isinstance(response.body, bytes | bytearray) else None
 
 
-def replaced(response: web.Response, body: bytes) -> web.Response:
+def replaced(response: web.StreamResponse, body: bytes) -> web.Response:
     """The answer with `body` in place of its own, under the same status and content type."""
     return web.Response(
         body=body,
@@ -159,7 +159,7 @@ def replaced(response: web.Response, body: bytes) -> web.Response:
 
 
 async def truncated(
-    request: web.Request, response: web.Response, body: bytes
+    request: web.Request, response: web.StreamResponse, body: bytes
 ) -> web.StreamResponse:
     """Sends the answer's headers and full Content-Length but half its body, then hangs up."""
     cut = web.StreamResponse(status=response.status)
