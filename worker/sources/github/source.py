@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote
 
 from worker.config import SourceConfig
@@ -109,7 +109,13 @@ class GitHubSource:
         top = walk_top(checkpoint)
         return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
 
-    def backfill(self, checkpoint, since, until, walk) -> CreatedWalk:
+    def backfill(
+        self,
+        checkpoint: Checkpoint | None,
+        since: datetime | None,
+        until: datetime | None,
+        walk: dict[str, Any],
+    ) -> CreatedWalk:
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
     def open_walk(self) -> Paginator:
@@ -229,7 +235,8 @@ def read_list(body: Any) -> tuple[list[Any], int | None]:
 
 
 def _created(run: Run) -> datetime | None:
-    return run.columns[_CREATED]
+    created: datetime | None = run.columns[_CREATED]
+    return created
 
 
 Range = tuple[datetime | None, datetime | None]  # (lowest, highest) creation, inclusive; None: open
@@ -382,7 +389,7 @@ class Chain:
     def page_size(self) -> int:
         return self._current().page_size
 
-    def _current(self) -> Any:
+    def _current(self) -> Paginator:
         return self._walks[min(self._index, len(self._walks) - 1)]
 
     def next_request(self) -> Request | None:
@@ -410,6 +417,10 @@ class Chain:
         return self._current().checkpoint
 
 
+@overload
+def _whole(moment: datetime, *, up: bool = False) -> datetime: ...
+@overload
+def _whole(moment: datetime | None, *, up: bool = False) -> datetime | None: ...
 def _whole(moment: datetime | None, *, up: bool = False) -> datetime | None:
     """A time to the whole second (the filter's resolution): down, or up for an upper bound."""
     if moment is None:

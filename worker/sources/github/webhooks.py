@@ -66,7 +66,7 @@ class GitHubHooks:
         facts["action"] = str(payload.get("action"))[:40]
         facts["run_id"] = str(run.get("id"))[:100]
         if not self._in_scope(payload):
-            where = self.config.repository + (
+            where = (self.config.repository or "") + (
                 f" workflow {self.config.workflow}" if self.config.workflow else ""
             )
             delivery.answer = ignored("out_of_scope", f"the run is not one of {where}; not stored")
