@@ -71,7 +71,7 @@ _RUN_FIELDS = (
 _OMITTABLE = _RUN_FIELDS[1:]  # every documented field may be absent or null, except the id
 
 
-def _user(login: str) -> dict:
+def _user(login: str) -> dict[str, Any]:
     """A simple-user object; the id is derived from the login, so it is stable."""
     user_id = zlib.crc32(login.encode()) % 10_000_000 + 1
     kind = "Bot" if login.endswith("[bot]") else "User"
@@ -95,7 +95,7 @@ class _Workflow:
     def path(self) -> str:
         return f".github/workflows/{self.file}"
 
-    def object(self) -> dict:
+    def object(self) -> dict[str, Any]:
         """The workflow object (GET …/actions/workflows/{id}), as webhooks carry it too."""
         return {
             "id": self.id, "node_id": f"W_kwDO{self.id}", "name": self.name, "path": self.path,
@@ -113,7 +113,7 @@ class _Repo:
         self.full_name, self.id = full_name, repo_id
         owner, name = full_name.split("/")
         # minimal-repository: every run of the repository carries a copy.
-        self.object = {
+        self.object: dict[str, Any] = {
             "id": repo_id, "node_id": f"R_kgDO{repo_id}", "name": name, "full_name": full_name,
             "private": True, "owner": _user(owner), "html_url": f"{_WEB}/{full_name}",
             "description": None, "fork": False, "url": f"{_API}/repos/{full_name}",
@@ -121,7 +121,7 @@ class _Repo:
         self.workflows: dict[int, _Workflow] = {}
         self.listing: list[_Run] = []  # ascending by key; listings read it backwards
 
-    def copy(self) -> dict:
+    def copy(self) -> dict[str, Any]:
         """A private copy of the minimal-repository object, so callers may change it."""
         return {**self.object, "owner": dict(self.object["owner"])}
 
@@ -143,6 +143,8 @@ class _Run:
     __slots__ = ("actor", "attempt", "check_suite_id", "conclusion", "created", "event", "id",
                  "message", "number", "past", "prs", "ref", "repo", "sha", "started", "status",
                  "stuck", "title", "triggering_actor", "updated", "workflow")  # fmt: skip
+    conclusion: str | None
+    ref: str | None
 
     def __init__(self, run_id: int, repo: _Repo, workflow: _Workflow, created: int) -> None:
         self.id, self.repo, self.workflow, self.created = run_id, repo, workflow, created
@@ -154,7 +156,7 @@ class _Run:
         self.event, self.ref, self.sha, self.message, self.title = "push", "main", "", "", ""
         self.actor = self.triggering_actor = "octocat"
         self.check_suite_id = 0
-        self.prs: list[dict] = []
+        self.prs: list[dict[str, Any]] = []
         self.past: list[_Attempt] = []  # earlier attempts, oldest first
         self.stuck = False  # never picked up by a runner: progress() leaves it alone
 
@@ -218,6 +220,10 @@ class RateBudget:
             "x-ratelimit-used": str(min(self.used, self.limit)),
             "x-ratelimit-resource": "core",
         }
+
+
+# A run to generate: (created, repository, workflow, event, head sha).
+_Plan = tuple[int, _Repo, _Workflow, str, str]
 
 
 class GitHubWorld:
@@ -324,12 +330,12 @@ class GitHubWorld:
                 self._age(run, is_open=i >= open_from, anchor=high + _HOUR)
             self._add(runs)
 
-    def _plan(self, name: str, count: int, low: int, high: int) -> list[tuple]:
+    def _plan(self, name: str, count: int, low: int, high: int) -> list[_Plan]:
         """(created, repo, workflow, event, sha) of `count` runs; a push may start two at once."""
         rng, repo = self._rng, self._repos[name.lower()]
         workflows = list(repo.workflows.values())
         weights = [share for *_, share in _WORKFLOWS]
-        plans: list[tuple] = []
+        plans: list[_Plan] = []
         while len(plans) < count:
             created, sha = rng.randint(low, high), f"{rng.getrandbits(160):040x}"
             workflow = rng.choices(workflows, weights)[0]
@@ -420,7 +426,7 @@ class GitHubWorld:
 
     def _object(
         self, run: _Run, *, attempt: _Attempt | None = None, complete: bool = False
-    ) -> dict:
+    ) -> dict[str, Any]:
         """One run as the API serves it (the single definition of a run object): as it is now, or
         as it was at an earlier `attempt`; with seeded omissions unless `complete`."""
         state = attempt or run
@@ -449,7 +455,7 @@ class GitHubWorld:
         }  # fmt: skip
         return obj if complete else self._omitted(run, obj)
 
-    def _commit(self, run: _Run) -> dict:
+    def _commit(self, run: _Run) -> dict[str, Any]:
         author = {"name": run.actor, "email": f"{run.actor}@users.noreply.github.com"}
         return {
             "id": run.sha, "tree_id": hashlib.sha1(run.sha.encode()).hexdigest(),
@@ -457,7 +463,7 @@ class GitHubWorld:
             "committer": {"name": "GitHub", "email": "noreply@github.com"},
         }  # fmt: skip
 
-    def _omitted(self, run: _Run, obj: dict) -> dict:
+    def _omitted(self, run: _Run, obj: dict[str, Any]) -> dict[str, Any]:
         """The object with this run's seeded omissions: 1-4 fields left out or set to null.
         The choice depends on the seed and the run id only, so every answer agrees."""
         if not self.omit_share:
@@ -503,22 +509,22 @@ class GitHubWorld:
         """The world's clock as a datetime (UTC, whole seconds, as GitHub's times are)."""
         return datetime.fromtimestamp(self._now(), UTC)
 
-    def workflows(self, repo: str) -> list[dict]:
+    def workflows(self, repo: str) -> list[dict[str, Any]]:
         """The repository's workflow objects (ci.yml, release.yml, nightly.yml)."""
         return [workflow.object() for workflow in self._repo(repo).workflows.values()]
 
-    def workflow(self, repo: str, ref: str | int) -> dict:
+    def workflow(self, repo: str, ref: str | int) -> dict[str, Any]:
         """One workflow object, by numeric id or file name."""
         found = self._workflow(self._repo(repo), ref)
         if found is None:
             raise KeyError(f"repository {repo!r} has no workflow {ref!r}")
         return found.object()
 
-    def repository(self, repo: str) -> dict:
+    def repository(self, repo: str) -> dict[str, Any]:
         """The minimal-repository object that runs carry."""
         return self._repo(repo).copy()
 
-    def add_run(self, repo: str, **options: Any) -> dict:
+    def add_run(self, repo: str, **options: Any) -> dict[str, Any]:
         """One new run (add_runs' options), and returns its complete object."""
         return self.add_runs(repo, 1, **options)[0]
 
@@ -536,7 +542,7 @@ class GitHubWorld:
         actor: str | None = None,
         head_sha: str | None = None,
         stuck: bool = False,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """`count` new runs created in the same second, at `created_at` (default now), newest
         first.
 
@@ -573,7 +579,7 @@ class GitHubWorld:
 
     def set_status(
         self, repo: str, run_id: int, status: str, conclusion: str | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Moves a run to `status` (any string) now; "completed" takes a conclusion (default
         "success"), every other status clears it. updated_at becomes now. Returns its object."""
         run = self._run(repo, run_id)
@@ -584,11 +590,11 @@ class GitHubWorld:
         run.updated = max(self._now(), run.updated)
         return self._object(run, complete=True)
 
-    def start_run(self, repo: str, run_id: int) -> dict:
+    def start_run(self, repo: str, run_id: int) -> dict[str, Any]:
         """A runner picks the run up: in_progress now (run_started_at stays the attempt's)."""
         return self.set_status(repo, run_id, "in_progress")
 
-    def finish_run(self, repo: str, run_id: int, conclusion: str = "success") -> dict:
+    def finish_run(self, repo: str, run_id: int, conclusion: str = "success") -> dict[str, Any]:
         """The run completes now with `conclusion`."""
         return self.set_status(repo, run_id, "completed", conclusion)
 
@@ -606,7 +612,7 @@ class GitHubWorld:
                 moved += 1
         return moved
 
-    def hold(self, repo: str, run_id: int, status: str = "queued") -> dict:
+    def hold(self, repo: str, run_id: int, status: str = "queued") -> dict[str, Any]:
         """Leaves the run in an open `status` forever: progress() skips it from now on."""
         if status == "completed":
             raise ValueError("a held run stays open")
@@ -614,7 +620,9 @@ class GitHubWorld:
         self._run(repo, run_id).stuck = True
         return obj
 
-    def rerun(self, repo: str, run_id: int, *, triggering_actor: str | None = None) -> dict:
+    def rerun(
+        self, repo: str, run_id: int, *, triggering_actor: str | None = None
+    ) -> dict[str, Any]:
         """Re-runs a completed run now: the same id and run_number, run_attempt + 1, status
         queued, conclusion null, run_started_at and updated_at now, created_at unchanged,
         previous_attempt_url set. GitHub allows it up to 30 days after the initial run."""
@@ -636,7 +644,7 @@ class GitHubWorld:
         del listing[bisect.bisect_left(listing, run.key, key=_key)]
         del self._runs[run_id]
 
-    def runs(self, repo: str, workflow: str | int | None = None) -> list[dict]:
+    def runs(self, repo: str, workflow: str | int | None = None) -> list[dict[str, Any]]:
         """Every run of the repository (or one workflow) as listed now, newest first, with the
         seeded omissions: the truth the listings serve."""
         found = self._repo(repo)
@@ -645,7 +653,7 @@ class GitHubWorld:
             raise KeyError(f"repository {repo!r} has no workflow {workflow!r}")
         return [self._object(run) for run in self._matching(found, chosen)]
 
-    def get(self, repo: str, run_id: int, *, complete: bool = False) -> dict | None:
+    def get(self, repo: str, run_id: int, *, complete: bool = False) -> dict[str, Any] | None:
         """One run as GET …/actions/runs/{run_id} returns it now (complete: without omissions),
         or None if there is no such run."""
         try:
@@ -664,7 +672,7 @@ def _event(rng: random.Random, workflow: _Workflow) -> str:
     return rng.choices([name for name, _ in events], [weight for _, weight in events])[0]
 
 
-def _pull_request(run: _Run, number: int) -> dict:
+def _pull_request(run: _Run, number: int) -> dict[str, Any]:
     """The pull-request summary a run lists (head: the run's branch, base: main)."""
     repo = run.repo
     short = {"id": repo.id, "url": f"{_API}/repos/{repo.full_name}", "name": repo.object["name"]}

@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import wraps
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, web
@@ -26,10 +27,10 @@ from worker.simulator.github import (
     GitHubWorld,
     _Repo,
     _Run,
-    _seconds,
     _Workflow,
 )
 from worker.simulator.github_hooks import workflow_run_delivery
+from worker.simulator.seconds import seconds as _seconds
 
 _DOCS = "https://docs.github.com/rest"
 # The query parameters that make a listing a "search" capped at the result cap.
@@ -50,7 +51,7 @@ _COMPARISON = re.compile(r"(>=|<=|>|<)(.+)")
 class _Rejected(Exception):
     """A request GitHub answers with an error body instead of the resource."""
 
-    def __init__(self, status: int, message: str, **extra: object) -> None:
+    def __init__(self, status: int, message: str, **extra: Any) -> None:  # JSON, for the body
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
 
@@ -402,7 +403,9 @@ class GitHubEndpoints:
             response.headers["Link"] = link
         return response
 
-    def _reachable(self, matching: list[_Run], filtered: bool, page: int, per_page: int) -> list:
+    def _reachable(
+        self, matching: list[_Run], filtered: bool, page: int, per_page: int
+    ) -> list[_Run]:
         """The runs pages can reach.
 
         Documented: with any of actor, branch, check_suite_id, created, event, head_sha or status
@@ -420,7 +423,7 @@ class GitHubEndpoints:
             raise _Rejected(422, "Only the first 1000 search results are available")
         return matching[: world.result_cap]
 
-    def _served(self, run: _Run, omit_prs: bool) -> dict:
+    def _served(self, run: _Run, omit_prs: bool) -> dict[str, Any]:
         obj = self.world._object(run)
         if omit_prs and "pull_requests" in obj:
             obj["pull_requests"] = []  # exclude_pull_requests=true

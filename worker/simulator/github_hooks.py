@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from worker.simulator.github import GitHubWorld
 
@@ -31,8 +32,9 @@ class Delivery:
     body: bytes
 
     @property
-    def payload(self) -> dict:
-        return json.loads(self.body)
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = json.loads(self.body)
+        return payload
 
     @property
     def guid(self) -> str:
@@ -94,7 +96,9 @@ def workflow_run_delivery(
     return Delivery(_headers(body, secret, delivery_id or world.delivery_guid(), repository), body)
 
 
-def _headers(body: bytes, secret: str | bytes, guid: str, repository: dict) -> dict[str, str]:
+def _headers(
+    body: bytes, secret: str | bytes, guid: str, repository: dict[str, Any]
+) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
         "User-Agent": "GitHub-Hookshot/5b6e1c4",
