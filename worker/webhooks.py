@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from worker import sources, store
+from worker import http, sources, store
 from worker.config import SourceConfig
 from worker.model import Rejected, Run
 from worker.sources.contract import Answer, Delivery, Hooks, Refused
@@ -38,7 +38,7 @@ WEBHOOK_STREAM = "webhook"
 def receiver(
     configs: Sequence[SourceConfig],
     db: store.Store,
-    clients: Mapping[str, Any],
+    clients: Mapping[str, http.Client],
     metrics: Metrics | None = None,
 ) -> Receiver:
     """The receiver of the configured sources that take webhooks (`clients`: per source name,

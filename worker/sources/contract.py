@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from worker.config import SourceConfig
+from worker.http import Client
 from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
@@ -197,6 +198,6 @@ class Upstream:
     columns: tuple[Column, ...] = ()  # its typed columns of runsync.runs (its migration's)
     # A configured source's webhook deliveries (given the source's HTTP client); None: it takes
     # none. Only sources with a webhook secret take them.
-    webhooks: Callable[[SourceConfig, Any], Hooks] | None = None
+    webhooks: Callable[[SourceConfig, Client | None], Hooks] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request
     conditional: bool = False  # it answers If-None-Match with a 304 (which costs no budget)
