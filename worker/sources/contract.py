@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.config import SourceConfig
-from worker.http import Client
 from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
+
+if TYPE_CHECKING:  # named in annotations only
+    from worker.http import Client
 
 __all__ = [
     "Answer", "ByWalks", "Delivery", "Hooks", "OpenList", "PageError", "Paginator", "Refused",
