@@ -101,7 +101,7 @@ async def run(
                      windows_done=len(reached), windows=len(windows))  # fmt: skip
 
     async def walk_window(index: int, start: str, end: str | None) -> None:
-        async with lease.writer(f"{lease.stream}#{index}", result.pass_id) as writer:
+        async with lease.writer(lease.stream.window_of(index), result.pass_id) as writer:
             resume = await writer.checkpoint()
             if resume is not None and resume.cursor.get("done"):
                 reached[index] = resume.watermark

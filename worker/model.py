@@ -70,6 +70,53 @@ class Column:
             raise ValueError(f"column {self.name!r} {self.staged!r}: not a plain name and type")
 
 
+class Stream(str):
+    """The name of one stream of a source, made from its parts: its kind (incremental, backfill,
+    reconcile), its partition where the source has several (a RakerOne project), and a backfill
+    window's index. Its text ("backfill/proj_a#2") keys checkpoints, leases and passes; SQL
+    compares it whole and never takes it apart: checkpoints also keep the parts as columns, and
+    the names a query needs are made here.
+
+    A str, so logs, metrics labels and query parameters take it as its text.
+    """
+
+    kind: str
+    partition: str | None
+    window: int | None
+
+    def __new__(cls, kind: str, partition: str | None = None, window: int | None = None) -> Stream:
+        if not kind or not kind.isidentifier() or (window is not None and window < 0):
+            raise ValueError(f"not a stream: kind {kind!r}, window {window!r}")
+        text = (
+            kind
+            + (f"/{partition}" if partition else "")
+            + (f"#{window}" if window is not None else "")
+        )
+        made = super().__new__(cls, text)
+        made.kind, made.partition, made.window = kind, partition or None, window
+        return made
+
+    @classmethod
+    def parse(cls, text: str) -> Stream:
+        """A stream from its text, as Stream wrote it."""
+        if isinstance(text, Stream):
+            return text
+        rest, _, window = text.partition("#") if "#" in text else (text, "", "")
+        kind, _, partition = rest.partition("/")
+        return cls(kind, partition or None, int(window) if window else None)
+
+    def of_kind(self, kind: str) -> Stream:
+        """The stream of another kind of the same partition."""
+        return Stream(kind, self.partition)
+
+    def window_of(self, index: int) -> Stream:
+        """One window of this backfill."""
+        return Stream(self.kind, self.partition, index)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Stream, (self.kind, self.partition, self.window))
+
+
 def typed(run: Run, columns: tuple[Column, ...]) -> dict[str, Any]:
     """A run's typed columns by name, as its upstream declares them."""
     return dict(zip((column.name for column in columns), run.columns, strict=True))
