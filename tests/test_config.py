@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from worker import cli, config
+from worker import cli, config, sources
 
 GOOD = """
 [[sources]]
@@ -22,7 +22,7 @@ every = "5m"
 def load(tmp_path, text: str, env=None):
     path = tmp_path / "runsync.toml"
     path.write_text(textwrap.dedent(text))
-    return config.load(path, env={"APIFY_TOKEN": "secret-abc"} if env is None else env)
+    return sources.load_settings(path, env={"APIFY_TOKEN": "secret-abc"} if env is None else env)
 
 
 def test_a_good_config_loads_with_defaults(tmp_path):
@@ -103,8 +103,8 @@ def test_database_url_precedence_and_redaction(tmp_path):
     path = tmp_path / "runsync.toml"
     path.write_text("[database]\nurl = 'postgresql://u:filepw@db/x'\n" + GOOD)
     env = {"APIFY_TOKEN": "t0ken", "RUNSYNC_DATABASE_URL": "postgresql://u:envpw@db/x"}
-    assert config.load(path, env=env).database_url_origin == "RUNSYNC_DATABASE_URL"
-    cli_url = config.load(path, env=env, database_url="postgresql://u:clipw@db/x")
+    assert sources.load_settings(path, env=env).database_url_origin == "RUNSYNC_DATABASE_URL"
+    cli_url = sources.load_settings(path, env=env, database_url="postgresql://u:clipw@db/x")
     assert cli_url.database_url_origin == "--database-url"
     assert "clipw" in cli_url.secrets()
     assert config.redact_url("postgresql://u:clipw@db:5433/x") == "postgresql://u:***@db:5433/x"

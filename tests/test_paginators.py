@@ -390,7 +390,7 @@ def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
     """backfill.py asks a source whose `windowed` is true for the members of the Windowed
     protocol; a source that says windowed without them would fail mid-backfill."""
     from worker.config import Secret, SourceConfig
-    from worker.sources import build
+    from worker.sources import build, upstream
     from worker.sources.contract import Windowed
 
     members = {name for name in vars(Windowed) if not name.startswith("_")}
@@ -398,8 +398,8 @@ def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
     assert {"probe", "read_probe", "window", "page_size"} <= members
 
     def config(kind: str, **keys) -> SourceConfig:
-        return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
-                            base_url="https://example.com", **keys)  # fmt: skip
+        return upstream(kind).config(name=kind, kind=kind, token_env="T", token=Secret("t"),
+                                     base_url="https://example.com", **keys)  # fmt: skip
 
     sources = [*build(config("apify")), *build(config("rakerone", projects=("p",)))]
     windowed = [s for s in sources if s.windowed]
