@@ -358,6 +358,11 @@ def test_the_registration_carries_each_kinds_model():
         # An unknown key lists the keys of its source's kind.
         (GOOD + 'pagesize = 10', "sources.apify.pagesize: unknown key (known keys: actor, base_url, concurrency, cron, every, kind, max_requests_per_second, max_response_mb, max_retries, name, overlap, page_size, reconcile_every, reconcile_lookback, task, timeout, token_env, webhook_secret_env)"),
         (RAKER + 'project = "p"\npagesize = 10', "sources.raker.pagesize: unknown key (known keys: base_url, concurrency, cron, every, kind, max_requests_per_second, max_response_mb, max_retries, name, overlap, page_size, project, projects, reconcile_every, reconcile_lookback, terminal_statuses, timeout, token_env)"),
+        # A misspelt key is told before the key it leaves missing, or a check of several keys.
+        (RAKER + 'projetcs = ["a"]', "sources.raker.projetcs: unknown key"),
+        (GOOD + 'actor = "a~b"\ntask = "a~c"\ntsak = "a~c"', "sources.apify.tsak: unknown key"),
+        (RAKER + 'project = ""', "sources.raker.project: must name a project"),
+        (RAKER + "project = 5", "sources.raker.project: must be a str, not 5"),
         # The secrets come from the environment, never from the file.
         (GOOD + 'token = "apify_api_INFILE"', "sources.apify.token: unknown key (known keys: actor,"),
         (GOOD + 'webhook_secret = "whsec-INFILE-0123456789"', "sources.apify.webhook_secret: unknown key"),

@@ -202,11 +202,16 @@ class SourceBase(_Strict):
                 name = data.get(f"{secret}_env")  # their checks are token_env's and its sibling's
                 if secret not in data and isinstance(name, str) and env.get(name, "").strip():
                     data[secret] = Secret(env[name].strip())
-        if data.get("every") is not None and data.get("cron") is not None:
-            raise invalid("give either every or cron, not both", key="cron")
         if data.get("every") is None and data.get("cron") is None:
             data["every"] = timedelta(minutes=1)
         return data
+
+    # A check of several keys comes after each key's own, so that a misspelt key is told first.
+    @model_validator(mode="after")
+    def _one_schedule(self) -> SourceBase:
+        if self.every is not None and self.cron is not None:
+            raise invalid("give either every or cron, not both", key="cron")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -397,8 +402,9 @@ def load(
     raw_sources = top.sources
     if not isinstance(raw_sources, list) or not raw_sources:
         raise fail("sources", "define at least one [[sources]] table")
-    # One model per kind, told apart by `kind`.
-    adapter = TypeAdapter(Annotated[Union[tuple(kinds.values())], Field(discriminator="kind")])  # noqa: UP007
+    # One model per kind, told apart by `kind` (a Union built at run time: no `|` for that).
+    any_kind = Union[tuple(kinds.values())]  # noqa: UP007
+    adapter = TypeAdapter(Annotated[any_kind, Field(discriminator="kind")])
     sources: list[SourceBase] = []
     for index, raw in enumerate(raw_sources, 1):
         where = f"sources[{index}]"

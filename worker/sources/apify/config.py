@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -18,9 +18,8 @@ class ApifyConfig(SourceBase):
     task: str | None = None  # only this task's runs
     page_size: int = Field(1000, ge=1, le=1000)  # Apify's list pages hold at most 1,000
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_scope(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("actor") and data.get("task"):
+    @model_validator(mode="after")
+    def _one_scope(self) -> ApifyConfig:
+        if self.actor and self.task:
             raise invalid("give either actor or task, not both", key="task")
-        return data
+        return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, field_validator, model_validator
 
 from worker.config import SourceBase, invalid
 
@@ -48,13 +48,22 @@ class RakerOneConfig(SourceBase):
     @model_validator(mode="before")
     @classmethod
     def _one_or_many(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        if "project" in data and "projects" in data:
-            raise invalid("give either project or projects, not both", key="projects")
-        if "project" not in data and "projects" not in data:
+        if isinstance(data, dict) and "project" in data:
+            if "projects" in data:
+                raise invalid("give either project or projects, not both", key="projects")
+            if isinstance(data["project"], str) and data["project"]:
+                return {**data, "projects": [data["project"]]}
+        return data  # a project that is no name is project's own mistake
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, project: str | None) -> str | None:
+        if project == "":
+            raise invalid("must name a project")
+        return project
+
+    @model_validator(mode="after")
+    def _some_project(self) -> RakerOneConfig:
+        if not self.projects:  # neither key (an empty list is projects' own mistake)
             raise invalid("required for kind 'rakerone'", key="project")
-        project = data.get("project")
-        if "project" in data and not (isinstance(project, str) and project):
-            raise invalid(f"must be a non-empty str, not {project!r}", key="project")
-        return {**data, "projects": [project]} if "project" in data else data
+        return self
