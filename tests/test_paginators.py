@@ -368,11 +368,12 @@ def test_an_outcome_is_its_text_wherever_it_goes():
 
 def configured(kind: str):
     """A source of each kind, as its config would give it."""
-    from worker.config import Secret, SourceConfig
+    from worker.config import Secret
+    from worker.sources import upstream
 
-    return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
-                        base_url="https://example.com", projects=("p",),
-                        repository="o/r")  # fmt: skip
+    keys = {"rakerone": {"projects": ("p",)}, "github": {"repository": "o/r"}}.get(kind, {})
+    return upstream(kind).config(name=kind, kind=kind, token_env="T", token=Secret("t"),
+                                 base_url="https://example.com", **keys)  # fmt: skip
 
 
 def test_every_source_names_a_refresh_strategy_that_exists():

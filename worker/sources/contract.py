@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from worker.config import SourceConfig
+from worker.config import SourceBase, SourceConfig
 from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
@@ -180,6 +180,7 @@ class Upstream:
 
     kind: str  # what `kind` says in the config, and runs.upstream
     base_url: str  # the default of the sources' base_url
+    config: type[SourceBase]  # its sources' keys (its package's config.py): what load reads
     streams: Callable[[SourceConfig], list[Source]]  # a configured source's streams of runs
     limits: Published  # its published request limits
     columns: tuple[Column, ...] = ()  # its typed columns of runsync.runs (its migration's)
