@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from worker.config import SourceBase, SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
 
@@ -77,10 +77,11 @@ class Source(Protocol):
         checkpoint: Checkpoint | None,
         since: datetime | None,
         until: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> Paginator:
         """A walk of [since, until]: resumed from `checkpoint`, or from the start when None.
-        `walk` goes into every checkpoint of it, so a resume can tell the range it was for."""
+        `walk` (its range) goes into every checkpoint of it, so a resume can tell the range it
+        was for."""
         ...
 
 
@@ -103,7 +104,7 @@ class Windowed(Source, Protocol):
         checkpoint: Checkpoint | None,
         start: datetime | None,
         end: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> Paginator:
         """A walk of one window, from `start` up to and including `end`; resumed from
         `checkpoint` when there is one."""

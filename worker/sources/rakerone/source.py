@@ -9,15 +9,17 @@ again with the `status` filter (see worker/refresh.py).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from worker import jsontext
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
+    InFlight,
     ItemError,
     PageError,
     Rewindable,
@@ -130,6 +132,13 @@ def read_item(
         return Rejected(str(error), dump(item), run_id, project)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Keyset(InFlight):
+    """A keyset walk's position: the upstream's cursor for the next page (None: the top)."""
+
+    cursor: str | None = field(default=None, metadata=KEPT)
+
+
 class KeysetWalk(Rewindable):
     """Newest first by cursor, down to `floor` (or the end), optionally filtered by status.
 
@@ -149,17 +158,17 @@ class KeysetWalk(Rewindable):
         floor: datetime | None = None,
         until: datetime | None = None,
         status: str | None = None,
-        walk: dict[str, Any] | None = None,
+        walk: Position | None = None,
     ) -> None:
         self.path = path
         self.read = reader
         self.page_size = page_size
         self.floor, self.until, self.status = floor, until, status
-        self.walk = walk or {}
+        self.walk = walk or Position()
         self.watermark = checkpoint.watermark
-        cursor = checkpoint.cursor or {}
-        self.cursor: str | None = cursor.get("cursor")
-        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
+        position = checkpoint.position(Keyset)
+        self.cursor: str | None = position.cursor
+        self.top = position.top
         self.done = False
         self.restarts = 0
         self._seen_cursors: deque[str] = deque(maxlen=REMEMBERED_CURSORS)
@@ -179,7 +188,7 @@ class KeysetWalk(Rewindable):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        position = {**self.walk, "cursor": self.cursor}
+        position = Keyset(**self.walk.scope(), cursor=self.cursor)
         return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
