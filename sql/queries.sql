@@ -84,15 +84,17 @@ SELECT NOT EXISTS (SELECT 1 FROM runsync.checkpoints WHERE source = $1 AND strea
           AND cursor -> 'range' = '[null, null]'::jsonb);
 
 -- save_checkpoint --
--- Moves a stream's checkpoint; runs in the same transaction as the page it follows.
-INSERT INTO runsync.checkpoints AS c (source, stream, watermark, cursor)
-VALUES ($1, $2, $3, $4::jsonb)
+-- Moves a stream's checkpoint ($2: its name; $5, $6, $7: its kind, partition and window); runs in
+-- the same transaction as the page it follows.
+INSERT INTO runsync.checkpoints AS c (source, stream, watermark, cursor, kind, part, window_index)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT (source, stream) DO UPDATE
 SET watermark = EXCLUDED.watermark, cursor = EXCLUDED.cursor, updated_at = now();
 
 -- delete_window_checkpoints --
--- Forgets the checkpoints of a backfill's windows (streams named stream#N).
-DELETE FROM runsync.checkpoints WHERE source = $1 AND stream LIKE $2 || '#%';
+-- Forgets the checkpoints of the windows of one backfill (kind $2, partition $3) of a source.
+DELETE FROM runsync.checkpoints
+WHERE source = $1 AND kind = $2 AND part = $3 AND window_index IS NOT NULL;
 
 -- create_incoming_runs --
 -- A session's staging table for one upstream's runs, emptied at every commit: a Run's fields in
@@ -249,9 +251,17 @@ WHERE id = $1;
 UPDATE runsync.passes SET finished_at = now(), outcome = $2, error = $3
 WHERE id = $1 AND outcome = 'running';
 
+-- stream_parts --
+-- The partitions of each source ($1) that the tables know of ('' where a source has one stream).
+SELECT DISTINCT source, part FROM runsync.checkpoints WHERE source = ANY($1::text[])
+UNION
+SELECT DISTINCT source, part FROM runsync.runs WHERE source = ANY($1::text[]);
+
 -- stream_status --
 -- Per stream of runs of each source ($1; a RakerOne project, or the whole source: part ''): the
 -- incremental checkpoint, run counts, the newest success and failure, where its backfill stands.
+-- $2 to $6, side by side: each source and partition, with the names of its incremental, backfill
+-- and reconcile streams (made by model.Stream: names are compared here, never taken apart).
 WITH counts AS (
     SELECT r.source, coalesce(r.project, '') AS part,
            count(*) AS runs,
@@ -261,24 +271,9 @@ WITH counts AS (
     WHERE r.source = ANY($1::text[])
     GROUP BY r.source, r.project
 ),
-parts AS (
-    -- The configured ones ($2, $3: source and project side by side), and any the tables know of:
-    -- 'incremental/proj_a' and 'backfill/proj_a#2' (a backfill's window) are part 'proj_a'.
-    SELECT source, part FROM unnest($2::text[], $3::text[]) AS configured(source, part)
-    UNION
-    SELECT source, CASE WHEN strpos(stream, '/') > 0
-                        THEN regexp_replace(substr(stream, strpos(stream, '/') + 1), '#[0-9]+$', '')
-                        ELSE '' END
-    FROM runsync.checkpoints WHERE source = ANY($1::text[])
-    UNION
-    SELECT source, part FROM counts
-),
 named AS (
-    SELECT source, part,
-           'incremental' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS incremental,
-           'backfill' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS backfill,
-           'reconcile' || CASE WHEN part = '' THEN '' ELSE '/' || part END AS reconcile
-    FROM parts
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS n(source, part, incremental, backfill, reconcile)
 )
 SELECT n.source,
        nullif(n.part, '') AS project,
@@ -341,12 +336,13 @@ LEFT JOIN LATERAL (
            AND p.outcome = 'failed'
          ORDER BY p.stream DESC, p.id DESC LIMIT 1)) AS f
     ORDER BY f.finished_at DESC NULLS LAST LIMIT 1) AS failure ON true
--- A windowed backfill keeps a checkpoint per window (backfill#N) until every window is done.
+-- A windowed backfill keeps a checkpoint per window until every window is done.
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE (w.cursor ->> 'done')::boolean) AS done
     FROM runsync.checkpoints w
     WHERE bf.cursor ? 'windows' AND NOT bf.done
-      AND w.source = n.source AND left(w.stream, length(n.backfill) + 1) = n.backfill || '#'
+      AND w.source = n.source AND w.kind = 'backfill' AND w.part = n.part
+      AND w.window_index IS NOT NULL
     ) AS windows ON true
 -- What an unfinished backfill has read so far: its passes since the last that finished one.
 LEFT JOIN LATERAL (

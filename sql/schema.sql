@@ -152,10 +152,14 @@ CREATE TRIGGER runs_status_changes
 
 CREATE TABLE runsync.checkpoints (
     source     text        NOT NULL,
-    stream     text        NOT NULL,   -- 'incremental' or 'backfill'; RakerOne's add '/<project>'
+    stream     text        NOT NULL,   -- its name: kind, '/<partition>', '#<window>' (model.Stream)
     watermark  timestamptz,            -- every run started before this is stored
     cursor     jsonb,                  -- where the next request starts; for newest-first walks, the walk in flight
     updated_at timestamptz NOT NULL DEFAULT now(),
+    -- added by 0011_stream_parts: the name's parts, which queries select by (never parsing it)
+    kind       text        NOT NULL,   -- incremental, backfill, reconcile
+    part       text        NOT NULL DEFAULT '',  -- the partition (a RakerOne project); '' if none
+    window_index integer,              -- a backfill window's index; null for the stream itself
     PRIMARY KEY (source, stream)
 );
 

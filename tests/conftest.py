@@ -114,11 +114,11 @@ async def sim(world, raker):
 def write_config(tmp_path, database_url):
     """Writes a config file of [[sources]] tables and loads it as runsync would."""
 
-    def write(sources: str, *, env: dict[str, str] | None = None) -> config.Settings:
+    def write(tables: str, *, env: dict[str, str] | None = None) -> config.Settings:
         path = tmp_path / "runsync.toml"
-        path.write_text(textwrap.dedent(sources))
+        path.write_text(textwrap.dedent(tables))
         environment = {"APIFY_TOKEN": TOKEN, "RAKER_TOKEN": TOKEN} if env is None else env
-        return config.load(path, database_url=database_url, env=environment)
+        return sources.load_settings(path, database_url=database_url, env=environment)
 
     return write
 

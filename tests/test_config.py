@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from worker import cli, config
+from worker import cli, config, sources
 
 GOOD = """
 [[sources]]
@@ -22,7 +22,7 @@ every = "5m"
 def load(tmp_path, text: str, env=None):
     path = tmp_path / "runsync.toml"
     path.write_text(textwrap.dedent(text))
-    return config.load(path, env={"APIFY_TOKEN": "secret-abc"} if env is None else env)
+    return sources.load_settings(path, env={"APIFY_TOKEN": "secret-abc"} if env is None else env)
 
 
 def test_a_good_config_loads_with_defaults(tmp_path):
@@ -103,8 +103,8 @@ def test_database_url_precedence_and_redaction(tmp_path):
     path = tmp_path / "runsync.toml"
     path.write_text("[database]\nurl = 'postgresql://u:filepw@db/x'\n" + GOOD)
     env = {"APIFY_TOKEN": "t0ken", "RUNSYNC_DATABASE_URL": "postgresql://u:envpw@db/x"}
-    assert config.load(path, env=env).database_url_origin == "RUNSYNC_DATABASE_URL"
-    cli_url = config.load(path, env=env, database_url="postgresql://u:clipw@db/x")
+    assert sources.load_settings(path, env=env).database_url_origin == "RUNSYNC_DATABASE_URL"
+    cli_url = sources.load_settings(path, env=env, database_url="postgresql://u:clipw@db/x")
     assert cli_url.database_url_origin == "--database-url"
     assert "clipw" in cli_url.secrets()
     assert config.redact_url("postgresql://u:clipw@db:5433/x") == "postgresql://u:***@db:5433/x"
@@ -269,3 +269,146 @@ def test_check_config_exits_2_naming_a_missing_webhook_secret(tmp_path, monkeypa
 
     assert cli.main(["--config", str(path), "check-config"]) == 2
     assert "environment variable APIFY_WEBHOOK_SECRET is not set" in capsys.readouterr().err
+
+
+HUB = """
+[[sources]]
+name = "hub"
+kind = "github"
+token_env = "GITHUB_TOKEN"
+repository = "octo-org/hello.world"
+"""
+
+
+def test_github_sources(tmp_path):
+    env = {"GITHUB_TOKEN": "ghp_secret", "HUB_SECRET": WEBHOOK_SECRET}
+    (hub,) = load(tmp_path, HUB, env=env).sources
+    assert (hub.repository, hub.workflow, hub.webhook_secret) == (
+        "octo-org/hello.world",
+        None,
+        None,
+    )
+    assert hub.token.reveal() == "ghp_secret" and "ghp_secret" not in repr(hub)
+    text = HUB + 'workflow = "ci.yml"\nwebhook_secret_env = "HUB_SECRET"\n'
+    (hub,) = load(tmp_path, text, env=env).sources
+    assert hub.workflow == "ci.yml" and hub.webhook_secret.reveal() == WEBHOOK_SECRET
+    assert WEBHOOK_SECRET not in repr(hub)
+    # A workflow's id is a number, and the TOML may say it as one.
+    (hub,) = load(tmp_path, HUB + "workflow = 161335\n", env=env).sources
+    assert hub.workflow == "161335"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (HUB.replace('repository = "octo-org/hello.world"', ""), "sources.hub.repository: required for kind 'github': \"owner/name\""),
+        (HUB.replace("octo-org/hello.world", "hello-world"), "sources.hub.repository: 'hello-world' is not \"owner/name\""),
+        (HUB + 'workflow = ".github/workflows/ci.yml"', "sources.hub.workflow: a workflow's id or file name, e.g. ci.yml"),
+        (HUB + 'workflow = ""', "sources.hub.workflow: a workflow's id or file name, e.g. ci.yml"),
+        (HUB + "page_size = 1000", "sources.hub.page_size: must be between 1 and 100, not 1000"),
+        (HUB + 'actor = "a~b"', "sources.hub.actor: not a key of kind 'github'"),
+        (HUB + 'project = "a"', "sources.hub.project: not a key of kind 'github'"),
+        (HUB + 'webhook_secret_env = "HUB_SECRET"', "sources.hub.webhook_secret_env: environment variable HUB_SECRET is not set"),
+        (GOOD + 'repository = "a/b"', "sources.apify.repository: not a key of kind 'apify'"),
+        (GOOD + 'workflow = "ci.yml"', "sources.apify.workflow: not a key of kind 'apify'"),
+    ],
+)  # fmt: skip
+def test_github_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as caught:
+        load(tmp_path, text, env={"APIFY_TOKEN": "secret-abc", "GITHUB_TOKEN": "ghp_secret"})
+    assert str(caught.value) == f"{tmp_path / 'runsync.toml'}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "page_size", "lookback"),
+    [
+        (GOOD.replace('every = "5m"\n', ""), "apify", 1000, timedelta(days=7)),
+        (RAKER + 'project = "p"\n', "rakerone", 1000, timedelta(days=7)),
+        # GitHub's pages hold at most 100 runs; a run may be re-run for 30 days.
+        (HUB, "github", 100, timedelta(days=30)),
+    ],
+)
+def test_each_kind_has_its_own_defaults(tmp_path, text, kind, page_size, lookback):
+    env = {"APIFY_TOKEN": "secret-abc", "GITHUB_TOKEN": "ghp_secret"}
+    (source,) = load(tmp_path, text, env=env).sources
+    model = sources.upstream(kind).config
+    assert type(source) is model and source.kind == kind
+    assert source.base_url == sources.upstream(kind).base_url
+    assert (source.page_size, source.reconcile_lookback) == (page_size, lookback)
+    # The keys every kind has, with the same defaults.
+    assert (source.every, source.cron, source.schedule) == (timedelta(minutes=1), None, "every 1m")
+    assert (source.concurrency, source.max_retries, source.max_response_mb) == (8, 6, 8)
+    assert (source.timeout, source.overlap) == (timedelta(seconds=30), timedelta(seconds=5))
+    assert (source.reconcile_every, source.max_requests_per_second) == (timedelta(hours=1), None)
+    # Frozen: settings do not change once read.
+    with pytest.raises(ValueError, match="frozen"):
+        source.page_size = 5
+
+
+def test_the_registration_carries_each_kinds_model():
+    for kind, upstream in sources.UPSTREAMS.items():
+        assert issubclass(upstream.config, config.SourceBase)
+        assert upstream.config.model_fields["kind"].annotation.__args__ == (kind,)
+        assert upstream.config.model_fields["base_url"].default == upstream.base_url
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # An unknown key lists the keys of its source's kind.
+        (GOOD + 'pagesize = 10', "sources.apify.pagesize: unknown key (known keys: actor, base_url, concurrency, cron, every, kind, max_requests_per_second, max_response_mb, max_retries, name, overlap, page_size, reconcile_every, reconcile_lookback, task, timeout, token_env, webhook_secret_env)"),
+        (RAKER + 'project = "p"\npagesize = 10', "sources.raker.pagesize: unknown key (known keys: base_url, concurrency, cron, every, kind, max_requests_per_second, max_response_mb, max_retries, name, overlap, page_size, project, projects, reconcile_every, reconcile_lookback, terminal_statuses, timeout, token_env)"),
+        # A misspelt key is told before the key it leaves missing, or a check of several keys.
+        (RAKER + 'projetcs = ["a"]', "sources.raker.projetcs: unknown key"),
+        (GOOD + 'actor = "a~b"\ntask = "a~c"\ntsak = "a~c"', "sources.apify.tsak: unknown key"),
+        (RAKER + 'project = ""', "sources.raker.project: must name a project"),
+        (RAKER + "project = 5", "sources.raker.project: must be a str, not 5"),
+        # The secrets come from the environment, never from the file.
+        (GOOD + 'token = "apify_api_INFILE"', "sources.apify.token: unknown key (known keys: actor,"),
+        (GOOD + 'webhook_secret = "whsec-INFILE-0123456789"', "sources.apify.webhook_secret: unknown key"),
+        (GOOD.replace('kind = "apify"', 'kind = "zapier"'), "sources.apify.kind: 'zapier' is not a known kind (apify, rakerone, github)"),
+        (GOOD.replace('kind = "apify"\n', ""), "sources.apify.kind: required: one of apify, rakerone, github"),
+        (GOOD.replace('name = "apify"\n', ""), "sources[1].name: required: letters, digits, '.', '_' or '-'"),
+        (GOOD.replace('name = "apify"', "name = 7"), "sources[1].name: must be a str, not 7"),
+        (GOOD.replace('name = "apify"', 'name = "my apify"'), "sources.my apify.name: 'my apify' is not a name"),
+        (GOOD.replace('token_env = "APIFY_TOKEN"\n', ""), "sources.apify.token_env: required: the environment variable holding the token"),
+        (GOOD.replace('"APIFY_TOKEN"', '"apify-api-PASTED"'), "sources.apify.token_env: must name the environment variable holding the token"),
+        (GOOD + "concurrency = true", "sources.apify.concurrency: must be an int, not True"),
+        (GOOD + 'max_retries = "3"', "sources.apify.max_retries: must be an int, not '3'"),
+        (GOOD + "max_requests_per_second = 0", "sources.apify.max_requests_per_second: must be between 0.1 and 1000.0, not 0"),
+        (GOOD + 'reconcile_every = "never"', "sources.apify.reconcile_every: 'never' is not a duration"),
+        ("sources = [5]", "sources[1]: must be a table, not 5"),
+        ("[database]\nmax_connections = 1\n" + GOOD, "database.max_connections: must be between 2 and 1000, not 1"),
+        ('[database]\ntakeover_after = "2h"\n' + GOOD, "database.takeover_after: must be between 1s and 1h"),
+        ("[database]\npool = 3\n" + GOOD, "database.pool: unknown key (known keys: data_dir, max_connections, takeover_after, url)"),
+        ('[http]\nlisten = "9464"\n' + GOOD, "http.listen: '9464' is not host:port"),
+        ("[worker]\nmax_passes = 0\n" + GOOD, "worker.max_passes: must be between 1 and 10000, not 0"),
+        ("database = 5\n" + GOOD, "database: must be a table, not 5"),
+    ],
+)  # fmt: skip
+def test_pydantics_errors_in_runsyncs_words(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as caught:
+        load(tmp_path, text)
+    assert str(caught.value).startswith(f"{tmp_path / 'runsync.toml'}: {message}")
+    assert "INFILE" not in str(caught.value) and "PASTED" not in str(caught.value)
+
+
+def test_a_reconcile_sweep_can_be_switched_off_and_an_overlap_be_none(tmp_path):
+    (source,) = load(tmp_path, GOOD + 'reconcile_every = "off"\noverlap = "0"\n').sources
+    assert source.reconcile_every is None and source.overlap == timedelta(0)
+
+
+def test_load_knows_only_the_kinds_it_is_given(tmp_path):
+    """config.py knows no upstream: its caller says which kinds there are."""
+    from worker.sources.apify import ApifyConfig
+
+    path = tmp_path / "runsync.toml"
+    path.write_text(HUB)
+    with pytest.raises(
+        config.ConfigError, match=r"sources.hub.kind: 'github' is not a known kind \(apify\)"
+    ):
+        config.load(path, kinds={"apify": ApifyConfig}, env={"GITHUB_TOKEN": "t"})
+    path.write_text(GOOD + 'repository = "a/b"\n')
+    # With no other kind that has it, a key of GitHub's is simply unknown.
+    with pytest.raises(config.ConfigError, match=r"sources\.apify\.repository: unknown key"):
+        config.load(path, kinds={"apify": ApifyConfig}, env={"APIFY_TOKEN": "t"})

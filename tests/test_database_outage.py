@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from helpers import ThreeSources, config_toml, eventually, samples, source_toml, spawn, value
 
-from worker import config, scheduler, sources, store
+from worker import scheduler, sources, store
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # platformdirs, when XDG_RUNTIME_DIR is unset
@@ -85,7 +85,9 @@ base_url = "{sim.base_url}"
 every = "250ms"
 """
     )
-    settings = config.load(path, database_url=url, env={"APIFY_TOKEN": "test-token-4f1c9a"})
+    settings = sources.load_settings(
+        path, database_url=url, env={"APIFY_TOKEN": "test-token-4f1c9a"}
+    )
     world.add_runs(20, status="SUCCEEDED", started_at=T0)
     stop = asyncio.Event()
     daemon = asyncio.create_task(scheduler.run_daemon(settings, stop=stop, install_signals=False))

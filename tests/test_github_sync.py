@@ -354,3 +354,30 @@ async def test_a_pass_that_finds_nothing_new_costs_no_budget(hub, hub_sim, db, h
     assert result.outcome == "succeeded" and result.pages > 0
     assert hub.budget.remaining == before  # every answer a 304, which GitHub does not count
     assert len(await stored_runs(db, "hub")) == 32
+
+
+async def test_the_analytics_views_cover_github_runs_by_workflow(hub, hub_sim, db, hub_settings):
+    base = hub.now() - timedelta(days=2)
+    hub.add_runs(REPO, 3, workflow="ci.yml", created_at=base)
+    hub.add_runs(REPO, 2, workflow="ci.yml", conclusion="failure", created_at=base)
+    hub.add_runs(REPO, 1, workflow="nightly.yml", status="queued", created_at=base)
+    assert (await one_pass(hub_settings(), "hub")).outcome == "succeeded"
+
+    async with db.pool.acquire() as conn:
+        rates = await conn.fetch(
+            "SELECT scope, terminal_runs, succeeded_runs, open_runs"
+            " FROM runsync.success_rate_per_day WHERE upstream = 'github' ORDER BY scope"
+        )
+        listed = await conn.fetch(
+            "SELECT run_id, workflow, event, branch, actor, status, conclusion, attempt,"
+            " created_at, started_at FROM runsync.github_workflow_runs WHERE source = 'hub'"
+        )
+    assert [tuple(r) for r in rates] == [("CI", 5, 3, 0), ("Nightly", 0, 0, 1)]
+    truth = {str(r["id"]): r for r in hub.runs(REPO)}
+    assert {r["run_id"] for r in listed} == truth.keys()
+    for row in listed:
+        item = truth[row["run_id"]]
+        assert (row["workflow"], row["status"], row["conclusion"], row["attempt"]) == (
+            item["name"], item["status"], item["conclusion"], item["run_attempt"],
+        )  # fmt: skip
+        assert row["created_at"] == datetime.fromisoformat(item["created_at"])

@@ -82,7 +82,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from worker import config, http, runtime, store, sync, webhooks
+from worker import http, runtime, sources, store, sync, webhooks
 from worker.simulator import (
     OPEN_STATUSES,
     RAKER_OPEN,
@@ -336,7 +336,7 @@ class RunsyncModel(RuleBasedStateMachine):
                 takeover_after=f"{TAKEOVER.total_seconds():g}s",
             )
         )  # fmt: skip
-        self.settings = config.load(
+        self.settings = sources.load_settings(
             path,
             database_url=with_database(self.server_url, self.database),
             env={"APIFY_TOKEN": TOKEN, "RAKER_TOKEN": TOKEN, "HOOK_SECRET": SECRET},

@@ -11,7 +11,7 @@ from worker.jsontext import NonFinite
 from worker.model import Checkpoint, typed
 from worker.sources import apify
 from worker.sources.apify import NewestFirst, OldestFirst, read_item
-from worker.sources.common import ItemError, PageError, isoformat
+from worker.sources.common import PageError, isoformat
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 T = datetime(2026, 4, 1, tzinfo=UTC)
@@ -305,7 +305,7 @@ def test_newest_first_goes_on_past_runs_at_the_floor_itself():
 
 
 def test_a_cursor_top_that_is_not_a_time_names_the_field():
-    with pytest.raises(ItemError, match=r"^top "):
+    with pytest.raises(ValueError, match=r"^top 'soon' is not an ISO 8601 time"):
         NewestFirst("/v2/actor-tasks/t/runs", Checkpoint(None, {"top": "soon"}), page_size=2)
 
 
@@ -368,11 +368,12 @@ def test_an_outcome_is_its_text_wherever_it_goes():
 
 def configured(kind: str):
     """A source of each kind, as its config would give it."""
-    from worker.config import Secret, SourceConfig
+    from worker.config import Secret
+    from worker.sources import upstream
 
-    return SourceConfig(name=kind, kind=kind, token_env="T", token=Secret("t"),
-                        base_url="https://example.com", projects=("p",),
-                        repository="o/r")  # fmt: skip
+    keys = {"rakerone": {"projects": ("p",)}, "github": {"repository": "o/r"}}.get(kind, {})
+    return upstream(kind).config(name=kind, kind=kind, token_env="T", token=Secret("t"),
+                                 base_url="https://example.com", **keys)  # fmt: skip
 
 
 def test_every_source_names_a_refresh_strategy_that_exists():
@@ -412,3 +413,51 @@ def test_a_windowed_source_has_what_a_backfill_in_windows_needs():
     assert [s.upstream for s in windowed] == ["apify"]
     for source in windowed:
         assert not {m for m in members if not hasattr(source, m)}, source
+
+
+def test_a_stream_name_is_made_from_its_parts_and_read_back_whole():
+    from worker.model import Stream
+
+    window = Stream("backfill", "proj_a").window_of(2)
+    assert window == "backfill/proj_a#2" and isinstance(window, str)
+    assert (window.kind, window.partition, window.window) == ("backfill", "proj_a", 2)
+    assert Stream.parse(window) is window and Stream.parse("backfill/proj_a#2") == window
+    assert Stream("incremental") == "incremental" and Stream("incremental", "").partition is None
+    assert Stream("backfill", "p").of_kind("reconcile") == "reconcile/p"
+    assert json.dumps({"stream": window}) == '{"stream": "backfill/proj_a#2"}'
+    with pytest.raises(ValueError, match="not a stream"):
+        Stream("back fill")
+
+
+def test_the_cursor_keys_queries_read_are_fields_of_a_position():
+    """A checkpoint's cursor is a Position as JSON (model.Checkpoint.at and .position are the
+    one place that turns one into the other); the keys sql/queries.sql reads must be fields of
+    one, or a renamed field would silently read as null there."""
+    import dataclasses
+    import re
+
+    from worker import backfill, sqlfiles
+    from worker.model import Position
+
+    def subclasses(kind: type) -> set[type]:
+        return {kind} | {s for sub in kind.__subclasses__() for s in subclasses(sub)}
+
+    assert backfill.Plan in subclasses(Position)  # and every upstream's positions, imported
+    fields = {f.name for kind in subclasses(Position) for f in dataclasses.fields(kind)}
+    text = (sqlfiles.sql_dir() / "queries.sql").read_text()
+    read = set(re.findall(r"cursor\s*(?:->>?|\?)\s*'([a-z_]+)'", text))
+    assert read and read <= fields, read - fields
+    assert {"top", "done", "range", "windows", "total", "pass_id"} <= read
+
+
+def test_a_position_is_its_cursor_and_back():
+    from worker.backfill import Plan
+    from worker.sources.github.source import Ranges
+
+    plan = Plan(range=(None, "2026-01-01T00:00:00.000Z"), windows=(("a", None),), total=3)
+    cursor = Checkpoint.at(None, plan).cursor
+    assert cursor == {"range": [None, "2026-01-01T00:00:00.000Z"], "windows": [["a", None]],
+                      "total": 3}  # fmt: skip
+    assert Checkpoint(None, cursor).position(Plan) == plan
+    in_flight = Checkpoint.at(None, Ranges(ranges=((None, None),))).cursor
+    assert in_flight == {"ranges": [[None, None]], "page": 1, "top": None}  # in flight: kept

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from helpers import interrupted_pass, one_pass, passes
 from rich.console import Console
 
-from worker import console, runtime, store, sync
+from worker import console, runtime, sources, store, sync
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -50,7 +50,8 @@ def two_sources(sim, write_config):
 
 async def status(db, settings) -> list[dict]:
     rows = await db.status(
-        [s.name for s in settings.sources], {s.name: s.projects for s in settings.sources}
+        [s.name for s in settings.sources],
+        {s.name: sources.partitions(s) for s in settings.sources},
     )
     return console.status_records(rows, datetime.now(UTC))
 

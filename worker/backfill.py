@@ -13,13 +13,14 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import structlog
 
 from worker import store
-from worker.model import Checkpoint, Page
+from worker.model import Checkpoint, Page, Position
 from worker.sources.common import isoformat, parse_time
 from worker.sources.contract import Windowed
 from worker.walk import Pass, SourceRuntime, stopping, walk_pages
@@ -30,12 +31,13 @@ PROGRESS_EVERY = 10.0  # seconds between the log lines that say how far a backfi
 MIN_WINDOW_PAGES = 4  # a window shorter than this is not worth its probe
 RESOLUTION = timedelta(milliseconds=1)  # the upstream's start times have whole milliseconds
 
+Window = tuple[str | None, str | None]  # [start, end] as ISO text, inclusive; None: unbounded
+
 
 async def plan(
     runtime: SourceRuntime, since: datetime | None, until: datetime | None
-) -> tuple[list[list[str | None]], int]:
-    """[[start, end], ...] windows of [since, until] (ISO, inclusive; None: unbounded), and the
-    runs in it."""
+) -> tuple[tuple[Window, ...], int]:
+    """The windows of [since, until], and the runs in it."""
     source = cast(Windowed, runtime.source)  # sync runs a backfill in windows only when windowed
     client = runtime.client
 
@@ -48,8 +50,8 @@ async def plan(
     if first is None:
         # No run, or the oldest has no start to plan by: one window over the whole range, whose
         # walk reads the rest and quarantines what cannot be read.
-        whole = [isoformat(since) if since else None, isoformat(until) if until else None]
-        windows = [whole] if total else []
+        whole = (isoformat(since) if since else None, isoformat(until) if until else None)
+        windows: tuple[Window, ...] = (whole,) if total else ()
         log.info("backfill planned", runs=total, windows=len(windows))
         return windows, total
     count = min(runtime.config.concurrency, total // (source.page_size * MIN_WINDOW_PAGES))
@@ -59,17 +61,26 @@ async def plan(
         starts += sorted({cut for _, cut in cuts if cut is not None and cut > first})
     # Window i holds [start i, start i+1 - 1 ms]: every millisecond in exactly one window.
     ends = [later - RESOLUTION for later in starts[1:]] + [until]
-    windows = [
-        [isoformat(start), isoformat(end) if end else None]
+    windows = tuple(
+        (isoformat(start), isoformat(end) if end else None)
         for start, end in zip(starts, ends, strict=True)
-    ]
+    )
     log.info("backfill planned", runs=total, windows=len(windows))
     return windows, total
 
 
+@dataclass(frozen=True, kw_only=True)
+class Plan(Position):
+    """A backfill's position: its windows ([start, end] as ISO text, inclusive; None: unbounded)
+    and the runs its range held when they were planned; each window has its own checkpoint."""
+
+    windows: tuple[Window, ...] | None = None
+    total: int | None = None
+
+
 async def run(
     state: Pass,
-    walk: dict[str, Any],
+    walk: Position,
     saved: Checkpoint | None,
     since: datetime | None,
     until: datetime | None,
@@ -78,14 +89,13 @@ async def run(
     walked side by side, and marked done in the backfill's checkpoint (`walk`: its range)."""
     runtime, lease, result = state.runtime, state.lease, state.result
     progress, stop = state.progress, state.stop
-    cursor = (saved.cursor or {}) if saved else {}
-    windows = cursor.get("windows")
-    planned = cursor.get("total") if windows is not None else None
+    resumed = saved.position(Plan) if saved is not None else Plan()
+    windows, planned = resumed.windows, resumed.total if resumed.windows is not None else None
     if windows is None:
         await lease.forget_windows()  # an earlier plan's windows must not count for this one
         windows, planned = await plan(runtime, since, until)
         await lease.save_checkpoint(
-            Checkpoint(None, {**walk, "windows": windows, "total": planned})
+            Checkpoint.at(None, Plan(**walk.scope(), windows=windows, total=planned))
         )
         if progress is not None:
             progress(Page([], [], Checkpoint(), 0, planned), store.Written())
@@ -104,12 +114,12 @@ async def run(
                      windows_done=len(reached), windows=len(windows))  # fmt: skip
 
     async def walk_window(index: int, start: str | None, end: str | None) -> None:
-        async with lease.writer(f"{lease.stream}#{index}", state.pass_id) as writer:
+        async with lease.writer(lease.stream.window_of(index), state.pass_id) as writer:
             resume = await writer.checkpoint()
-            if resume is not None and (resume.cursor or {}).get("done"):
+            if resume is not None and resume.position(Position).done:
                 reached[index] = resume.watermark
                 return
-            place = {**walk, "window": index}
+            place = Position(range=walk.range, window=index)
             paginator = cast(Windowed, runtime.source).window(
                 resume,
                 parse_time(start, "start") if start else None,
@@ -118,7 +128,7 @@ async def run(
             )
             if await walk_pages(
                 state.through(writer, window_progress), paginator, checkpointed=True,
-                done_checkpoint=Checkpoint(None, {**place, "done": True}),
+                done_checkpoint=Checkpoint.at(None, dataclasses.replace(place, done=True)),
             ):  # fmt: skip
                 reached[index] = paginator.checkpoint.watermark
 
@@ -139,9 +149,7 @@ async def run(
         extras -= 1
         runtime.passes.give_back_extra(runtime.client.limits)
 
-    async def walker(
-        window: tuple[int, list[str | None]], extra: bool, group: asyncio.TaskGroup
-    ) -> None:
+    async def walker(window: tuple[int, Window], extra: bool, group: asyncio.TaskGroup) -> None:
         while True:
             index, (start, end) = window
             try:
@@ -174,7 +182,6 @@ async def run(
         # The last window is open-ended when the range is: how far it read is how far the whole
         # backfill did, runs that started while it ran included.
         end = reached.get(len(windows) - 1) if windows else None
-        await lease.save_checkpoint(
-            Checkpoint(end, {**walk, "windows": windows, "done": True, "pass_id": result.pass_id})
-        )
+        finished = Plan(**walk.scope(), windows=windows, done=True, pass_id=result.pass_id)
+        await lease.save_checkpoint(Checkpoint.at(end, finished))
         await lease.forget_windows()

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
-        settings = config.load(
+        settings = sources.load_settings(
             getattr(args, "config", None), database_url=getattr(args, "database_url", None)
         )
         observability.redact(settings.secrets())

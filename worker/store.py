@@ -31,7 +31,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from worker import sqlfiles
-from worker.model import Checkpoint, Column, Outcome, Rejected, Run
+from worker.model import Checkpoint, Column, Outcome, Rejected, Run, Stream
 
 log = structlog.get_logger("runsync.store")
 
@@ -405,11 +405,20 @@ class Store:
         async with self.connection() as conn:
             known = {row["source"] for row in await conn.fetch(self.q["known_sources"])}
             names = list(dict.fromkeys([*sources, *sorted(known)]))
+            found = [
+                (r["source"], r["part"]) for r in await conn.fetch(self.q["stream_parts"], names)
+            ]
+            parts = sorted(set(configured) | set(found))
+            stream_names = [
+                [Stream(kind, part or None) for _, part in parts]
+                for kind in ("incremental", "backfill", "reconcile")
+            ]
             rows = await conn.fetch(
                 self.q["stream_status"],
                 names,
-                [s for s, _ in configured],
-                [p for _, p in configured],
+                [s for s, _ in parts],
+                [p for _, p in parts],
+                *stream_names,
             )
         records = []
         for name in names:
@@ -484,7 +493,7 @@ class Lease:
         self.store = store
         self.q = store.q
         self.source = source
-        self.stream = stream
+        self.stream = Stream.parse(stream)
         self.token = token
         self.lost = False  # found taken over by a renewal: the next write fails without asking
         # pages, items, written, quarantined, refreshed: kept here until add_deferred_counts
@@ -529,14 +538,20 @@ class Lease:
             await self._save_checkpoint(conn, checkpoint)
 
     async def _save_checkpoint(self, conn: PoolConnectionProxy, checkpoint: Checkpoint) -> None:
+        stream = self.stream
         await conn.execute(
-            self.q["save_checkpoint"], self.source, self.stream, checkpoint.watermark,
-            checkpoint.cursor,
+            self.q["save_checkpoint"], self.source, stream, checkpoint.watermark,
+            checkpoint.cursor, stream.kind, stream.partition or "", stream.window,
         )  # fmt: skip
 
     async def forget_windows(self) -> None:
+        """Forgets the checkpoints of this backfill's windows."""
+        stream = self.stream
         async with self._transaction() as conn:
-            await conn.execute(self.q["delete_window_checkpoints"], self.source, self.stream)
+            await conn.execute(
+                self.q["delete_window_checkpoints"], self.source, stream.kind,
+                stream.partition or "",
+            )  # fmt: skip
 
     async def due(self, every: timedelta, first_of: str) -> bool:
         """Whether the stream's last success (or, before any, the first pass of stream

@@ -9,6 +9,7 @@ in flight.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, TypeGuard, cast
 import structlog
 
 from worker import backfill, http, refresh, store
-from worker.model import Checkpoint, Outcome
+from worker.model import Checkpoint, Outcome, Position
 from worker.sources import PageError, Source
 from worker.sources.common import isoformat, parse_time
 from worker.walk import Pass, PassResult, ProgressCallback, SourceRuntime, stopping, walk_pages
@@ -296,11 +297,12 @@ def covers(copied: Checkpoint | None, checkpoint: Checkpoint) -> TypeGuard[Check
     `checkpoint` has yet to: it finished, its range reaches the present, it began at or before
     the stream's watermark (the beginning of history, for a stream that never ran), and it
     ended past that watermark."""
-    if copied is None or copied.watermark is None or not copied.cursor:
+    if copied is None or copied.watermark is None:
         return False
-    if not copied.cursor.get("done"):
+    mark = copied.position(Position)
+    if not mark.done:
         return False
-    since, until = copied.cursor.get("range") or [None, None]
+    since, until = mark.range or (None, None)
     if until is not None:
         return False
     if checkpoint.watermark is None:
@@ -326,20 +328,22 @@ async def _backfill(state: Pass, asked: Asked) -> None:
     A finished one leaves a mark, so running it again (a restarted job) does nothing unless asked.
     """
     since, until = asked.since, asked.until
-    walk = {"range": [since and isoformat(since), until and isoformat(until)]}
+    walk = Position(
+        range=(isoformat(since) if since else None, isoformat(until) if until else None)
+    )
     saved = await state.lease.checkpoint()
-    cursor = (saved.cursor or {}) if saved is not None else {}
-    same_range = cursor.get("range") == walk["range"]
-    if same_range and cursor.get("done") and not asked.restart:
-        state.result.note = (
-            f"already complete (pass {cursor.get('pass_id')}); --restart walks it again"
-        )
-        log.info("backfill already complete", completed_by_pass=cursor.get("pass_id"))
+    mark = saved.position(Position) if saved is not None else None
+    same_range = mark is not None and mark.range == walk.range
+    if mark is not None and same_range and mark.done and not asked.restart:
+        state.result.note = f"already complete (pass {mark.pass_id}); --restart walks it again"
+        log.info("backfill already complete", completed_by_pass=mark.pass_id)
         return
-    resume = saved if same_range and not cursor.get("done") and not asked.restart else None
+    resume = (
+        saved if mark is not None and same_range and not mark.done and not asked.restart else None
+    )
     if state.runtime.source.windowed:
         await backfill.run(state, walk, resume, since, until)
         return
     paginator = state.runtime.source.backfill(resume, since, until, walk)
-    done = Checkpoint(None, {**walk, "done": True, "pass_id": state.result.pass_id})
+    done = Checkpoint.at(None, dataclasses.replace(walk, done=True, pass_id=state.result.pass_id))
     await walk_pages(state, paginator, checkpointed=True, done_checkpoint=done)

@@ -19,7 +19,7 @@ import structlog
 
 from worker import budget, http, store
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Outcome, Page, Rejected, Request, Run
+from worker.model import Checkpoint, Outcome, Page, Rejected, Request, Run, Stream
 from worker.sources import PageError, Paginator, Source
 
 log = structlog.get_logger("runsync.walk")
@@ -45,10 +45,10 @@ class SourceRuntime:
     def name(self) -> str:
         return self.config.name
 
-    def stream(self, kind: str) -> str:
-        """The key of this stream's checkpoint, lease and passes: per project where there are some."""
-        partition = self.source.partition
-        return f"{kind}/{partition}" if partition else kind
+    def stream(self, kind: str) -> Stream:
+        """The key of this stream's checkpoint, lease and passes: per partition where there are
+        some."""
+        return Stream(kind, self.source.partition)
 
 
 @dataclass
@@ -71,9 +71,9 @@ class PassResult:
 
     @property
     def label(self) -> str:
-        """The source, and its project where it has several streams."""
-        _, _, project = self.stream.partition("/")
-        return f"{self.source} project {project}" if project else self.source
+        """The source, and its partition (a project) where it has several streams."""
+        partition = Stream.parse(self.stream).partition
+        return f"{self.source} project {partition}" if partition else self.source
 
     @property
     def ok(self) -> bool:

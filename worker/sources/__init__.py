@@ -5,9 +5,11 @@ contract (worker/sources/contract.py). Adding one: docs/adding-an-upstream.md.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
-from worker.config import SourceConfig
+from worker import config
+from worker.config import SourceBase
 from worker.model import Column
 from worker.ratelimit import Published
 from worker.sources import apify, github, rakerone
@@ -21,6 +23,7 @@ __all__ = [
     "build",
     "columns",
     "limits",
+    "load_settings",
     "partitions",
     "upstream",
 ]
@@ -36,6 +39,13 @@ UPSTREAMS: dict[str, Upstream] = {
 }
 
 
+def load_settings(path: Path | str | None = None, **options: Any) -> config.Settings:
+    """The settings in the config file, its sources read by the registered upstreams' models
+    (config.load's options: database_url, env)."""
+    kinds = {kind: u.config for kind, u in UPSTREAMS.items()}
+    return config.load(path, kinds=kinds, **options)
+
+
 def upstream(kind: str) -> Upstream:
     try:
         return UPSTREAMS[kind]
@@ -43,18 +53,18 @@ def upstream(kind: str) -> Upstream:
         raise ValueError(f"no upstream of kind {kind!r} ({', '.join(UPSTREAMS)})") from None
 
 
-def build(config: SourceConfig) -> list[Source]:
+def build(config: SourceBase) -> list[Source]:
     """The streams of runs a configured source reads (one, or one per partition)."""
     return upstream(config.kind).streams(config)
 
 
-def partitions(config: SourceConfig) -> list[str]:
+def partitions(config: SourceBase) -> list[str]:
     """The partitions of a configured source's streams (a RakerOne source's projects); none for
     an upstream that has one stream per source."""
     return [s.partition for s in build(config) if s.partition is not None]
 
 
-def limits(config: SourceConfig) -> Published:
+def limits(config: SourceBase) -> Published:
     """The upstream's published request limits; for one that publishes none, the source's own
     max_requests_per_second in place of runsync's guess."""
     published = upstream(config.kind).limits
@@ -63,7 +73,7 @@ def limits(config: SourceConfig) -> Published:
     return published
 
 
-def webhooks(config: SourceConfig, client: Any = None) -> Hooks | None:
+def webhooks(config: SourceBase, client: Any = None) -> Hooks | None:
     """The source's webhook deliveries, when its upstream takes them and it has a secret."""
     make = upstream(config.kind).webhooks
     return make(config, client) if make is not None and config.webhook_secret else None

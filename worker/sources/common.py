@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, overload
 
 from worker import jsontext
-from worker.model import Checkpoint, Run
+from worker.model import KEPT, Checkpoint, Position, Run
 
 # A start time this far ahead of our clock is an upstream error; taken as is, it would move the
 # watermark past runs that have not happened yet.
@@ -101,20 +103,27 @@ def check_not_future(started_at: datetime | None, observed_at: datetime) -> None
         raise ItemError(f"startedAt {started_at.isoformat()} is in the future")
 
 
+@dataclass(frozen=True, kw_only=True)
+class InFlight(Position):
+    """A newest-first walk's position: `top`, the newest run it has seen, kept in the cursor while
+    the walk is in flight (null until it has seen one), becomes the watermark once it is done."""
+
+    top: datetime | None = field(default=None, metadata=KEPT)
+
+
 def walk_top(checkpoint: Checkpoint) -> datetime | None:
     """The newest run a newest-first walk in flight had seen when it began; None if none is."""
-    top = (checkpoint.cursor or {}).get("top")
-    return parse_time(top, "top") if top else None
+    return checkpoint.position(InFlight).top
 
 
 def newest_first_checkpoint(
-    watermark: datetime | None, top: datetime | None, done: bool, position: dict[str, Any]
+    watermark: datetime | None, top: datetime | None, done: bool, position: InFlight
 ) -> Checkpoint:
     """Where a newest-first walk stands. The watermark moves to the newest run the walk saw only
     once the walk is done; until then the walk's position (and that newest run) is the cursor."""
     if done:
         return Checkpoint(max(filter(None, (watermark, top)), default=None), None)
-    return Checkpoint(watermark, {**position, "top": isoformat(top) if top else None})
+    return Checkpoint.at(watermark, dataclasses.replace(position, top=top))
 
 
 def dump(item: Any) -> str:

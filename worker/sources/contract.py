@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.config import SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.config import SourceBase, SourceConfig
+from worker.model import Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
 
@@ -92,10 +92,11 @@ class Source(Protocol):
         checkpoint: Checkpoint | None,
         since: datetime | None,
         until: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> Paginator:
         """A walk of [since, until]: resumed from `checkpoint`, or from the start when None.
-        `walk` goes into every checkpoint of it, so a resume can tell the range it was for."""
+        `walk` (its range) goes into every checkpoint of it, so a resume can tell the range it
+        was for."""
         ...
 
 
@@ -118,7 +119,7 @@ class Windowed(Source, Protocol):
         checkpoint: Checkpoint | None,
         start: datetime | None,
         end: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> Paginator:
         """A walk of one window, from `start` up to and including `end`; resumed from
         `checkpoint` when there is one."""
@@ -195,6 +196,7 @@ class Upstream:
 
     kind: str  # what `kind` says in the config, and runs.upstream
     base_url: str  # the default of the sources' base_url
+    config: type[SourceBase]  # its sources' keys (its package's config.py): what load reads
     streams: Callable[[SourceConfig], list[Source]]  # a configured source's streams of runs
     limits: Published  # its published request limits
     columns: tuple[Column, ...] = ()  # its typed columns of runsync.runs (its migration's)

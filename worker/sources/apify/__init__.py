@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.config import SourceConfig
+from worker.sources.apify.config import BASE_URL, ApifyConfig
 from worker.sources.apify.source import (
     COLUMNS,
     LIMITS,
@@ -20,19 +20,20 @@ from worker.sources.apify.webhooks import ApifyHooks
 from worker.sources.contract import Source, Upstream
 
 __all__ = [
-    "COLUMNS", "LIMITS", "OPEN_STATUSES", "SETTLE", "TERMINAL_STATUSES", "UPSTREAM", "ApifyHooks",
-    "ApifySource",
+    "COLUMNS", "LIMITS", "OPEN_STATUSES", "SETTLE", "TERMINAL_STATUSES", "UPSTREAM", "ApifyConfig",
+    "ApifyHooks", "ApifySource",
     "NewestFirst", "OldestFirst", "read_item", "read_list", "scope_request",
 ]  # fmt: skip
 
 
-def _streams(config: SourceConfig) -> list[Source]:
+def _streams(config: ApifyConfig) -> list[Source]:
     return [ApifySource(config)]  # one stream: the user's, the actor's or the task's runs
 
 
 UPSTREAM = Upstream(
     kind="apify",
-    base_url="https://api.apify.com",
+    base_url=BASE_URL,
+    config=ApifyConfig,
     streams=_streams,
     limits=LIMITS,
     columns=COLUMNS,

@@ -8,15 +8,17 @@ nor skip. The task list has no time filter: it is walked newest first (`desc=1`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
+    InFlight,
     ItemError,
     PageError,
     Rewindable,
@@ -351,6 +353,20 @@ def read_list(body: Any) -> tuple[list[Any], int | None, int | None]:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Offset(Position):
+    """An oldest-first walk's position beside its watermark: the runs read at that instant."""
+
+    offset: int = field(default=0, metadata=KEPT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewestOffset(InFlight):
+    """A newest-first walk's position: the runs read from the top so far."""
+
+    offset: int = field(default=0, metadata=KEPT)
+
+
 class _Walk(Rewindable):
     """What both directions share: reading a page, noticing a page served twice."""
 
@@ -362,14 +378,14 @@ class _Walk(Rewindable):
         *,
         page_size: int,
         until: datetime | None = None,
-        walk: dict[str, Any] | None = None,
+        walk: Position | None = None,
         status: str | None = None,
     ) -> None:
         self.path = path
         self.page_size = page_size
         self.status = status  # only runs in these statuses (a comma list)
         self.until = until  # a backfill's upper bound
-        self.walk = walk or {}  # kept in the cursor: a backfill resumes only the same range
+        self.walk = walk or Position()  # kept in the cursor: a backfill resumes only its range
         self.done = False
         self._last_page: tuple[Any, ...] | None = None
 
@@ -402,7 +418,7 @@ class OldestFirst(_Walk):
     def __init__(self, path: str, checkpoint: Checkpoint, **options: Any) -> None:
         super().__init__(path, **options)
         self.watermark = checkpoint.watermark
-        self.offset = int((checkpoint.cursor or {}).get("offset", 0))
+        self.offset = checkpoint.position(Offset).offset
 
     def __str__(self) -> str:
         at = isoformat(self.watermark) if self.watermark else "the beginning"
@@ -410,7 +426,7 @@ class OldestFirst(_Walk):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.watermark, {**self.walk, "offset": self.offset})
+        return Checkpoint.at(self.watermark, Offset(**self.walk.scope(), offset=self.offset))
 
     def next_request(self) -> Request | None:
         if self.done:
@@ -457,9 +473,8 @@ class NewestFirst(_Walk):
         # Where the walk may stop: the watermark, or a little below it (an incremental pass's
         # overlap, for runs listed late); the watermark itself moves only once the walk is done.
         self.floor = floor if floor is not None else checkpoint.watermark
-        cursor = checkpoint.cursor or {}
-        self.offset = int(cursor.get("offset", 0))
-        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
+        position = checkpoint.position(NewestOffset)
+        self.offset, self.top = position.offset, position.top
 
     def __str__(self) -> str:
         floor = isoformat(self.floor) if self.floor else "the beginning"
@@ -467,7 +482,7 @@ class NewestFirst(_Walk):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        position = {**self.walk, "offset": self.offset}
+        position = NewestOffset(**self.walk.scope(), offset=self.offset)
         return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.config import SourceConfig
 from worker.sources.contract import Source, Upstream
+from worker.sources.github.config import BASE_URL, GitHubConfig
 from worker.sources.github.source import (
     COLUMNS,
     LIMITS,
@@ -15,18 +15,19 @@ from worker.sources.github.source import (
 from worker.sources.github.webhooks import GitHubHooks, signature
 
 __all__ = [
-    "COLUMNS", "LIMITS", "OPEN_STATUSES", "UPSTREAM", "CreatedWalk", "GitHubHooks",
+    "COLUMNS", "LIMITS", "OPEN_STATUSES", "UPSTREAM", "CreatedWalk", "GitHubConfig", "GitHubHooks",
     "GitHubSource", "read_item", "signature",
 ]  # fmt: skip
 
 
-def _streams(config: SourceConfig) -> list[Source]:
+def _streams(config: GitHubConfig) -> list[Source]:
     return [GitHubSource(config)]
 
 
 UPSTREAM = Upstream(
     kind="github",
-    base_url="https://api.github.com",
+    base_url=BASE_URL,
+    config=GitHubConfig,
     streams=_streams,
     limits=LIMITS,
     columns=COLUMNS,

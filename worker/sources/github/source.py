@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 from urllib.parse import quote
 
 from worker.config import SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Budget, Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
+    InFlight,
     ItemError,
     PageError,
     Rewindable,
@@ -242,6 +244,15 @@ def _created(run: Run) -> datetime | None:
 Range = tuple[datetime | None, datetime | None]  # (lowest, highest) creation, inclusive; None: open
 
 
+@dataclass(frozen=True, kw_only=True)
+class Ranges(InFlight):
+    """A created-range walk's position: the ranges still to read (the newest last, as ISO text
+    to the second; None: open) and the page of the newest one."""
+
+    ranges: tuple[tuple[str | None, str | None], ...] = field(default=(), metadata=KEPT)
+    page: int = field(default=1, metadata=KEPT)
+
+
 class CreatedWalk(Rewindable):
     """Newest first through `created` ranges, down to `floor` (or the oldest run), optionally up to
     `until` and filtered by one status. No I/O.
@@ -261,21 +272,20 @@ class CreatedWalk(Rewindable):
         floor: datetime | None = None,
         until: datetime | None = None,
         status: str | None = None,
-        walk: dict[str, Any] | None = None,
+        walk: Position | None = None,
     ) -> None:
         self.path = path
         self.page_size = page_size
         self.status = status
-        self.walk = walk or {}
+        self.walk = walk or Position()
         self.watermark = checkpoint.watermark
-        cursor = checkpoint.cursor or {}
-        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
-        saved = cursor.get("ranges")
-        if isinstance(saved, list) and saved:
+        position = checkpoint.position(Ranges)
+        self.top = position.top
+        if position.ranges:
             self.ranges: tuple[Range, ...] = tuple(
-                (_time(low, "range"), _time(high, "range")) for low, high in saved
+                (_time(low, "range"), _time(high, "range")) for low, high in position.ranges
             )
-            self.page = int(cursor.get("page") or 1)
+            self.page = position.page
         else:
             self.ranges = ((_whole(floor), _whole(until, up=True)),)
             self.page = 1
@@ -289,11 +299,8 @@ class CreatedWalk(Rewindable):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        position = {
-            **self.walk,
-            "ranges": [[_iso(low), _iso(high)] for low, high in self.ranges],
-            "page": self.page,
-        }
+        ranges = tuple((_iso(low), _iso(high)) for low, high in self.ranges)
+        position = Ranges(**self.walk.scope(), ranges=ranges, page=self.page)
         return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:

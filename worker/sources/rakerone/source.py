@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from worker import jsontext
-from worker.config import SourceConfig
-from worker.model import Checkpoint, Column, Page, Rejected, Request, Run
+from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
+    InFlight,
     ItemError,
     PageError,
     Rewindable,
@@ -33,6 +34,7 @@ from worker.sources.common import (
     text,
     walk_top,
 )
+from worker.sources.rakerone.config import RakerOneConfig
 
 # RakerOne's typed columns of runsync.runs (sql/migrations/0002_rakerone.sql), in the order a
 # Run's `columns` holds them; its project is the runs' partition (runs.project).
@@ -51,7 +53,7 @@ class RakerOneSource:
     refresh = "walks"
     windowed = False  # no time filter: a backfill is one keyset walk
 
-    def __init__(self, config: SourceConfig, project: str) -> None:
+    def __init__(self, config: RakerOneConfig, project: str) -> None:
         self.partition = project
         self.page_size = config.page_size
         self.overlap = config.overlap
@@ -79,7 +81,7 @@ class RakerOneSource:
         checkpoint: Checkpoint | None,
         since: datetime | None,
         until: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> KeysetWalk:
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
@@ -137,6 +139,13 @@ def read_item(
         return Rejected(str(error), dump(item), run_id, project)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Keyset(InFlight):
+    """A keyset walk's position: the upstream's cursor for the next page (None: the top)."""
+
+    cursor: str | None = field(default=None, metadata=KEPT)
+
+
 class KeysetWalk(Rewindable):
     """Newest first by cursor, down to `floor` (or the end), optionally filtered by status.
 
@@ -156,17 +165,17 @@ class KeysetWalk(Rewindable):
         floor: datetime | None = None,
         until: datetime | None = None,
         status: str | None = None,
-        walk: dict[str, Any] | None = None,
+        walk: Position | None = None,
     ) -> None:
         self.path = path
         self.read = reader
         self.page_size = page_size
         self.floor, self.until, self.status = floor, until, status
-        self.walk = walk or {}
+        self.walk = walk or Position()
         self.watermark = checkpoint.watermark
-        cursor = checkpoint.cursor or {}
-        self.cursor: str | None = cursor.get("cursor")
-        self.top = parse_time(cursor["top"], "top") if cursor.get("top") else None
+        position = checkpoint.position(Keyset)
+        self.cursor: str | None = position.cursor
+        self.top = position.top
         self.done = False
         self.restarts = 0
         self._seen_cursors: deque[str] = deque(maxlen=REMEMBERED_CURSORS)
@@ -186,7 +195,7 @@ class KeysetWalk(Rewindable):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        position = {**self.walk, "cursor": self.cursor}
+        position = Keyset(**self.walk.scope(), cursor=self.cursor)
         return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
