@@ -368,7 +368,7 @@ class Settings:
 
 
 def load(
-    path: Path | None = None,
+    path: Path | str | None = None,
     *,
     kinds: Mapping[str, type[SourceBase]],
     database_url: str | None = None,

@@ -28,8 +28,9 @@ __all__ = [
     "upstream",
 ]
 
-# The registration: one line per upstream.
-UPSTREAMS: dict[str, Upstream] = {
+# The registration: one line per upstream. Each has its own model of its sources' keys (Any
+# here): load reads a source with its kind's model, and build hands it back to that kind.
+UPSTREAMS: dict[str, Upstream[Any]] = {
     u.kind: u
     for u in (
         apify.UPSTREAM,
@@ -46,7 +47,7 @@ def load_settings(path: Path | str | None = None, **options: Any) -> config.Sett
     return config.load(path, kinds=kinds, **options)
 
 
-def upstream(kind: str) -> Upstream:
+def upstream(kind: str) -> Upstream[Any]:
     try:
         return UPSTREAMS[kind]
     except KeyError:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from worker.config import SourceBase, SourceConfig
+from worker.config import SourceBase
 from worker.model import Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import PageError
@@ -190,18 +190,21 @@ class Hooks(Protocol):
         ...
 
 
+ConfigT = TypeVar("ConfigT", bound=SourceBase)  # an upstream's model of its sources' keys
+
+
 @dataclass(frozen=True)
-class Upstream:
+class Upstream(Generic[ConfigT]):
     """One upstream, as the shared layers know it: everything else stays inside its package."""
 
     kind: str  # what `kind` says in the config, and runs.upstream
     base_url: str  # the default of the sources' base_url
-    config: type[SourceBase]  # its sources' keys (its package's config.py): what load reads
-    streams: Callable[[SourceConfig], list[Source]]  # a configured source's streams of runs
+    config: type[ConfigT]  # its sources' keys (its package's config.py): what load reads
+    streams: Callable[[ConfigT], list[Source]]  # a configured source's streams of runs
     limits: Published  # its published request limits
     columns: tuple[Column, ...] = ()  # its typed columns of runsync.runs (its migration's)
     # A configured source's webhook deliveries (given the source's HTTP client); None: it takes
     # none. Only sources with a webhook secret take them.
-    webhooks: Callable[[SourceConfig, Client | None], Hooks] | None = None
+    webhooks: Callable[[ConfigT, Client | None], Hooks] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request
     conditional: bool = False  # it answers If-None-Match with a 304 (which costs no budget)

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from worker.config import SourceConfig
 from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
+from worker.sources.apify.config import ApifyConfig
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
     InFlight,
@@ -74,7 +74,7 @@ class ApifySource:
     partition = None
     refresh = "open_list"
 
-    def __init__(self, config: SourceConfig) -> None:
+    def __init__(self, config: ApifyConfig) -> None:
         self.page_size = config.page_size
         self.overlap = config.overlap
         if config.task:
@@ -115,7 +115,7 @@ class ApifySource:
         checkpoint: Checkpoint | None,
         since: datetime | None,
         until: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> OldestFirst | NewestFirst:
         checkpoint = checkpoint or Checkpoint(watermark=since)
         if self.newest_first:
@@ -158,7 +158,7 @@ class ApifySource:
         checkpoint: Checkpoint | None,
         start: datetime | None,
         end: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> OldestFirst:
         """A walk of one window of a backfill: from `start`, up to and including `end`."""
         checkpoint = checkpoint or Checkpoint(watermark=start)
@@ -185,7 +185,7 @@ class ApifySource:
         return read_item(body["data"], observed_at)
 
 
-def scope_request(config: SourceConfig) -> Request:
+def scope_request(config: ApifyConfig) -> Request:
     """The object of a source's actor or task (given by id or `username~name`): its `data.id` is
     the id that the source's runs carry in actId or actorTaskId."""
     if config.task:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import http, jsontext
-from worker.config import SourceConfig
+from worker.sources.apify.config import ApifyConfig
 from worker.sources.apify.source import read_item, scope_request
 from worker.sources.common import MAX_CLOCK_SKEW, ItemError, parse_time
 from worker.sources.contract import Delivery, Refused, ignored
@@ -27,7 +27,7 @@ RUN_EVENTS = "ACTOR.RUN."
 class ApifyHooks:
     upstream = "apify"
 
-    def __init__(self, config: SourceConfig, client: http.Client | None) -> None:
+    def __init__(self, config: ApifyConfig, client: http.Client | None) -> None:
         self.config = config
         self._client = client  # to learn the id of an actor or task given by name
         self._scope_id: str | None = None

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 from urllib.parse import quote
 
-from worker.config import SourceConfig
 from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Budget, Published
 from worker.sources.common import (
@@ -42,6 +41,7 @@ from worker.sources.common import (
     walk_top,
 )
 from worker.sources.contract import Paginator
+from worker.sources.github.config import GitHubConfig
 
 MAX_PAGE = 100  # per_page's documented maximum
 RESULT_CAP = 1000  # documented: a filtered listing returns at most this many results per search
@@ -83,7 +83,7 @@ class GitHubSource:
     refresh = "open_list"
     windowed = False  # GitHub asks for one request at a time: a backfill is one walk
 
-    def __init__(self, config: SourceConfig) -> None:
+    def __init__(self, config: GitHubConfig) -> None:
         self.page_size = min(config.page_size, MAX_PAGE)
         self.overlap = config.overlap
         repository = quote(config.repository or "", safe="/")
@@ -116,7 +116,7 @@ class GitHubSource:
         checkpoint: Checkpoint | None,
         since: datetime | None,
         until: datetime | None,
-        walk: dict[str, Any],
+        walk: Position,
     ) -> CreatedWalk:
         return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 

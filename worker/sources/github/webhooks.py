@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import jsontext
-from worker.config import SourceConfig
 from worker.sources.common import MAX_CLOCK_SKEW, ItemError, parse_time
 from worker.sources.contract import Delivery, Refused, ignored
+from worker.sources.github.config import GitHubConfig
 from worker.sources.github.source import read_item
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -34,7 +34,7 @@ def signature(secret: str, body: bytes) -> str:
 class GitHubHooks:
     upstream = "github"
 
-    def __init__(self, config: SourceConfig, _client: object = None) -> None:
+    def __init__(self, config: GitHubConfig, _client: object = None) -> None:
         self.config = config
 
     def authenticate(self, headers: Mapping[str, str], body: bytes | None) -> None:
