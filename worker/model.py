@@ -86,7 +86,8 @@ class Stream(str):
     """
 
     kind: str
-    partition: str | None
+    # Hides str.partition, which nothing calls on a Stream (parse takes its text apart first).
+    partition: str | None  # type: ignore[assignment]
     window: int | None
 
     def __new__(cls, kind: str, partition: str | None = None, window: int | None = None) -> Stream:
@@ -214,7 +215,7 @@ def _hints(kind: type[Position]) -> dict[str, Any]:
 
 
 def _position(kind: type[P], cursor: Mapping[str, Any]) -> P:
-    hints = _hints(kind)
+    hints = _hints(kind)  # type: ignore[arg-type]  # a class is hashable: mypy issue 11470
     given: dict[str, Any] = {}
     for spec in dataclasses.fields(kind):
         if spec.name in cursor:
