@@ -242,7 +242,10 @@ async def test_429s_without_a_stated_limit_slow_the_pace_and_the_stream_complete
     settings = apify_settings(page_size=10)
     (result,) = await scheduler.run_once(settings, [])
     assert result.outcome == "succeeded"
-    assert 0 < limiter.refused_total < 40
+    # Fewer refused than answered: the pace came down to the limit instead of hammering it (how
+    # many are refused before it does depends on how the 8 windows' requests bunch up).
+    answered = sim.requests["apify.list_user_runs"] - limiter.refused_total
+    assert 0 < limiter.refused_total < answered
     assert_matches_upstream(await stored_runs(db), world.list_items())
 
 
