@@ -420,9 +420,9 @@ def test_a_stream_name_is_made_from_its_parts_and_read_back_whole():
 
     window = Stream("backfill", "proj_a").window_of(2)
     assert window == "backfill/proj_a#2" and isinstance(window, str)
-    assert (window.kind, window.partition, window.window) == ("backfill", "proj_a", 2)
+    assert (window.kind, window.part, window.window) == ("backfill", "proj_a", 2)
     assert Stream.parse(window) is window and Stream.parse("backfill/proj_a#2") == window
-    assert Stream("incremental") == "incremental" and Stream("incremental", "").partition is None
+    assert Stream("incremental") == "incremental" and Stream("incremental", "").part is None
     assert Stream("backfill", "p").of_kind("reconcile") == "reconcile/p"
     assert json.dumps({"stream": window}) == '{"stream": "backfill/proj_a#2"}'
     with pytest.raises(ValueError, match="not a stream"):

@@ -86,8 +86,7 @@ class Stream(str):
     """
 
     kind: str
-    # Hides str.partition, which nothing calls on a Stream (parse takes its text apart first).
-    partition: str | None  # type: ignore[assignment]
+    part: str | None  # the partition (not `partition`, which would hide str.partition)
     window: int | None
 
     def __new__(cls, kind: str, partition: str | None = None, window: int | None = None) -> Stream:
@@ -99,7 +98,7 @@ class Stream(str):
             + (f"#{window}" if window is not None else "")
         )
         made = super().__new__(cls, text)
-        made.kind, made.partition, made.window = kind, partition or None, window
+        made.kind, made.part, made.window = kind, partition or None, window
         return made
 
     @classmethod
@@ -113,14 +112,14 @@ class Stream(str):
 
     def of_kind(self, kind: str) -> Stream:
         """The stream of another kind of the same partition."""
-        return Stream(kind, self.partition)
+        return Stream(kind, self.part)
 
     def window_of(self, index: int) -> Stream:
         """One window of this backfill."""
-        return Stream(self.kind, self.partition, index)
+        return Stream(self.kind, self.part, index)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Stream, (self.kind, self.partition, self.window))
+        return (Stream, (self.kind, self.part, self.window))
 
 
 def typed(run: Run, columns: tuple[Column, ...]) -> dict[str, Any]:

@@ -541,7 +541,7 @@ class Lease:
         stream = self.stream
         await conn.execute(
             self.q["save_checkpoint"], self.source, stream, checkpoint.watermark,
-            checkpoint.cursor, stream.kind, stream.partition or "", stream.window,
+            checkpoint.cursor, stream.kind, stream.part or "", stream.window,
         )  # fmt: skip
 
     async def forget_windows(self) -> None:
@@ -550,7 +550,7 @@ class Lease:
         async with self._transaction() as conn:
             await conn.execute(
                 self.q["delete_window_checkpoints"], self.source, stream.kind,
-                stream.partition or "",
+                stream.part or "",
             )  # fmt: skip
 
     async def due(self, every: timedelta, first_of: str) -> bool:

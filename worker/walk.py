@@ -72,7 +72,7 @@ class PassResult:
     @property
     def label(self) -> str:
         """The source, and its partition (a project) where it has several streams."""
-        partition = Stream.parse(self.stream).partition
+        partition = Stream.parse(self.stream).part
         return f"{self.source} project {partition}" if partition else self.source
 
     @property
