@@ -158,6 +158,67 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
         assert not wrong, f"run {run_id}: typed columns (stored, upstream) differ: {wrong}"
 
 
+def github_items(hub, repo: str, workflow: str | None = None) -> list[dict]:
+    """The runs of a simulated repository (or one workflow) as runsync asks for them: the
+    listing's objects, with their seeded omissions, under exclude_pull_requests=true."""
+    return hub.runs(repo, workflow, exclude_pull_requests=True)
+
+
+def _github_time(item: dict, key: str) -> datetime | None:
+    value = item.get(key)
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def github_columns(item: dict) -> dict[str, Any]:
+    """The columns a GitHub run object must be stored with, read from the object by the test's
+    own rules (never by runsync's reader): the shared columns, then every typed one."""
+    status = item.get("status")
+    completed = status == "completed"
+    return {
+        "upstream": "github",
+        "status": "unknown" if status is None else status,
+        "is_terminal": completed,
+        "started_at": _github_time(item, "run_started_at") or _github_time(item, "created_at"),
+        "finished_at": _github_time(item, "updated_at") if completed else None,
+        "succeeded": item.get("conclusion") == "success" if completed else None,
+        "scope": item.get("name") or item.get("path"),
+        "github_workflow": item.get("name"),
+        "github_workflow_id": item.get("workflow_id"),
+        "github_event": item.get("event"),
+        "github_branch": item.get("head_branch"),
+        "github_head_sha": item.get("head_sha"),
+        "github_actor": (item.get("actor") or {}).get("login"),
+        "github_conclusion": item.get("conclusion"),
+        "github_attempt": item.get("run_attempt"),
+        "github_run_number": item.get("run_number"),
+        "github_created_at": _github_time(item, "created_at"),
+        "github_updated_at": _github_time(item, "updated_at"),
+    }
+
+
+def github_differences(row: dict, item: dict) -> dict[str, tuple[Any, Any]]:
+    """{column: (stored, upstream)} of every column, raw included, where the row differs from
+    the upstream's object (empty: it matches)."""
+    raw = json.loads(row["raw"]) if isinstance(row["raw"], str) else row["raw"]
+    expected = {**github_columns(item), "gone_at": None}
+    wrong = {c: (row[c], v) for c, v in expected.items() if row[c] != v}
+    keys = sorted(set(raw) | set(item))
+    wrong |= {f"raw.{k}": (raw.get(k, "(none)"), item.get(k, "(none)")) for k in keys
+              if k not in raw or k not in item or raw[k] != item[k]}  # fmt: skip
+    return wrong
+
+
+def assert_matches_github(stored: dict[str, dict], items: list[dict]) -> None:
+    """Exactly the upstream's runs (github_items), each with its object whole in raw and every
+    column as the object says."""
+    truth = {str(item["id"]): item for item in items}
+    missing, extra = truth.keys() - stored.keys(), stored.keys() - truth.keys()
+    assert not missing and not extra, f"missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
+    for run_id, item in truth.items():
+        wrong = github_differences(stored[run_id], item)
+        assert not wrong, f"run {run_id}: columns (stored, upstream) differ: {wrong}"
+
+
 async def interrupted_pass(settings, name: str, *, after_pages: int, **options) -> None:
     """A pass cancelled while it fetches or writes the page after `after_pages` committed ones."""
     committed = asyncio.Event()

@@ -3,11 +3,10 @@ queued, deleted runs, the 1,000-result cap, one workflow's runs, and workflow_ru
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import TOKEN, one_pass, stored_runs
+from helpers import TOKEN, assert_matches_github, github_items, one_pass, stored_runs
 
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
@@ -204,35 +203,6 @@ def hub_settings(hub_sim, write_config):
     return settings
 
 
-def assert_matches_github(stored: dict[str, dict], items: list[dict]) -> None:
-    """Exactly the upstream's runs, each with its fields in raw and in the typed columns."""
-    truth = {str(i["id"]): i for i in items}
-    assert stored.keys() == truth.keys(), (
-        f"missing {sorted(truth.keys() - stored.keys())[:5]}, "
-        f"extra {sorted(stored.keys() - truth.keys())[:5]}"
-    )
-    for run_id, i in truth.items():
-        row = stored[run_id]
-        assert json.loads(row["raw"]) if isinstance(row["raw"], str) else row["raw"] == i
-
-        def when(key: str, i: dict = i) -> datetime | None:
-            return datetime.fromisoformat(i[key]) if i.get(key) else None
-
-        expected = {
-            "status": i.get("status") or "unknown",
-            "is_terminal": i.get("status") == "completed",
-            "github_workflow": i.get("name"), "github_event": i.get("event"),
-            "github_branch": i.get("head_branch"), "github_head_sha": i.get("head_sha"),
-            "github_actor": (i.get("actor") or {}).get("login"),
-            "github_conclusion": i.get("conclusion"), "github_attempt": i.get("run_attempt"),
-            "github_created_at": when("created_at"),
-            "github_updated_at": when("updated_at"),
-            "started_at": when("run_started_at") or when("created_at"),
-        }  # fmt: skip
-        actual = {column: row[column] for column in expected}
-        assert actual == expected, f"run {run_id}"
-
-
 async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim, db, hub_settings):
     for minutes in range(130):  # 390 runs, 3 a second, far past the cap of 50 a search
         hub.add_runs(REPO, 3, created_at=hub.now() - timedelta(minutes=minutes + 1))
@@ -241,7 +211,7 @@ async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim,
     result = await one_pass(hub_settings(), "hub")
 
     assert result.outcome == "succeeded", result.error
-    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO))
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO))
     async with db.pool.acquire() as conn:
         checkpoint = await conn.fetchrow("SELECT * FROM runsync.checkpoints WHERE source = 'hub'")
     assert checkpoint["watermark"] == max(
@@ -295,6 +265,31 @@ async def test_queued_runs_stay_open_and_deleted_ones_are_marked_gone(
     assert rows[str(doomed["id"])]["gone_at"] is not None
 
 
+async def test_a_run_read_by_id_is_stored_as_the_listing_shows_it(hub, hub_sim, db, hub_settings):
+    """The single-run endpoint is asked with exclude_pull_requests=true like the listings, so
+    raw does not change with the endpoint that read the run last (a pull request's run read by
+    id had its pull_requests, then lost them at the next listing: a write for nothing)."""
+    (run,) = hub.add_runs(
+        REPO,
+        1,
+        status="in_progress",
+        event="pull_request",
+        created_at=hub.now() - timedelta(hours=1),
+    )
+    assert run["pull_requests"]  # the simulator lists the pull request it ran for
+    hub.add_runs(REPO, 1)  # newer: the next pass's list walk stops above the open run
+    settings = hub_settings()
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+    hub.finish_run(REPO, run["id"])
+
+    result = await one_pass(settings, "hub")  # no open walk sees it: it is read by its id
+
+    assert result.outcome == "succeeded" and result.refreshed >= 1, result
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO))
+    sweep = await one_pass(settings, "hub", stream=sync.RECONCILE)
+    assert (sweep.outcome, sweep.items, sweep.written) == ("succeeded", 2, 0)
+
+
 async def test_one_workflows_runs_only(hub, hub_sim, db, hub_settings):
     hub.add_runs(REPO, 4, workflow="ci.yml", created_at=hub.now() - timedelta(hours=1))
     hub.add_runs(REPO, 3, workflow="nightly.yml", created_at=hub.now() - timedelta(hours=2))
@@ -302,7 +297,7 @@ async def test_one_workflows_runs_only(hub, hub_sim, db, hub_settings):
     result = await one_pass(hub_settings('workflow = "nightly.yml"'), "hub")
 
     assert result.outcome == "succeeded", result.error
-    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO, "nightly.yml"))
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO, "nightly.yml"))
 
 
 async def test_a_backfill_of_a_range_stores_that_range(hub, hub_sim, db, hub_settings):
@@ -315,7 +310,9 @@ async def test_a_backfill_of_a_range_stores_that_range(hub, hub_sim, db, hub_set
 
     assert result.outcome == "succeeded", result.error
     inside = [
-        r for r in hub.runs(REPO) if since <= datetime.fromisoformat(r["created_at"]) <= until
+        r
+        for r in github_items(hub, REPO)
+        if since <= datetime.fromisoformat(r["created_at"]) <= until
     ]
     assert_matches_github(await stored_runs(db, "hub"), inside)
 

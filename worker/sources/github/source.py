@@ -53,6 +53,9 @@ MISSING_STATUS = "unknown"  # a run object whose status is null (the schema allo
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # below any run: the lower end of a range cut in two
 _SECOND = timedelta(seconds=1)
 _INT32 = 2**31 - 1
+# Asked of every endpoint: pull_requests lists open pull requests that match the run's head now,
+# not what triggered it; and the single run and the listings then agree on the object.
+_EXCLUDE_PULL_REQUESTS = {"exclude_pull_requests": "true"}
 
 # GitHub's typed columns of runsync.runs (sql/migrations/0010_github.sql), in the order a Run's
 # `columns` holds them; the view runsync.github_workflow_runs names them as analysts do.
@@ -126,7 +129,8 @@ class GitHubSource:
         return Chain([self._walk(Checkpoint(), status=status) for status in OPEN_STATUSES])
 
     def run_request(self, run_id: str) -> Request:
-        return Request(f"{self.run_path}/{quote(run_id, safe='')}", {})
+        # As the listings ask: raw is then the same whichever endpoint read the run last.
+        return Request(f"{self.run_path}/{quote(run_id, safe='')}", dict(_EXCLUDE_PULL_REQUESTS))
 
     def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected:
         if not isinstance(body, dict):
@@ -307,11 +311,7 @@ class CreatedWalk(Rewindable):
         if self.done or not self.ranges:
             return None
         low, high = self.ranges[-1]
-        params = {
-            "per_page": str(self.page_size),
-            "page": str(self.page),
-            "exclude_pull_requests": "true",
-        }
+        params = {"per_page": str(self.page_size), "page": str(self.page), **_EXCLUDE_PULL_REQUESTS}
         if low is not None or high is not None:
             params["created"] = _span(low, high)
         if self.status is not None:
