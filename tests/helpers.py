@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,17 @@ from worker import runtime, sync
 from worker.simulator import Faults
 
 TOKEN = "test-token-4f1c9a"
+REPO = "octo/app"  # the simulated GitHub repository of the shared fixtures
+GITHUB_BUDGET = 3_600_000  # requests an hour: a thousand a second
+
+
+def clock_from(start: datetime) -> Callable[[], int]:
+    """A simulated world's clock (epoch ms) that reads `start` now and runs on with real time:
+    times in the world are fixed by the test (so seeded fault draws, which hash the requests'
+    `created` ranges, replay), in the past (runsync takes no run from the future), and within
+    GitHub's 30 days of re-runs."""
+    offset = time.time_ns() // 1_000_000 - int(start.timestamp() * 1000)
+    return lambda: time.time_ns() // 1_000_000 - offset
 
 
 def config_toml(*sources: str, listen: str = "127.0.0.1:0", **database) -> str:
