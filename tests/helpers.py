@@ -273,11 +273,14 @@ class FaultOn(Faults):
 
 class ThreeSources:
     """Runs in three sources of the simulator's worlds (the whole Apify account, one task of it,
-    two RakerOne projects), their config and the check that the database holds them as the
-    upstream does: what the tests of replicas share."""
+    two RakerOne projects), and a fourth when given a GitHub world (`hub`: its repository REPO),
+    their config and the check that the database holds them as the upstream does: what the tests
+    of replicas share."""
 
-    def __init__(self, world, raker, sim, *, runs: int, raker_runs: int, open_every: int) -> None:
-        self.world, self.raker, self.sim = world, raker, sim
+    def __init__(
+        self, world, raker, sim, *, runs: int, raker_runs: int, open_every: int, hub=None
+    ) -> None:
+        self.world, self.raker, self.sim, self.hub = world, raker, sim, hub
         self.task = world.tasks[0]["id"]
         start = datetime(2026, 1, 1, tzinfo=UTC)
         for i in range(runs):
@@ -286,20 +289,38 @@ class ThreeSources:
                            task_id=self.task if i % 2 else None)  # fmt: skip
         for project in ("proj_a", "proj_b"):
             raker.add_runs(project, raker_runs, status="completed", started_at=start)
+        if hub is not None:  # within the last day: GitHub re-runs runs of 30 days at most
+            yesterday = hub.now() - timedelta(days=1)
+            for i in range(raker_runs):
+                hub.add_runs(REPO, 1, status="in_progress" if i % open_every == 0 else "completed",
+                             created_at=yesterday + timedelta(minutes=i))  # fmt: skip
 
     def config(self, **database) -> str:
+        github = (
+            source_toml("hub", self.sim.base_url, kind="github", token_env="GITHUB_TOKEN",
+                        repository=REPO, page_size=100)
+            if self.hub is not None else ""
+        )  # fmt: skip
         return config_toml(
             source_toml("apify", self.sim.base_url, page_size=50),
             source_toml("task", self.sim.base_url, page_size=50, task=self.task),
             source_toml("raker", self.sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
+            github,
             **database,
         )
 
     def change(self, new_task_runs: int, new_raker_runs: int) -> None:
-        """The open runs finish; new ones start in the task and in proj_b."""
+        """The open runs finish; new ones start in the task and in proj_b (and in the
+        repository, where a finished run is re-run too)."""
         self.world.finish_open("SUCCEEDED")
         self.world.add_runs(new_task_runs, status="RUNNING", task_id=self.task)
         self.raker.add_runs("proj_b", new_raker_runs, status="processing")
+        if self.hub is not None:
+            self.hub.progress(REPO)
+            self.hub.progress(REPO)
+            finished = [r["id"] for r in self.hub.runs(REPO) if r.get("status") == "completed"]
+            self.hub.rerun(REPO, finished[len(finished) // 2])
+            self.hub.add_runs(REPO, new_raker_runs, status="in_progress")
 
     async def stored_as_upstream(self, db) -> bool:
         """Every source holds the upstream's runs, each with its current status."""
@@ -309,6 +330,11 @@ class ThreeSources:
             "task": [i for i in items if i["actorTaskId"] == self.task],
             "raker": self.raker.list_items("proj_a") + self.raker.list_items("proj_b"),
         }
+        if self.hub is not None:
+            truth["hub"] = [
+                {"id": str(item["id"]), "status": item.get("status") or "unknown"}
+                for item in github_items(self.hub, REPO)
+            ]
         for source, expected in truth.items():
             stored = {k: row["status"] for k, row in (await stored_runs(db, source)).items()}
             if stored != {item["id"]: item["status"] for item in expected}:
