@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,13 @@ from worker.simulator import Faults
 TOKEN = "test-token-4f1c9a"
 REPO = "octo/app"  # the simulated GitHub repository of the shared fixtures
 GITHUB_BUDGET = 3_600_000  # requests an hour: a thousand a second
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a daemon's [http] listen."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def clock_from(start: datetime) -> Callable[[], int]:
