@@ -6,7 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import TOKEN, assert_matches_github, github_items, one_pass, stored_runs
+from helpers import (
+    TOKEN,
+    assert_matches_github,
+    github_items,
+    interrupted_pass,
+    one_pass,
+    stored_runs,
+)
 
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
@@ -128,13 +135,30 @@ def test_the_range_moves_down_to_the_oldest_run_of_each_full_page_inclusive():
 
 def test_a_full_page_within_one_second_is_read_page_by_page_then_below_it():
     w = walk()
-    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=5), NOW)
+    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=9), NOW)
     (low, high), page = w.ranges[-1], w.page
-    assert (low, high, page) == (NOW, NOW, 2)  # that second's second page
-    w.advance(listing(item(4, NOW), item(5, NOW)), NOW)
+    assert (low, high, page) == (NOW, NOW, 1)  # that second, from its first page: its total
+    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=5), NOW)
+    assert (w.page, w.second_total) == (2, 5)
+    w.advance(listing(item(4, NOW), item(5, NOW), total=5), NOW)
     assert w.ranges == ((None, NOW - timedelta(seconds=1)),) and w.page == 1
     w.advance(listing(), NOW)
     assert w.done
+
+
+def test_a_second_whose_total_changes_between_its_pages_is_read_again_from_its_first_page():
+    w = walk()
+    w.advance(listing(*(item(i, NOW) for i in (7, 6, 5)), total=20), NOW)
+    w.advance(listing(*(item(i, NOW) for i in (7, 6, 5)), total=7), NOW)
+    assert (w.ranges[-1], w.page, w.second_total) == ((NOW, NOW), 2, 7)
+    resumed = walk(w.checkpoint)  # the walk goes on in another pass; meanwhile 6 is deleted
+    assert resumed.next_request() == w.next_request()
+    page = resumed.advance(listing(*(item(i, NOW) for i in (3, 2, 1)), total=6), NOW)  # 4 missed
+    assert len(page.runs) == 3 and not resumed.done
+    assert (resumed.ranges[-1], resumed.page) == ((NOW, NOW), 1)  # again from its first page
+    resumed.advance(listing(*(item(i, NOW) for i in (7, 5, 4)), total=6), NOW)
+    resumed.advance(listing(*(item(i, NOW) for i in (3, 2, 1)), total=6), NOW)
+    assert resumed.ranges == ((None, NOW - timedelta(seconds=1)),)
 
 
 def test_a_page_out_of_creation_order_cuts_the_range_in_two_newer_half_first():
@@ -218,6 +242,31 @@ async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim,
         datetime.fromisoformat(r["created_at"]) for r in hub.runs(REPO)
     )
     assert checkpoint["cursor"] is None
+
+
+async def test_a_run_deleted_while_its_second_is_read_page_by_page_skips_no_other(
+    hub, hub_sim, db, hub_settings
+):
+    """Runs of one second past a page are read page by page (offsets): a run deleted between two
+    of those pages pulls the rest forward. The walk notices the second's total fall and reads the
+    second again from its first page, so no run of it is skipped."""
+    second = hub.now() - timedelta(hours=1)
+    tied = hub.add_runs(REPO, 7, created_at=second)  # newest first
+    hub.add_runs(REPO, 3, created_at=hub.now())
+    settings = hub_settings(page_size=3)
+    # The newest second (two pages), then the tied one's first page, twice (the second time
+    # within that second alone); the walk stops before its second page.
+    await interrupted_pass(settings, "hub", after_pages=4)
+    assert {str(r["id"]) for r in tied[:3]} <= (await stored_runs(db, "hub")).keys()
+    hub.delete_run(REPO, tied[1]["id"])
+
+    result = await one_pass(settings, "hub")
+
+    assert result.outcome == "succeeded", result.error
+    stored = await stored_runs(db, "hub")
+    assert_matches_github(
+        {k: row for k, row in stored.items() if k != str(tied[1]["id"])}, github_items(hub, REPO)
+    )
 
 
 async def test_a_rerun_is_followed_to_its_end_with_its_attempt(hub, hub_sim, db, hub_settings):
