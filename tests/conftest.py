@@ -104,9 +104,9 @@ def raker():
 
 @pytest.fixture
 def hub():
-    """A GitHub repository with no runs yet (REPO), and a budget no test comes near: GitHub's
-    pace follows the budget its answers state (or will: today it is the published 5,000 an
-    hour), so a large one lets a test go as fast as the machine."""
+    """A GitHub repository with no runs yet (REPO), and a budget no test comes near: runsync
+    paces GitHub by the budget its answers state, so with a large one a test goes at GitHub's
+    own cap (15 requests a second), not at a personal token's 5,000 an hour."""
     return simulator.GitHubWorld(repos={REPO: 0}, seed=11, rate_limit=GITHUB_BUDGET)
 
 

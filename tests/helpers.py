@@ -21,7 +21,7 @@ from worker.simulator import Faults
 
 TOKEN = "test-token-4f1c9a"
 REPO = "octo/app"  # the simulated GitHub repository of the shared fixtures
-GITHUB_BUDGET = 3_600_000  # requests an hour: a thousand a second
+GITHUB_BUDGET = 3_600_000  # a simulated GitHub's requests an hour: a thousand a second
 
 
 def free_port() -> int:

@@ -8,8 +8,7 @@ on scheduling.)
 
 Each test runs against an Apify source (its backfill in windows walked side by side) and a GitHub
 one (one walk through `created` ranges, then a walk per open status and reads by id). GitHub's
-requests are paced at 5,000 an hour until the pace follows the budget its answers state, so its
-cases make fewer requests and kill earlier.
+requests go at most 15 a second, so its cases make fewer requests and kill earlier.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ STREAMS = {
     ("apify", "incremental"), ("task", "incremental"),
     ("raker", "incremental/proj_a"), ("raker", "incremental/proj_b"), ("hub", "incremental"),
 }  # fmt: skip
-# GitHub's source is paced at 5,000 requests an hour (about 7 s a pass here) until its pace
-# follows the budget its answers state: the waits below are long for it, none bounds its speed.
+# GitHub's passes are the slowest here (at most 15 requests a second): the waits below are long
+# for them, none bounds its speed.
 PATIENCE = 120.0
 
 

@@ -112,8 +112,8 @@ async def test_no_command_lets_a_secret_out(
             stderr=pipe,
         )
         if stop_when is not None:
-            # (GitHub's passes are paced at 5,000 requests an hour: two of them take a while.
-            # The deliveries wait for the daemon to listen.)
+            # (Two ticks of each source: GitHub's passes are the slowest. The deliveries wait
+            # for the daemon to listen.)
             await eventually(stop_when, 120, ignoring=(aiohttp.ClientConnectionError,))
             process.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(process.communicate(), 60)
