@@ -37,9 +37,9 @@ recent, since GitHub re-runs a run only within 30 days of its creation. Everythi
 GitHub world (starts of attempts, updates, so the webhooks' times) runs on the wall clock, as
 GitHub's does. Its objects leave fields out or null them (omit_share), its filtered listings
 return at most GITHUB_CAP results, and no second holds more runs than that (GitHub lists no more
-of them: runsync fails such a walk, at GitHub's real cap, with a clear error). Its published
-pace, 5,000 requests an hour, is replaced by what the simulated budget allows (a thousand a
-second) until runsync paces GitHub by the budget its answers state (see github_paced_by_budget).
+of them: runsync fails such a walk, at GitHub's real cap, with a clear error). Its budget is one
+the model never spends, and GitHub's cap of 15 requests a second (under its secondary limit,
+which the simulator does not enforce by rate) is lifted in this test (github_cap_lifted).
 
 Time is scaled for one thing: Apify's usage figures of a just-finished run may change for about
 10 s, and runsync reads such a run once more 15 s after it finished (worker.sources.apify.SETTLE).
@@ -256,15 +256,15 @@ def same(stored, expected) -> bool:
     return stored == expected
 
 
-def github_paced_by_budget(monkeypatch) -> None:
-    """GitHub paced by what the simulated budget allows, GITHUB_BUDGET requests an hour, instead
-    of the 5,000 an hour runsync publishes for it: a stand-in, in this test only, for the pace
-    that follows the budget GitHub's answers state (another engineer's change). Remove it once
-    that lands: the world's budget will then pace GitHub as fast. Without it a GitHub pass of
-    ten requests takes 8 s, and the model could not run a hundred examples."""
+def github_cap_lifted(monkeypatch) -> None:
+    """GitHub paced by its simulated budget alone (a thousand requests a second), in this test
+    only: runsync caps GitHub at 15 a second to stay under its secondary limit, which the
+    simulator does not enforce by rate, and a hundred examples could not wait for it (a quiet
+    point asks GitHub some 40 times)."""
     limits = dataclasses.replace(github_source.LIMITS, per_token=GITHUB_BUDGET / 3600)
-    paced = dataclasses.replace(github_source.UPSTREAM, limits=limits)
-    monkeypatch.setitem(sources.UPSTREAMS, "github", paced)
+    monkeypatch.setitem(
+        sources.UPSTREAMS, "github", dataclasses.replace(github_source.UPSTREAM, limits=limits)
+    )
 
 
 class Tripwire(Counter):
@@ -1033,13 +1033,18 @@ class RunsyncModel(RuleBasedStateMachine):
             (item,) = self._github_add(1, created)
             return f"added {item['id']}"
         if change == "delete":
+            # The newest run of the second that holds the most (the oldest run, if none holds
+            # two): a walk reading that second page by page while it is deleted must skip none.
             runs = self._github_items()
             if "github_deletions" not in ENABLED or not runs:
                 return "nothing"
-            self.hub.delete_run(REPO, runs[0]["id"])
-            self.held.discard(runs[0]["id"])
-            self.deleted["hub"].add(str(runs[0]["id"]))
-            return f"deleted {runs[0]['id']}"
+            crowded = Counter(run["created_at"] for run in runs).most_common(1)[0][0]
+            tied = [run for run in runs if run["created_at"] == crowded]
+            run = tied[-1] if len(tied) > 1 else runs[0]
+            self.hub.delete_run(REPO, run["id"])
+            self.held.discard(run["id"])
+            self.deleted["hub"].add(str(run["id"]))
+            return f"deleted {run['id']}"
         if change == "resurrect":
             runs = self._github_items(["completed"])
             if "github_reruns" not in ENABLED or not runs:
@@ -1301,7 +1306,7 @@ def test_runsync_keeps_its_promise_whatever_the_upstream_does(
     server_url, template_url, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(apify_source, "SETTLE", SETTLE)
-    github_paced_by_budget(monkeypatch)
+    github_cap_lifted(monkeypatch)
     for write in ("save_page", "save_refreshed"):
         monkeypatch.setattr(store.Lease, write, Commits.announcing(getattr(store.Lease, write)))
     monkeypatch.setattr(RunsyncModel, "server_url", server_url, raising=False)
