@@ -7,7 +7,9 @@ import contextlib
 import inspect
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +20,24 @@ from worker import runtime, sync
 from worker.simulator import Faults
 
 TOKEN = "test-token-4f1c9a"
+REPO = "octo/app"  # the simulated GitHub repository of the shared fixtures
+GITHUB_BUDGET = 3_600_000  # a simulated GitHub's requests an hour: a thousand a second
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a daemon's [http] listen."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clock_from(start: datetime) -> Callable[[], int]:
+    """A simulated world's clock (epoch ms) that reads `start` now and runs on with real time:
+    times in the world are fixed by the test (so seeded fault draws, which hash the requests'
+    `created` ranges, replay), in the past (runsync takes no run from the future), and within
+    GitHub's 30 days of re-runs."""
+    offset = time.time_ns() // 1_000_000 - int(start.timestamp() * 1000)
+    return lambda: time.time_ns() // 1_000_000 - offset
 
 
 def config_toml(*sources: str, listen: str = "127.0.0.1:0", **database) -> str:
@@ -158,6 +178,67 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
         assert not wrong, f"run {run_id}: typed columns (stored, upstream) differ: {wrong}"
 
 
+def github_items(hub, repo: str, workflow: str | None = None) -> list[dict]:
+    """The runs of a simulated repository (or one workflow) as runsync asks for them: the
+    listing's objects, with their seeded omissions, under exclude_pull_requests=true."""
+    return hub.runs(repo, workflow, exclude_pull_requests=True)
+
+
+def _github_time(item: dict, key: str) -> datetime | None:
+    value = item.get(key)
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def github_columns(item: dict) -> dict[str, Any]:
+    """The columns a GitHub run object must be stored with, read from the object by the test's
+    own rules (never by runsync's reader): the shared columns, then every typed one."""
+    status = item.get("status")
+    completed = status == "completed"
+    return {
+        "upstream": "github",
+        "status": "unknown" if status is None else status,
+        "is_terminal": completed,
+        "started_at": _github_time(item, "run_started_at") or _github_time(item, "created_at"),
+        "finished_at": _github_time(item, "updated_at") if completed else None,
+        "succeeded": item.get("conclusion") == "success" if completed else None,
+        "scope": item.get("name") or item.get("path"),
+        "github_workflow": item.get("name"),
+        "github_workflow_id": item.get("workflow_id"),
+        "github_event": item.get("event"),
+        "github_branch": item.get("head_branch"),
+        "github_head_sha": item.get("head_sha"),
+        "github_actor": (item.get("actor") or {}).get("login"),
+        "github_conclusion": item.get("conclusion"),
+        "github_attempt": item.get("run_attempt"),
+        "github_run_number": item.get("run_number"),
+        "github_created_at": _github_time(item, "created_at"),
+        "github_updated_at": _github_time(item, "updated_at"),
+    }
+
+
+def github_differences(row: dict, item: dict) -> dict[str, tuple[Any, Any]]:
+    """{column: (stored, upstream)} of every column, raw included, where the row differs from
+    the upstream's object (empty: it matches)."""
+    raw = json.loads(row["raw"]) if isinstance(row["raw"], str) else row["raw"]
+    expected = {**github_columns(item), "gone_at": None}
+    wrong = {c: (row[c], v) for c, v in expected.items() if row[c] != v}
+    keys = sorted(set(raw) | set(item))
+    wrong |= {f"raw.{k}": (raw.get(k, "(none)"), item.get(k, "(none)")) for k in keys
+              if k not in raw or k not in item or raw[k] != item[k]}  # fmt: skip
+    return wrong
+
+
+def assert_matches_github(stored: dict[str, dict], items: list[dict]) -> None:
+    """Exactly the upstream's runs (github_items), each with its object whole in raw and every
+    column as the object says."""
+    truth = {str(item["id"]): item for item in items}
+    missing, extra = truth.keys() - stored.keys(), stored.keys() - truth.keys()
+    assert not missing and not extra, f"missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
+    for run_id, item in truth.items():
+        wrong = github_differences(stored[run_id], item)
+        assert not wrong, f"run {run_id}: columns (stored, upstream) differ: {wrong}"
+
+
 async def interrupted_pass(settings, name: str, *, after_pages: int, **options) -> None:
     """A pass cancelled while it fetches or writes the page after `after_pages` committed ones."""
     committed = asyncio.Event()
@@ -200,11 +281,14 @@ class FaultOn(Faults):
 
 class ThreeSources:
     """Runs in three sources of the simulator's worlds (the whole Apify account, one task of it,
-    two RakerOne projects), their config and the check that the database holds them as the
-    upstream does: what the tests of replicas share."""
+    two RakerOne projects), and a fourth when given a GitHub world (`hub`: its repository REPO),
+    their config and the check that the database holds them as the upstream does: what the tests
+    of replicas share."""
 
-    def __init__(self, world, raker, sim, *, runs: int, raker_runs: int, open_every: int) -> None:
-        self.world, self.raker, self.sim = world, raker, sim
+    def __init__(
+        self, world, raker, sim, *, runs: int, raker_runs: int, open_every: int, hub=None
+    ) -> None:
+        self.world, self.raker, self.sim, self.hub = world, raker, sim, hub
         self.task = world.tasks[0]["id"]
         start = datetime(2026, 1, 1, tzinfo=UTC)
         for i in range(runs):
@@ -213,20 +297,38 @@ class ThreeSources:
                            task_id=self.task if i % 2 else None)  # fmt: skip
         for project in ("proj_a", "proj_b"):
             raker.add_runs(project, raker_runs, status="completed", started_at=start)
+        if hub is not None:  # within the last day: GitHub re-runs runs of 30 days at most
+            yesterday = hub.now() - timedelta(days=1)
+            for i in range(raker_runs):
+                hub.add_runs(REPO, 1, status="in_progress" if i % open_every == 0 else "completed",
+                             created_at=yesterday + timedelta(minutes=i))  # fmt: skip
 
     def config(self, **database) -> str:
+        github = (
+            source_toml("hub", self.sim.base_url, kind="github", token_env="GITHUB_TOKEN",
+                        repository=REPO, page_size=100)
+            if self.hub is not None else ""
+        )  # fmt: skip
         return config_toml(
             source_toml("apify", self.sim.base_url, page_size=50),
             source_toml("task", self.sim.base_url, page_size=50, task=self.task),
             source_toml("raker", self.sim.base_url, kind="rakerone", projects=["proj_a", "proj_b"]),
+            github,
             **database,
         )
 
     def change(self, new_task_runs: int, new_raker_runs: int) -> None:
-        """The open runs finish; new ones start in the task and in proj_b."""
+        """The open runs finish; new ones start in the task and in proj_b (and in the
+        repository, where a finished run is re-run too)."""
         self.world.finish_open("SUCCEEDED")
         self.world.add_runs(new_task_runs, status="RUNNING", task_id=self.task)
         self.raker.add_runs("proj_b", new_raker_runs, status="processing")
+        if self.hub is not None:
+            self.hub.progress(REPO)
+            self.hub.progress(REPO)
+            finished = [r["id"] for r in self.hub.runs(REPO) if r.get("status") == "completed"]
+            self.hub.rerun(REPO, finished[len(finished) // 2])
+            self.hub.add_runs(REPO, new_raker_runs, status="in_progress")
 
     async def stored_as_upstream(self, db) -> bool:
         """Every source holds the upstream's runs, each with its current status."""
@@ -236,6 +338,11 @@ class ThreeSources:
             "task": [i for i in items if i["actorTaskId"] == self.task],
             "raker": self.raker.list_items("proj_a") + self.raker.list_items("proj_b"),
         }
+        if self.hub is not None:
+            truth["hub"] = [
+                {"id": str(item["id"]), "status": item.get("status") or "unknown"}
+                for item in github_items(self.hub, REPO)
+            ]
         for source, expected in truth.items():
             stored = {k: row["status"] for k, row in (await stored_runs(db, source)).items()}
             if stored != {item["id"]: item["status"] for item in expected}:

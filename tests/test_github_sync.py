@@ -3,11 +3,17 @@ queued, deleted runs, the 1,000-result cap, one workflow's runs, and workflow_ru
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import TOKEN, one_pass, stored_runs
+from helpers import (
+    TOKEN,
+    assert_matches_github,
+    github_items,
+    interrupted_pass,
+    one_pass,
+    stored_runs,
+)
 
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
@@ -129,13 +135,30 @@ def test_the_range_moves_down_to_the_oldest_run_of_each_full_page_inclusive():
 
 def test_a_full_page_within_one_second_is_read_page_by_page_then_below_it():
     w = walk()
-    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=5), NOW)
+    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=9), NOW)
     (low, high), page = w.ranges[-1], w.page
-    assert (low, high, page) == (NOW, NOW, 2)  # that second's second page
-    w.advance(listing(item(4, NOW), item(5, NOW)), NOW)
+    assert (low, high, page) == (NOW, NOW, 1)  # that second, from its first page: its total
+    w.advance(listing(*(item(i, NOW) for i in (1, 2, 3)), total=5), NOW)
+    assert (w.page, w.second_total) == (2, 5)
+    w.advance(listing(item(4, NOW), item(5, NOW), total=5), NOW)
     assert w.ranges == ((None, NOW - timedelta(seconds=1)),) and w.page == 1
     w.advance(listing(), NOW)
     assert w.done
+
+
+def test_a_second_whose_total_changes_between_its_pages_is_read_again_from_its_first_page():
+    w = walk()
+    w.advance(listing(*(item(i, NOW) for i in (7, 6, 5)), total=20), NOW)
+    w.advance(listing(*(item(i, NOW) for i in (7, 6, 5)), total=7), NOW)
+    assert (w.ranges[-1], w.page, w.second_total) == ((NOW, NOW), 2, 7)
+    resumed = walk(w.checkpoint)  # the walk goes on in another pass; meanwhile 6 is deleted
+    assert resumed.next_request() == w.next_request()
+    page = resumed.advance(listing(*(item(i, NOW) for i in (3, 2, 1)), total=6), NOW)  # 4 missed
+    assert len(page.runs) == 3 and not resumed.done
+    assert (resumed.ranges[-1], resumed.page) == ((NOW, NOW), 1)  # again from its first page
+    resumed.advance(listing(*(item(i, NOW) for i in (7, 5, 4)), total=6), NOW)
+    resumed.advance(listing(*(item(i, NOW) for i in (3, 2, 1)), total=6), NOW)
+    assert resumed.ranges == ((None, NOW - timedelta(seconds=1)),)
 
 
 def test_a_page_out_of_creation_order_cuts_the_range_in_two_newer_half_first():
@@ -204,35 +227,6 @@ def hub_settings(hub_sim, write_config):
     return settings
 
 
-def assert_matches_github(stored: dict[str, dict], items: list[dict]) -> None:
-    """Exactly the upstream's runs, each with its fields in raw and in the typed columns."""
-    truth = {str(i["id"]): i for i in items}
-    assert stored.keys() == truth.keys(), (
-        f"missing {sorted(truth.keys() - stored.keys())[:5]}, "
-        f"extra {sorted(stored.keys() - truth.keys())[:5]}"
-    )
-    for run_id, i in truth.items():
-        row = stored[run_id]
-        assert json.loads(row["raw"]) if isinstance(row["raw"], str) else row["raw"] == i
-
-        def when(key: str, i: dict = i) -> datetime | None:
-            return datetime.fromisoformat(i[key]) if i.get(key) else None
-
-        expected = {
-            "status": i.get("status") or "unknown",
-            "is_terminal": i.get("status") == "completed",
-            "github_workflow": i.get("name"), "github_event": i.get("event"),
-            "github_branch": i.get("head_branch"), "github_head_sha": i.get("head_sha"),
-            "github_actor": (i.get("actor") or {}).get("login"),
-            "github_conclusion": i.get("conclusion"), "github_attempt": i.get("run_attempt"),
-            "github_created_at": when("created_at"),
-            "github_updated_at": when("updated_at"),
-            "started_at": when("run_started_at") or when("created_at"),
-        }  # fmt: skip
-        actual = {column: row[column] for column in expected}
-        assert actual == expected, f"run {run_id}"
-
-
 async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim, db, hub_settings):
     for minutes in range(130):  # 390 runs, 3 a second, far past the cap of 50 a search
         hub.add_runs(REPO, 3, created_at=hub.now() - timedelta(minutes=minutes + 1))
@@ -241,13 +235,38 @@ async def test_the_first_sync_stores_every_run_past_the_result_cap(hub, hub_sim,
     result = await one_pass(hub_settings(), "hub")
 
     assert result.outcome == "succeeded", result.error
-    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO))
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO))
     async with db.pool.acquire() as conn:
         checkpoint = await conn.fetchrow("SELECT * FROM runsync.checkpoints WHERE source = 'hub'")
     assert checkpoint["watermark"] == max(
         datetime.fromisoformat(r["created_at"]) for r in hub.runs(REPO)
     )
     assert checkpoint["cursor"] is None
+
+
+async def test_a_run_deleted_while_its_second_is_read_page_by_page_skips_no_other(
+    hub, hub_sim, db, hub_settings
+):
+    """Runs of one second past a page are read page by page (offsets): a run deleted between two
+    of those pages pulls the rest forward. The walk notices the second's total fall and reads the
+    second again from its first page, so no run of it is skipped."""
+    second = hub.now() - timedelta(hours=1)
+    tied = hub.add_runs(REPO, 7, created_at=second)  # newest first
+    hub.add_runs(REPO, 3, created_at=hub.now())
+    settings = hub_settings(page_size=3)
+    # The newest second (two pages), then the tied one's first page, twice (the second time
+    # within that second alone); the walk stops before its second page.
+    await interrupted_pass(settings, "hub", after_pages=4)
+    assert {str(r["id"]) for r in tied[:3]} <= (await stored_runs(db, "hub")).keys()
+    hub.delete_run(REPO, tied[1]["id"])
+
+    result = await one_pass(settings, "hub")
+
+    assert result.outcome == "succeeded", result.error
+    stored = await stored_runs(db, "hub")
+    assert_matches_github(
+        {k: row for k, row in stored.items() if k != str(tied[1]["id"])}, github_items(hub, REPO)
+    )
 
 
 async def test_a_rerun_is_followed_to_its_end_with_its_attempt(hub, hub_sim, db, hub_settings):
@@ -295,6 +314,31 @@ async def test_queued_runs_stay_open_and_deleted_ones_are_marked_gone(
     assert rows[str(doomed["id"])]["gone_at"] is not None
 
 
+async def test_a_run_read_by_id_is_stored_as_the_listing_shows_it(hub, hub_sim, db, hub_settings):
+    """The single-run endpoint is asked with exclude_pull_requests=true like the listings, so
+    raw does not change with the endpoint that read the run last (a pull request's run read by
+    id had its pull_requests, then lost them at the next listing: a write for nothing)."""
+    (run,) = hub.add_runs(
+        REPO,
+        1,
+        status="in_progress",
+        event="pull_request",
+        created_at=hub.now() - timedelta(hours=1),
+    )
+    assert run["pull_requests"]  # the simulator lists the pull request it ran for
+    hub.add_runs(REPO, 1)  # newer: the next pass's list walk stops above the open run
+    settings = hub_settings()
+    assert (await one_pass(settings, "hub")).outcome == "succeeded"
+    hub.finish_run(REPO, run["id"])
+
+    result = await one_pass(settings, "hub")  # no open walk sees it: it is read by its id
+
+    assert result.outcome == "succeeded" and result.refreshed >= 1, result
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO))
+    sweep = await one_pass(settings, "hub", stream=sync.RECONCILE)
+    assert (sweep.outcome, sweep.items, sweep.written) == ("succeeded", 2, 0)
+
+
 async def test_one_workflows_runs_only(hub, hub_sim, db, hub_settings):
     hub.add_runs(REPO, 4, workflow="ci.yml", created_at=hub.now() - timedelta(hours=1))
     hub.add_runs(REPO, 3, workflow="nightly.yml", created_at=hub.now() - timedelta(hours=2))
@@ -302,7 +346,7 @@ async def test_one_workflows_runs_only(hub, hub_sim, db, hub_settings):
     result = await one_pass(hub_settings('workflow = "nightly.yml"'), "hub")
 
     assert result.outcome == "succeeded", result.error
-    assert_matches_github(await stored_runs(db, "hub"), hub.runs(REPO, "nightly.yml"))
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO, "nightly.yml"))
 
 
 async def test_a_backfill_of_a_range_stores_that_range(hub, hub_sim, db, hub_settings):
@@ -315,7 +359,9 @@ async def test_a_backfill_of_a_range_stores_that_range(hub, hub_sim, db, hub_set
 
     assert result.outcome == "succeeded", result.error
     inside = [
-        r for r in hub.runs(REPO) if since <= datetime.fromisoformat(r["created_at"]) <= until
+        r
+        for r in github_items(hub, REPO)
+        if since <= datetime.fromisoformat(r["created_at"]) <= until
     ]
     assert_matches_github(await stored_runs(db, "hub"), inside)
 

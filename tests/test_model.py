@@ -3,7 +3,8 @@ that break runsync's promise, instead of a list of cases.
 
 The promise, checked at every quiet point: the table holds every run the upstream has, with the
 upstream's current status, times, usage and owner (typed columns, compared with the simulator's
-current list item, and the raw object's list fields too); runs deleted upstream may stay stored,
+current list item, and the raw object's list fields too; a GitHub run's every column and its raw
+object whole, by tests/helpers.py's oracle); runs deleted upstream may stay stored,
 nothing else extra; the status history never records a status twice in a row and each change
 starts where the last one ended; the quarantine holds only (and every one of) the items the test
 poisoned on purpose; and no stream is frozen: a run added after the quiet point is stored by the
@@ -19,8 +20,9 @@ replays for free) is synchronous, so the machine owns an event loop per example 
 `loop.run_until_complete(...)` on it. Each example gets its own database (CREATE DATABASE ...
 TEMPLATE, a few tens of ms), a simulator of both upstreams on 127.0.0.1, and one runtime (store
 and HTTP clients) kept open like a daemon's; a killed pass gets its own runtime, since a hard kill
-tears its connections down. One Apify source (all runs of the user, with a webhook secret) and one
-RakerOne source of two projects read the one simulator, with pages of 3 runs. The rules that
+tears its connections down. One Apify source (all runs of the user, with a webhook secret), one
+RakerOne source of two projects and one GitHub source (a repository's workflow runs, with a
+webhook secret) read the one simulator, with pages of 3 runs. The rules that
 change the upstream draw from Hypothesis; those that act as runsync are passes (incremental,
 backfill), a pass killed at its k-th event (an upstream request arriving or a page committed;
 cancelled, or hard: its connections terminated as if the process died), two passes side by side,
@@ -28,6 +30,16 @@ a pass during which the upstream changes at its k-th request, and webhook delive
 an earlier snapshot delivered late). Start times come from a logical clock (fixed base, so fault
 draws, which hash the request's query, replay); finish times are the wall clock, as runsync's
 observations are. Retries wait milliseconds (the clients' Backoff is replaced), not seconds.
+
+GitHub's runs are created on a logical clock of their own, from the start of yesterday (UTC):
+fixed within a day, so fault draws, which hash the `created` ranges, replay the same day; and
+recent, since GitHub re-runs a run only within 30 days of its creation. Everything else in the
+GitHub world (starts of attempts, updates, so the webhooks' times) runs on the wall clock, as
+GitHub's does. Its objects leave fields out or null them (omit_share), its filtered listings
+return at most GITHUB_CAP results, and no second holds more runs than that (GitHub lists no more
+of them: runsync fails such a walk, at GitHub's real cap, with a clear error). Its budget is one
+the model never spends, and GitHub's cap of 15 requests a second (under its secondary limit,
+which the simulator does not enforce by rate) is lifted in this test (github_cap_lifted).
 
 Time is scaled for one thing: Apify's usage figures of a just-finished run may change for about
 10 s, and runsync reads such a run once more 15 s after it finished (worker.sources.apify.SETTLE).
@@ -43,7 +55,7 @@ database (.hypothesis/model-*) replays a failure first next time; a failure prin
 steps, with a note of what each did, and a @reproduce_failure blob; RUNSYNC_MODEL_VERBOSITY=debug
 prints every example.
 
-    python -m pytest -m model                                          # CI: about a minute
+    python -m pytest -m model                                          # CI: about 4 minutes
     RUNSYNC_MODEL_EXAMPLES=2000 python -m pytest -m model              # by hand: long
     RUNSYNC_MODEL_BEHAVIOURS=+apify_resurrection python -m pytest -m model
 """
@@ -52,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -69,7 +82,16 @@ import asyncpg
 import pytest
 import structlog
 from conftest import TEMPLATE, with_database
-from helpers import TOKEN, config_toml, source_toml
+from helpers import (
+    GITHUB_BUDGET,
+    REPO,
+    TOKEN,
+    config_toml,
+    github_columns,
+    github_differences,
+    github_items,
+    source_toml,
+)
 from hypothesis import HealthCheck, Verbosity, note, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -84,16 +106,20 @@ from hypothesis.stateful import (
 
 from worker import http, runtime, sources, store, sync, webhooks
 from worker.simulator import (
+    GITHUB_OPEN,
     OPEN_STATUSES,
     RAKER_OPEN,
     RAKER_TERMINAL,
     TERMINAL_STATUSES,
     ApifyWorld,
     Faults,
+    GitHubWorld,
     RakerWorld,
     Simulator,
+    workflow_run_delivery,
 )
 from worker.sources import apify as apify_source
+from worker.sources import github as github_source
 from worker.sources.contract import Answer
 
 pytestmark = pytest.mark.model
@@ -120,6 +146,10 @@ BEHAVIOURS = {
     "apify_nul_text": "an Apify run whose free text (statusMessage) holds a NUL character",
     "raker_nul_text": "a RakerOne run whose result text holds a NUL character",
     "lone_surrogates": "free text holding a lone UTF-16 surrogate escape (\\ud83d), either upstream",
+    "github_reruns": "a completed GitHub run is re-run: same id, attempt + 1, queued again",
+    "github_held": "a GitHub run stays queued or waiting for good (no runner, no approval)",
+    "github_deletions": "a GitHub run is deleted, open or finished (silently: no webhook)",
+    "github_webhooks": "GitHub workflow_run deliveries, current and late (an earlier snapshot)",
 }
 # Behaviours runsync is known to mishandle today: off by default, so the test passes; switched
 # on, the test finds them. Everything else this test found is fixed and on by default: Apify and
@@ -168,7 +198,7 @@ TALLY: Counter[str] = Counter()  # what the examples did, printed at the end
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # the logical clock's start; fixed, so fault draws replay
 # The user's runs (oldest first by startedAfter), one task's (newest first by offset: no time
 # filter), and two RakerOne projects (newest first by cursor).
-STREAMS = ("apify", "apify-task", "raker/proj_a", "raker/proj_b")
+STREAMS = ("apify", "apify-task", "raker/proj_a", "raker/proj_b", "hub")
 PROJECTS = ("proj_a", "proj_b")
 KINDS = (sync.INCREMENTAL, sync.BACKFILL)
 QUIET_PASSES = 2
@@ -178,7 +208,14 @@ SETTLE_WINDOW = timedelta(seconds=0.6)  # Apify's, scaled from 10 s
 TAKEOVER = timedelta(seconds=1)  # [database] takeover_after, scaled from 30 s
 PASS_TIMEOUT = 60.0  # a pass that takes longer has hung
 SECRET = "whsec-model-0123456789abcdef"
+GITHUB_SECRET = "whsec-model-github-0123456789"
 HOOK_HEADER = "X-Runsync-Webhook-Secret"
+# GitHub's runs: created on their own logical clock from the start of yesterday (see above).
+GITHUB_T0 = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), datetime.min.time(), UTC)
+GITHUB_CAP = 9  # results of a filtered listing (GitHub's 1,000): three pages of 3
+GITHUB_NEW = ("requested", "queued", "waiting", "in_progress", "completed")
+GITHUB_CONCLUSIONS = ("success", "failure", "cancelled", "skipped", "timed_out")
+WORKFLOWS = ("ci.yml", "nightly.yml")
 FAULT_KINDS = ("429", "429-retry-after", "500", "503", "stall", "truncate", "reset", "bad-json")
 GARBLE = "wrong-types"
 APIFY_NEW = ("RUNNING", "READY", "SUCCEEDED", "FAILED", "ABORTED", "TIMED-OUT")
@@ -217,6 +254,17 @@ def same(stored, expected) -> bool:
             return math.isnan(float(stored))
         return float(stored) == expected
     return stored == expected
+
+
+def github_cap_lifted(monkeypatch) -> None:
+    """GitHub paced by its simulated budget alone (a thousand requests a second), in this test
+    only: runsync caps GitHub at 15 a second to stay under its secondary limit, which the
+    simulator does not enforce by rate, and a hundred examples could not wait for it (a quiet
+    point asks GitHub some 40 times)."""
+    limits = dataclasses.replace(github_source.LIMITS, per_token=GITHUB_BUDGET / 3600)
+    monkeypatch.setitem(
+        sources.UPSTREAMS, "github", dataclasses.replace(github_source.UPSTREAM, limits=limits)
+    )
 
 
 class Tripwire(Counter):
@@ -266,9 +314,13 @@ class RunsyncModel(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         TALLY["examples"] += 1
         self.clock = T0 + timedelta(hours=1)
+        self.github_clock = GITHUB_T0 + timedelta(hours=1)
+        self.github_seconds: Counter[datetime] = Counter()  # GitHub runs created in each second
+        self.held: set[int] = set()  # GitHub runs that stay open for good
+        self.github_snapshots: list = []  # deliveries kept for later
         self.serial = 0
-        self.deleted: dict[str, set[str]] = {"apify": set(), "raker": set()}
-        self.known: dict[str, set[str]] = {"apify": set(), "raker": set()}
+        self.deleted: dict[str, set[str]] = {"apify": set(), "raker": set(), "hub": set()}
+        self.known: dict[str, set[str]] = {"apify": set(), "raker": set(), "hub": set()}
         # The task's source reads the same account's runs as "apify" does.
         self.deleted["apify-task"], self.known["apify-task"] = (
             self.deleted["apify"],
@@ -316,8 +368,16 @@ class RunsyncModel(RuleBasedStateMachine):
             omit_share=0.1, detail_meta=True,
         )  # fmt: skip
         self.raker = RakerWorld(projects=dict.fromkeys(PROJECTS, 0), seed=5, max_limit=3, anchor=T0)
+        # GitHub: objects that leave fields out, a small result cap, and a budget the model never
+        # spends (its faults rule draws the 429s). Its clock runs a second ahead of ours (a skew
+        # runsync tolerates): a delivery's updated_at then tells of a change made since the last
+        # poll, which it would not within the same second (updated_at is to the second).
+        self.hub = GitHubWorld(
+            repos={REPO: 0}, seed=13, omit_share=0.2, result_cap=GITHUB_CAP,
+            rate_limit=GITHUB_BUDGET, clock=lambda: time.time_ns() // 1_000_000 + 1000,
+        )  # fmt: skip
         self.task = self.world.tasks[0]["id"]
-        self.sim = Simulator(self.world, rakerone=self.raker, token=TOKEN)
+        self.sim = Simulator(self.world, rakerone=self.raker, github=self.hub, token=TOKEN)
         self.sim.requests = self.tripwire
         await self.sim.start()
         # The sweep's lookback reaches back to the model's first run (its clock starts at T0).
@@ -332,6 +392,9 @@ class RunsyncModel(RuleBasedStateMachine):
                             **common),
                 source_toml("raker", self.sim.base_url, kind="rakerone", token_env="RAKER_TOKEN",
                             projects=list(PROJECTS), page_size=4, **common),
+                source_toml("hub", self.sim.base_url, kind="github", token_env="GITHUB_TOKEN",
+                            repository=REPO, page_size=3, webhook_secret_env="HUB_SECRET",
+                            **common),
                 # A dead process's leases are taken over this long after their last renewal.
                 takeover_after=f"{TAKEOVER.total_seconds():g}s",
             )
@@ -339,7 +402,13 @@ class RunsyncModel(RuleBasedStateMachine):
         self.settings = sources.load_settings(
             path,
             database_url=with_database(self.server_url, self.database),
-            env={"APIFY_TOKEN": TOKEN, "RAKER_TOKEN": TOKEN, "HOOK_SECRET": SECRET},
+            env={
+                "APIFY_TOKEN": TOKEN,
+                "RAKER_TOKEN": TOKEN,
+                "GITHUB_TOKEN": TOKEN,
+                "HOOK_SECRET": SECRET,
+                "HUB_SECRET": GITHUB_SECRET,
+            },
         )
         self.rt = await self.stack.enter_async_context(self._runtime())
         self.receiver = webhooks.receiver(self.settings.sources, self.rt.store, {})
@@ -416,12 +485,51 @@ class RunsyncModel(RuleBasedStateMachine):
         items = self.raker.list_items(project)[::-1]
         return [i for i in items if statuses is None or i["status"] in statuses]
 
+    def _github_start(self, when: str, count: int) -> datetime:
+        """A creation time for `count` new GitHub runs: GitHub's clock moves on, unless they are
+        late or tie (and then only while their second holds no more than GITHUB_CAP runs)."""
+        moment = None
+        if when == "late" and "late_runs" in ENABLED:
+            moment = self.github_clock - timedelta(seconds=3)
+        elif when == "tie" and "ties" in ENABLED:
+            moment = self.github_clock
+        if moment is None or self.github_seconds[moment] + count > GITHUB_CAP:
+            self.github_clock += timedelta(minutes=1) if when == "later" else timedelta(seconds=1)
+            moment = self.github_clock
+        return moment
+
+    def _github_add(self, count: int, created: datetime, status="queued", *, workflow="ci.yml",
+                    event="push", conclusion=None) -> list[dict]:  # fmt: skip
+        """New GitHub runs, created in one second. The world's RNG is seeded from the call."""
+        self.hub._rng.seed(f"{iso(created)} {count} {status} {workflow} {event}")
+        added = self.hub.add_runs(
+            REPO, count, workflow=workflow, status=status, created_at=created, event=event,
+            conclusion=conclusion if status == "completed" else None,
+        )  # fmt: skip
+        self.github_seconds[created] += count
+        self.known["hub"].update(str(item["id"]) for item in added)
+        return added
+
+    def _github_items(self, statuses=None, *, held: bool = True) -> list[dict]:
+        """The repository's runs whole (no field left out), oldest first; `held`: with the runs
+        held open for good."""
+        items = [self.hub.get(REPO, r["id"], complete=True) for r in self.hub.runs(REPO)[::-1]]
+        return [
+            i for i in items
+            if (statuses is None or i["status"] in statuses) and (held or i["id"] not in self.held)
+        ]  # fmt: skip
+
     # Rules that change the upstream.
 
-    @initialize(apify=st.integers(0, 30), raker=st.integers(0, 15), open_every=st.integers(2, 9))
-    def history(self, apify, raker, open_every):
+    @initialize(
+        apify=st.integers(0, 30),
+        raker=st.integers(0, 15),
+        github=st.integers(0, 15),
+        open_every=st.integers(2, 9),
+    )
+    def history(self, apify, raker, github, open_every):
         """Runs from before runsync's first pass, one a second; every open_every-th still open,
-        every third a run of the task."""
+        every third a run of the task (and GitHub's of the nightly workflow)."""
         for i in range(apify):
             status = "RUNNING" if i % open_every == 0 else "SUCCEEDED"
             self._apify_add(1, self.clock, status, self.task if i % 3 == 0 else None)
@@ -431,6 +539,10 @@ class RunsyncModel(RuleBasedStateMachine):
             for project in PROJECTS:
                 self._raker_add(project, 1, self.clock, status)
             self.clock += timedelta(seconds=1)
+        for i in range(github):
+            status = "in_progress" if i % open_every == 0 else "completed"
+            workflow = "nightly.yml" if i % 3 == 0 else "ci.yml"
+            self._github_add(1, self._github_start("next", 1), status, workflow=workflow)
 
     @precondition(lambda self: len(self.world.list_items()) < MAX_RUNS)
     @rule(
@@ -612,6 +724,107 @@ class RunsyncModel(RuleBasedStateMachine):
         self.known[source].add(run_id)
         note(f"{upstream}: planted {run_id} holding {kind}")
 
+    @precondition(lambda self: len(self.hub.runs(REPO)) < MAX_RUNS)
+    @rule(
+        count=st.integers(1, 3),
+        status=st.sampled_from(GITHUB_NEW),
+        conclusion=st.sampled_from(GITHUB_CONCLUSIONS),
+        when=WHEN,
+        workflow=st.sampled_from(WORKFLOWS),
+        event=st.sampled_from(["push", "pull_request", "schedule"]),
+    )
+    def github_add_runs(self, count, status, conclusion, when, workflow, event):
+        created = self._github_start(when, count)
+        added = self._github_add(count, created, status, workflow=workflow, event=event,
+                                 conclusion=conclusion)  # fmt: skip
+        note(f"github: added {[i['id'] for i in added]} {status} ({workflow}, {event}) "
+             f"created {iso(created)}")  # fmt: skip
+
+    @rule(
+        pick=PICK,
+        status=st.sampled_from(GITHUB_NEW),
+        conclusion=st.sampled_from(GITHUB_CONCLUSIONS),
+    )
+    def github_change_open_run(self, pick, status, conclusion):
+        """An open run moves on: a runner picks it up, it waits for an approval, or it
+        completes (updated_at: now), whatever its conclusion."""
+        runs = self._github_items(GITHUB_OPEN, held=False)
+        if not runs:
+            return
+        run = runs[pick % len(runs)]
+        if run["status"] == status:
+            return
+        done = conclusion if status == "completed" else None
+        self.hub.set_status(REPO, run["id"], status, done)
+        note(f"github: {run['id']} {run['status']} -> {status} {done or ''}")
+
+    @on("github_reruns")
+    @rule(pick=PICK)
+    def github_rerun(self, pick):
+        """A completed run is re-run: attempt + 1, queued, run_started_at now."""
+        runs = self._github_items(["completed"])
+        if not runs:
+            return
+        run = runs[pick % len(runs)]
+        self.hub.rerun(REPO, run["id"])
+        note(f"github: re-ran {run['id']} (attempt {run['run_attempt'] + 1})")
+
+    @on("github_held")
+    @rule(pick=PICK, status=st.sampled_from(["queued", "waiting"]))
+    def github_hold(self, pick, status):
+        """An open run stays open for good: no runner picks it up, nobody approves it."""
+        runs = self._github_items(GITHUB_OPEN, held=False)
+        if not runs:
+            return
+        run = runs[pick % len(runs)]
+        self.hub.hold(REPO, run["id"], status)
+        self.held.add(run["id"])
+        note(f"github: {run['id']} {run['status']} -> {status}, held")
+
+    @on("github_deletions")
+    @rule(pick=PICK)
+    def github_delete(self, pick):
+        """A run is deleted, finished or not (a run over two weeks old may be, open)."""
+        runs = self._github_items()
+        if not runs:
+            return
+        run = runs[pick % len(runs)]
+        self.hub.delete_run(REPO, run["id"])
+        self.held.discard(run["id"])
+        self.deleted["hub"].add(str(run["id"]))
+        note(f"github: deleted {run['id']} ({run['status']})")
+
+    @on("github_webhooks")
+    @rule(pick=PICK, later=st.booleans())
+    def github_webhook(self, pick, later):
+        """GitHub tells of a run as it is now: at once, or late (a redelivery by hand)."""
+        runs = self._github_items()
+        if not runs:
+            return
+        run = runs[pick % len(runs)]
+        delivery = workflow_run_delivery(self.hub, REPO, run["id"], secret=GITHUB_SECRET)
+        if later:
+            self.github_snapshots.append(delivery)
+            return
+        answer = self.run(self._deliver_github(delivery))
+        note(f"github webhook for {run['id']} ({run['status']}): {answer.body}")
+
+    @on("github_webhooks")
+    @precondition(lambda self: self.github_snapshots)
+    @rule(pick=PICK)
+    def github_late_webhook(self, pick):
+        delivery = self.github_snapshots[pick % len(self.github_snapshots)]
+        answer = self.run(self._deliver_github(delivery))
+        run = delivery.payload["workflow_run"]
+        note(f"late github webhook for {run['id']} ({run['status']}, updated "
+             f"{run['updated_at']}): {answer.body}")  # fmt: skip
+
+    async def _deliver_github(self, delivery) -> Answer:
+        answer = await self.receiver.receive("github", "hub", delivery.headers, delivery.body)
+        TALLY[f"github webhooks {answer.body['outcome']}"] += 1
+        assert answer.status == 200, f"webhook refused: {answer.status} {answer.body}"
+        return answer
+
     @on("cursor_expiry")
     @rule()
     def raker_expire_cursors(self):
@@ -644,10 +857,8 @@ class RunsyncModel(RuleBasedStateMachine):
         """One pass; a backfill from the beginning, or (`since`) of the last two minutes only."""
         options = {}
         if kind == sync.BACKFILL:
-            options = {
-                "restart": restart,
-                "since": self.clock - timedelta(minutes=2) if since else None,
-            }
+            clock = self.github_clock if stream == "hub" else self.clock
+            options = {"restart": restart, "since": clock - timedelta(minutes=2) if since else None}
         coroutine = sync.run_pass(self._target(rt, stream), rt.store, stream=kind, **options)
         try:
             result = await asyncio.wait_for(coroutine, PASS_TIMEOUT)
@@ -765,6 +976,8 @@ class RunsyncModel(RuleBasedStateMachine):
         """One upstream change to the stream's runs, made from inside the simulator while it
         answers."""
         source, _, project = stream.partition("/")
+        if source == "hub":
+            return self._github_change(change)
         task = self.task if source == "apify-task" else None
         apify = source != "raker"
 
@@ -813,6 +1026,38 @@ class RunsyncModel(RuleBasedStateMachine):
         else:
             self.raker.set_status(project, run["id"], status)
         return f"{run['id']} {run['status']} -> {status}"
+
+    def _github_change(self, change: str) -> str:
+        if change in ("add", "tie"):
+            created = self._github_start("tie" if change == "tie" else "next", 1)
+            (item,) = self._github_add(1, created)
+            return f"added {item['id']}"
+        if change == "delete":
+            # The newest run of the second that holds the most (the oldest run, if none holds
+            # two): a walk reading that second page by page while it is deleted must skip none.
+            runs = self._github_items()
+            if "github_deletions" not in ENABLED or not runs:
+                return "nothing"
+            crowded = Counter(run["created_at"] for run in runs).most_common(1)[0][0]
+            tied = [run for run in runs if run["created_at"] == crowded]
+            run = tied[-1] if len(tied) > 1 else runs[0]
+            self.hub.delete_run(REPO, run["id"])
+            self.held.discard(run["id"])
+            self.deleted["hub"].add(str(run["id"]))
+            return f"deleted {run['id']}"
+        if change == "resurrect":
+            runs = self._github_items(["completed"])
+            if "github_reruns" not in ENABLED or not runs:
+                return "nothing"
+            run = runs[len(runs) // 2]
+            self.hub.rerun(REPO, run["id"])
+            return f"re-ran {run['id']}"
+        runs = self._github_items(GITHUB_OPEN, held=False)
+        status = "completed" if change == "finish" else "in_progress"
+        if not runs or runs[0]["status"] == status:
+            return "nothing"
+        self.hub.set_status(REPO, runs[0]["id"], status)
+        return f"{runs[0]['id']} {runs[0]['status']} -> {status}"
 
     @on("webhooks")
     @rule(pick=PICK, later=st.booleans())
@@ -864,6 +1109,7 @@ class RunsyncModel(RuleBasedStateMachine):
         problems = []
         for _ in range(QUIET_PASSES):
             problems += [await self._clean_pass(stream) for stream in STREAMS]
+        problems += await self._github_walked()
         # And the reconcile sweep, as the daemon runs it every reconcile_every: a run finished,
         # resurrected and finished again between two passes is seen by no polling.
         problems += [await self._clean_pass(stream, sync.RECONCILE) for stream in STREAMS]
@@ -878,6 +1124,7 @@ class RunsyncModel(RuleBasedStateMachine):
         }
         for project in PROJECTS:
             fresh[f"raker/{project}"] = self._raker_add(project, 1, self._start("next"))[0]["id"]
+        fresh["hub"] = str(self._github_add(1, self._github_start("next", 1))[0]["id"])
         problems = [p for p in [await self._clean_pass(stream) for stream in STREAMS] if p]
         async with self.rt.store.pool.acquire() as conn:
             stored = {row["run_id"] for row in await conn.fetch("SELECT run_id FROM runsync.runs")}
@@ -887,6 +1134,19 @@ class RunsyncModel(RuleBasedStateMachine):
             if run_id not in stored
         ]
         assert not problems, "after a quiet point:\n  " + "\n  ".join(problems)
+
+    async def _github_walked(self) -> list[str]:
+        """No GitHub run skipped by the passes' walks: every run the repository lists is stored
+        before the sweep reads them all again (which would hide a skip). Only that: a run
+        finished, re-run and finished again between two passes is the sweep's to find."""
+        async with self.rt.store.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT run_id FROM runsync.runs WHERE source = 'hub'")
+        stored = {row["run_id"] for row in rows}
+        return [
+            f"hub run {item['id']} is not stored after the incremental passes"
+            for item in github_items(self.hub, REPO)
+            if str(item["id"]) not in stored
+        ]
 
     async def _clean_pass(self, stream: str, kind: str = sync.INCREMENTAL) -> str | None:
         """A problem, if a pass (incremental, or a sweep) with no faults does not succeed."""
@@ -938,6 +1198,8 @@ class RunsyncModel(RuleBasedStateMachine):
                     "result": item["result"],
                 }
                 truth["raker", item["id"]] = columns, item
+        for item in github_items(self.hub, REPO):
+            truth["hub", str(item["id"])] = github_columns(item), item
         for key, columns in self.planted.items():
             truth[key] = columns, {}
         return truth
@@ -954,17 +1216,20 @@ class RunsyncModel(RuleBasedStateMachine):
             if row is None:
                 problems.append(f"{source} run {run_id} ({columns['status']}) is not stored")
                 continue
-            differing = {
-                column: (row[column], value)
-                for column, value in columns.items()
-                if not same(row[column], value)
-            }
-            raw = row["raw"]
-            differing |= {
-                f"raw.{key}": (raw.get(key), value)
-                for key, value in item.items()
-                if not holds(raw.get(key), value)
-            }
+            if source == "hub":  # every column, and raw whole
+                differing = github_differences(row, item)
+            else:
+                differing = {
+                    column: (row[column], value)
+                    for column, value in columns.items()
+                    if not same(row[column], value)
+                }
+                raw = row["raw"]
+                differing |= {
+                    f"raw.{key}": (raw.get(key), value)
+                    for key, value in item.items()
+                    if not holds(raw.get(key), value)
+                }
             if differing:
                 shown = ", ".join(
                     f"{k} stored {s!r}, upstream {u!r}" for k, (s, u) in differing.items()
@@ -979,6 +1244,7 @@ class RunsyncModel(RuleBasedStateMachine):
                 run_id = json.loads(entry["raw"]).get("id")
             except (ValueError, AttributeError):
                 run_id = None
+            run_id = None if run_id is None else str(run_id)  # GitHub's are numbers
             quarantined.add((entry["source"], run_id))
             # A run garbled alike on two reads, then deleted upstream before a good read let its
             # item go (RakerOne has no endpoint to read it by id): kept, as what could not be read.
@@ -1040,6 +1306,7 @@ def test_runsync_keeps_its_promise_whatever_the_upstream_does(
     server_url, template_url, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(apify_source, "SETTLE", SETTLE)
+    github_cap_lifted(monkeypatch)
     for write in ("save_page", "save_refreshed"):
         monkeypatch.setattr(store.Lease, write, Commits.announcing(getattr(store.Lease, write)))
     monkeypatch.setattr(RunsyncModel, "server_url", server_url, raising=False)

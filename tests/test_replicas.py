@@ -9,18 +9,33 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from helpers import ThreeSources, assert_matches_upstream, eventually, spawn, stored_runs
+from helpers import (
+    REPO,
+    TOKEN,
+    ThreeSources,
+    assert_matches_github,
+    assert_matches_upstream,
+    eventually,
+    github_items,
+    spawn,
+    stored_runs,
+)
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 STREAMS = {
     ("apify", "incremental"), ("task", "incremental"),
-    ("raker", "incremental/proj_a"), ("raker", "incremental/proj_b"),
+    ("raker", "incremental/proj_a"), ("raker", "incremental/proj_b"), ("hub", "incremental"),
 }  # fmt: skip
+# GitHub's passes are the slowest here (at most 15 requests a second): the waits below are long
+# for them, none bounds its speed.
+PATIENCE = 120.0
 
 
 @pytest.mark.process
-async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database_url, tmp_path):
-    sources = ThreeSources(world, raker, sim, runs=400, raker_runs=150, open_every=50)
+async def test_three_replicas_one_of_them_killed(
+    world, raker, hub, sim, db, database_url, tmp_path
+):
+    sources = ThreeSources(world, raker, sim, runs=400, raker_runs=150, open_every=50, hub=hub)
     task = {"id": sources.task}
     sim.latency = 0.005
     path = tmp_path / "replicas.toml"
@@ -28,7 +43,10 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
     path.write_text(sources.config(takeover_after="2s"))
     stderr = asyncio.subprocess.PIPE
     replicas = [
-        await spawn(database_url, "--config", str(path), "run", stderr=stderr) for _ in range(3)
+        await spawn(
+            database_url, "--config", str(path), "run", stderr=stderr, env={"GITHUB_TOKEN": TOKEN}
+        )
+        for _ in range(3)
     ]
     started = datetime.now(UTC)
 
@@ -44,13 +62,13 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
             )
         return {(row["source"], row["stream"]) for row in ran} >= STREAMS
 
-    await eventually(stored_as_upstream)  # the replicas have shared the first walks
-    await eventually(lambda: every_stream_ran_since(started))
+    await eventually(stored_as_upstream, PATIENCE)  # the replicas have shared the first walks
+    await eventually(lambda: every_stream_ran_since(started), PATIENCE)
     replicas[0].kill()  # it may hold leases right now: they expire, and others take them over
     killed_at = datetime.now(UTC)
     sources.change(new_task_runs=20, new_raker_runs=10)
-    await eventually(stored_as_upstream)  # the other two carried on
-    await eventually(lambda: every_stream_ran_since(killed_at))
+    await eventually(stored_as_upstream, PATIENCE)  # the other two carried on
+    await eventually(lambda: every_stream_ran_since(killed_at), PATIENCE)
     for replica in replicas[1:]:
         replica.send_signal(signal.SIGTERM)
     errors = [(await replica.communicate())[1].decode() for replica in replicas]
@@ -106,3 +124,4 @@ async def test_three_replicas_one_of_them_killed(world, raker, sim, db, database
     assert_matches_upstream(
         await stored_runs(db, "raker"), raker.list_items("proj_a") + raker.list_items("proj_b")
     )
+    assert_matches_github(await stored_runs(db, "hub"), github_items(hub, REPO))

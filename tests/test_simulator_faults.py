@@ -17,12 +17,21 @@ import aiohttp
 import pytest
 from helpers import eventually
 
-from worker.simulator import FAULT_KINDS, ApifyWorld, Faults, RakerWorld, Simulator, serve
+from worker.simulator import (
+    FAULT_KINDS,
+    ApifyWorld,
+    Faults,
+    GitHubWorld,
+    RakerWorld,
+    Simulator,
+    serve,
+)
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TOKEN = "fault-token"
 APIFY_LIST = "/v2/actor-runs?limit=30"
 RAKER_LIST = "/api/projects/proj/action-runs?limit=30"
+GITHUB_LIST = "/repos/octo/app/actions/runs?per_page=30"
 APIFY_ERRORS = {
     429: "rate-limit-exceeded",
     500: "internal-server-error",
@@ -30,8 +39,11 @@ APIFY_ERRORS = {
     503: "service-unavailable",
 }
 RAKER_ERRORS = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
-# Every faulted route of both upstreams: their list endpoints and Apify's single run.
-ROUTES = ["apify-list", "apify-run", "rakerone-list"]
+# Every faulted route of the upstreams: their list endpoints, and Apify's and GitHub's single run.
+ROUTES = ["apify-list", "apify-run", "rakerone-list", "github-list", "github-run"]
+# The fields wrong-types mistypes, by the route's upstream.
+MISTYPED = {"apify": ("id", "startedAt", "status"), "rakerone": ("id", "startedAt", "status"),
+            "github": ("id", "created_at", "status")}  # fmt: skip
 
 
 def apify_world() -> ApifyWorld:
@@ -42,13 +54,18 @@ def raker_world() -> RakerWorld:
     return RakerWorld(projects={"proj": 60}, seed=5, anchor=ANCHOR, open_share=0.0)
 
 
+def github_world() -> GitHubWorld:
+    return GitHubWorld({"octo/app": 60}, seed=5, anchor=ANCHOR, open_share=0.0)
+
+
 @asynccontextmanager
 async def simulated(
     faults: Faults | None = None, latency: float = 0.0, client_timeout: float = 5.0
 ) -> AsyncIterator[tuple[Simulator, aiohttp.ClientSession]]:
     sim = Simulator(
-        apify_world(), rakerone=raker_world(), token=TOKEN, faults=faults, latency=latency
-    )
+        apify_world(), rakerone=raker_world(), github=github_world(), token=TOKEN,
+        faults=faults, latency=latency,
+    )  # fmt: skip
     await sim.start()
     headers = {"Authorization": f"Bearer {TOKEN}"}
     timeout = aiohttp.ClientTimeout(total=client_timeout)
@@ -63,12 +80,21 @@ def path_of(route: str, sim: Simulator) -> str:
     if route == "apify-run":
         assert sim.apify is not None
         return f"/v2/actor-runs/{sim.apify.list_items()[0]['id']}"
-    return APIFY_LIST if route == "apify-list" else RAKER_LIST
+    if route == "github-run":
+        assert sim.github is not None
+        return f"/repos/octo/app/actions/runs/{sim.github.runs('octo/app')[0]['id']}"
+    return {"apify-list": APIFY_LIST, "rakerone-list": RAKER_LIST, "github-list": GITHUB_LIST}[
+        route
+    ]
 
 
 def runs_of(route: str, page: dict) -> list[dict]:
     if route == "apify-run":
         return [page["data"]]
+    if route == "github-run":
+        return [page]
+    if route == "github-list":
+        return page["workflow_runs"]
     return page["data"]["items"] if route == "apify-list" else page["runs"]
 
 
@@ -111,13 +137,15 @@ async def test_status_faults_answer_in_the_upstreams_error_format(route: str, st
     if route.startswith("apify"):
         assert body["error"]["type"] == APIFY_ERRORS[status]
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    elif route.startswith("github"):
+        assert body["status"] == str(status) and body["message"] and body["documentation_url"]
     else:
         assert body == {"error": RAKER_ERRORS[status]}
     assert faults.injected == {str(status): 1}
 
 
 @pytest.mark.parametrize(("retry_after", "header"), [(0.05, "0.05"), (1.0, "1"), (2.5, "2.5")])
-@pytest.mark.parametrize("route", ["apify-list", "rakerone-list"])
+@pytest.mark.parametrize("route", ["apify-list", "rakerone-list", "github-list"])
 async def test_429_retry_after_carries_the_header(route: str, retry_after: float, header: str):
     faults = Faults(1.0, ("429-retry-after",), retry_after=retry_after)
     async with simulated(faults) as (sim, http), http.get(path_of(route, sim)) as response:
@@ -126,6 +154,8 @@ async def test_429_retry_after_carries_the_header(route: str, retry_after: float
         assert response.headers["Retry-After"] == header
     if route.startswith("rakerone"):
         assert body == {"error": "rate_limited"}
+    elif route.startswith("github"):
+        assert "secondary rate limit" in body["message"]
     else:
         assert body["error"]["type"] == "rate-limit-exceeded"
     assert faults.injected == {"429-retry-after": 1}
@@ -216,9 +246,11 @@ async def test_wrong_types_mistypes_about_a_third_of_the_runs(route: str) -> Non
     assert len(changed) == max(1, round(len(clean) / 3))
     for right, wrong in changed:
         fields = [name for name in right if right[name] != wrong[name]]
-        assert len(fields) == 1 and fields[0] in ("id", "startedAt", "status")
+        assert len(fields) == 1 and fields[0] in MISTYPED[route.split("-")[0]]
+        # A type of its own: GitHub's ids are numbers, so a number is no wrong type for them.
         value = wrong[fields[0]]
-        assert {"id": int, "startedAt": int, "status": list}[fields[0]] is type(value)
+        assert type(value) is not type(right[fields[0]]), (fields[0], right[fields[0]], value)
+        assert type(value) in (int, list)
     assert faults.injected == {"wrong-types": 1}
 
 

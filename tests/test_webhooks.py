@@ -6,25 +6,18 @@ import asyncio
 import io
 import json
 import signal
-import socket
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import config_toml, source_toml, spawn, stored_runs
+from helpers import config_toml, free_port, source_toml, spawn, stored_runs
 
 from worker import health, metrics, runtime, webhooks
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 SECRET = "whsec-7c1d2e3f4a5b6c7d8e9f"
 HEADER = "X-Runsync-Webhook-Secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def iso(moment: datetime) -> str:

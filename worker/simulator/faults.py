@@ -105,7 +105,7 @@ def wrong_types(body: bytes, draw: int) -> bytes | None:
     rng = random.Random(draw)
     for index in rng.sample(range(len(items)), max(1, round(len(items) / 3))):
         item = items[index]
-        fields = [name for name in ("id", "startedAt", "status") if name in item]
+        fields = [name for name in ("id", "startedAt", "created_at", "status") if name in item]
         if fields:
             name = rng.choice(fields)
             item[name] = _MISTYPED[name](item[name], rng)
@@ -113,7 +113,8 @@ def wrong_types(body: bytes, draw: int) -> bytes | None:
 
 
 def _items(page: object) -> list[dict[str, Any]]:
-    """The run objects of an Apify page or single run, or of a RakerOne or GitHub page."""
+    """The run objects of an Apify page or single run, of a RakerOne page, or of a GitHub page
+    or single run (a run object itself, the only answer with an id at its top)."""
     if not isinstance(page, dict):
         return []
     data = page.get("data")
@@ -121,7 +122,17 @@ def _items(page: object) -> list[dict[str, Any]]:
         listed = data.get("items")
         return [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else [data]
     runs = page.get("runs", page.get("workflow_runs"))
-    return [i for i in runs if isinstance(i, dict)] if isinstance(runs, list) else []
+    if isinstance(runs, list):
+        return [i for i in runs if isinstance(i, dict)]
+    return [page] if "id" in page else []
+
+
+def _mistyped_id(value: object, rng: random.Random) -> object:
+    """A string id (Apify's, RakerOne's) as a number; a number (GitHub's) as a list, since
+    another number would be another run's id, not a wrong type."""
+    if isinstance(value, str):
+        return rng.randrange(1, 2**31)
+    return [value]
 
 
 def _epoch_ms(value: object, rng: random.Random) -> int:
@@ -135,8 +146,9 @@ def _epoch_ms(value: object, rng: random.Random) -> int:
 
 
 _MISTYPED: dict[str, Callable[[object, random.Random], object]] = {
-    "id": lambda value, rng: rng.randrange(1, 2**31),
+    "id": _mistyped_id,
     "startedAt": _epoch_ms,
+    "created_at": _epoch_ms,  # GitHub's
     "status": lambda value, rng: [value],
 }
 

@@ -644,22 +644,47 @@ class GitHubWorld:
         del listing[bisect.bisect_left(listing, run.key, key=_key)]
         del self._runs[run_id]
 
-    def runs(self, repo: str, workflow: str | int | None = None) -> list[dict[str, Any]]:
+    def runs(
+        self,
+        repo: str,
+        workflow: str | int | None = None,
+        *,
+        exclude_pull_requests: bool = False,
+    ) -> list[dict[str, Any]]:
         """Every run of the repository (or one workflow) as listed now, newest first, with the
-        seeded omissions: the truth the listings serve."""
+        seeded omissions: the truth the listings serve (with exclude_pull_requests=true, as they
+        serve it then)."""
         found = self._repo(repo)
         chosen = None if workflow is None else self._workflow(found, workflow)
         if workflow is not None and chosen is None:
             raise KeyError(f"repository {repo!r} has no workflow {workflow!r}")
-        return [self._object(run) for run in self._matching(found, chosen)]
+        return [self.served(run, exclude_pull_requests) for run in self._matching(found, chosen)]
 
-    def get(self, repo: str, run_id: int, *, complete: bool = False) -> dict[str, Any] | None:
+    def get(
+        self,
+        repo: str,
+        run_id: int,
+        *,
+        complete: bool = False,
+        exclude_pull_requests: bool = False,
+    ) -> dict[str, Any] | None:
         """One run as GET …/actions/runs/{run_id} returns it now (complete: without omissions),
         or None if there is no such run."""
         try:
-            return self._object(self._run(repo, run_id), complete=complete)
+            run = self._run(repo, run_id)
         except KeyError:
             return None
+        return self.served(run, exclude_pull_requests, complete=complete)
+
+    def served(
+        self, run: _Run, exclude_pull_requests: bool, *, complete: bool = False
+    ) -> dict[str, Any]:
+        """The run object an endpoint answers with: exclude_pull_requests=true empties
+        pull_requests (a key the seeded omissions left out stays out)."""
+        obj = self._object(run, complete=complete)
+        if exclude_pull_requests and "pull_requests" in obj:
+            obj["pull_requests"] = []
+        return obj
 
     def trip_secondary_limit(self, seconds: int = 60, status: int = 403) -> None:
         """For the next `seconds` of the clock every request gets the secondary rate-limit

@@ -424,10 +424,7 @@ class GitHubEndpoints:
         return matching[: world.result_cap]
 
     def _served(self, run: _Run, omit_prs: bool) -> dict[str, Any]:
-        obj = self.world._object(run)
-        if omit_prs and "pull_requests" in obj:
-            obj["pull_requests"] = []  # exclude_pull_requests=true
-        return obj
+        return self.world.served(run, omit_prs)  # exclude_pull_requests=true: omit_prs
 
     def _run(self, request: web.Request) -> _Run:
         repo, raw = self._repo(request), request.match_info["run_id"]

@@ -6,7 +6,10 @@ a filtered listing returns at most 1,000 results per search. So a walk never pag
 read (inclusive, to the second: the runs of that second are read twice, never skipped). Runs
 created during the walk fall above the range and new pages cannot push runs past it; a deleted
 run only shortens it. Where a page is not in creation order, or holds more runs than fit one page
-all in one second, the range is cut in two instead, or read page by page within that second.
+all in one second, the range is cut in two instead, or read page by page within that second. A
+second read page by page is the one place offsets count: a run of it deleted meanwhile would pull
+the next page's first run onto the page already read. So the walk keeps the second's total_count
+from its first page, and reads the second again from that page whenever the total has changed.
 
 A re-run keeps the run's id and raises run_attempt; it goes back to an open status, and is found
 by the walks of the open statuses, the reconcile sweep, or a webhook. A run deleted upstream
@@ -53,6 +56,9 @@ MISSING_STATUS = "unknown"  # a run object whose status is null (the schema allo
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # below any run: the lower end of a range cut in two
 _SECOND = timedelta(seconds=1)
 _INT32 = 2**31 - 1
+# Asked of every endpoint: pull_requests lists open pull requests that match the run's head now,
+# not what triggered it; and the single run and the listings then agree on the object.
+_EXCLUDE_PULL_REQUESTS = {"exclude_pull_requests": "true"}
 
 # GitHub's typed columns of runsync.runs (sql/migrations/0010_github.sql), in the order a Run's
 # `columns` holds them; the view runsync.github_workflow_runs names them as analysts do.
@@ -126,7 +132,8 @@ class GitHubSource:
         return Chain([self._walk(Checkpoint(), status=status) for status in OPEN_STATUSES])
 
     def run_request(self, run_id: str) -> Request:
-        return Request(f"{self.run_path}/{quote(run_id, safe='')}", {})
+        # As the listings ask: raw is then the same whichever endpoint read the run last.
+        return Request(f"{self.run_path}/{quote(run_id, safe='')}", dict(_EXCLUDE_PULL_REQUESTS))
 
     def read_run(self, body: Any, observed_at: datetime) -> Run | Rejected:
         if not isinstance(body, dict):
@@ -247,10 +254,13 @@ Range = tuple[datetime | None, datetime | None]  # (lowest, highest) creation, i
 @dataclass(frozen=True, kw_only=True)
 class Ranges(InFlight):
     """A created-range walk's position: the ranges still to read (the newest last, as ISO text
-    to the second; None: open) and the page of the newest one."""
+    to the second; None: open), the page of the newest one, and that second's total."""
 
     ranges: tuple[tuple[str | None, str | None], ...] = field(default=(), metadata=KEPT)
     page: int = field(default=1, metadata=KEPT)
+    # The total_count of the second read page by page (a range of one second past its first
+    # page), as its first page said; None before that page.
+    second_total: int | None = None
 
 
 class CreatedWalk(Rewindable):
@@ -261,7 +271,7 @@ class CreatedWalk(Rewindable):
     Each request asks for page 1 of the top range, or a later page of a range of one second.
     """
 
-    _position = ("ranges", "page", "top", "done")
+    _position = ("ranges", "page", "top", "done", "second_total")
 
     def __init__(
         self,
@@ -281,11 +291,15 @@ class CreatedWalk(Rewindable):
         self.watermark = checkpoint.watermark
         position = checkpoint.position(Ranges)
         self.top = position.top
+        # The total_count of the second read page by page, as its first page said.
+        self.second_total = position.second_total
         if position.ranges:
             self.ranges: tuple[Range, ...] = tuple(
                 (_time(low, "range"), _time(high, "range")) for low, high in position.ranges
             )
-            self.page = position.page
+            # A later page of a second whose total is not known (a checkpoint written before
+            # the total was kept): that second from its first page.
+            self.page = position.page if self.second_total is not None else 1
         else:
             self.ranges = ((_whole(floor), _whole(until, up=True)),)
             self.page = 1
@@ -300,18 +314,16 @@ class CreatedWalk(Rewindable):
     @property
     def checkpoint(self) -> Checkpoint:
         ranges = tuple((_iso(low), _iso(high)) for low, high in self.ranges)
-        position = Ranges(**self.walk.scope(), ranges=ranges, page=self.page)
+        position = Ranges(
+            **self.walk.scope(), ranges=ranges, page=self.page, second_total=self.second_total
+        )
         return newest_first_checkpoint(self.watermark, self.top, self.done, position)
 
     def next_request(self) -> Request | None:
         if self.done or not self.ranges:
             return None
         low, high = self.ranges[-1]
-        params = {
-            "per_page": str(self.page_size),
-            "page": str(self.page),
-            "exclude_pull_requests": "true",
-        }
+        params = {"per_page": str(self.page_size), "page": str(self.page), **_EXCLUDE_PULL_REQUESTS}
         if low is not None or high is not None:
             params["created"] = _span(low, high)
         if self.status is not None:
@@ -325,6 +337,7 @@ class CreatedWalk(Rewindable):
         shrunk = super().shrink()
         if shrunk:
             self.page = 1  # pages of another size do not line up: the range from its start
+            self.second_total = None
         return shrunk
 
     def advance(self, body: Any, observed_at: datetime) -> Page:
@@ -339,7 +352,13 @@ class CreatedWalk(Rewindable):
             self.top = max(self.top, max(created)) if self.top else max(created)
         read = (self.page - 1) * self.page_size + len(items)
         complete = len(items) < self.page_size or (total is not None and total <= read)
-        self._move(complete, created, observed_at)
+        if self.page > 1 and total is not None and total != self.second_total:
+            # The second read page by page has changed since its first page (a run deleted, or
+            # one seen late): the pages no longer line up. Again from its first page; this
+            # page's runs are stored all the same.
+            self.page, self.second_total = 1, None
+        else:
+            self._move(complete, created, total, observed_at)
         self.done = not self.ranges
         starts = [run.started_at for run in runs if run.started_at is not None]
         return Page(
@@ -347,13 +366,19 @@ class CreatedWalk(Rewindable):
             min(starts, default=None), max(starts, default=None),
         )  # fmt: skip
 
-    def _move(self, complete: bool, created: Sequence[datetime], observed_at: datetime) -> None:
+    def _move(
+        self,
+        complete: bool,
+        created: Sequence[datetime],
+        total: int | None,
+        observed_at: datetime,
+    ) -> None:
         """The next position after a page of the top range; `created`: the page's creation
-        times in the order served."""
+        times in the order served; `total`: the page's total_count."""
         low, high = self.ranges[-1]
         rest = self.ranges[:-1]
         if complete:
-            self.ranges, self.page = rest, 1
+            self.ranges, self.page, self.second_total = rest, 1, None
             return
         in_order = bool(created) and all(a >= b for a, b in itertools.pairwise(created))
         if in_order and self.page == 1:
@@ -364,8 +389,9 @@ class CreatedWalk(Rewindable):
                 self.ranges, self.page = (*rest, (low, oldest)), 1
                 return
             if low != oldest:
-                # A full page within one second: that second page by page, then below it.
-                self.ranges, self.page = (*rest, (low, oldest - _SECOND), (oldest, oldest)), 2
+                # A full page within one second: that second page by page (from its first
+                # page, whose total_count the later ones are checked against), then below it.
+                self.ranges, self.page = (*rest, (low, oldest - _SECOND), (oldest, oldest)), 1
                 return
         if low is not None and low == high:
             if self.page * self.page_size >= RESULT_CAP:
@@ -373,6 +399,8 @@ class CreatedWalk(Rewindable):
                     f"{self.path}: more than {RESULT_CAP} runs created in the second "
                     f"{isoformat(low)}; GitHub lists no more of them"
                 )
+            if self.page == 1:
+                self.second_total = total
             self.page += 1
             return
         # Not in creation order: cut the range in two, the newer half first.
