@@ -294,3 +294,22 @@ async def test_status_reports_each_source(world, sim, db, apify_settings):
     assert (row["runs"], row["open_runs"], row["configured"]) == (9, 2, True)
     assert row["last_success_at"] is not None and row["last_error"] is None
     assert row["watermark"] == max(r["started_at"] for r in (await stored_runs(db)).values())
+
+
+def test_an_upstreams_staging_table_and_merge_come_from_its_columns():
+    from worker.model import Column
+
+    tables = store.run_tables(sources.columns())
+    assert set(tables) == set(sources.UPSTREAMS)
+    github = tables["github"]
+    assert github.columns[-2:] == ("github_created_at", "github_updated_at")
+    assert "github_attempt int4" in github.create and "incoming_github" in github.merge
+    assert "usage_total_usd float8" in tables["apify"].create
+    assert "i.usage_total_usd::text::numeric" in tables["apify"].merge  # staged, then cast
+    assert "github" not in tables["apify"].merge  # no upstream writes another's columns
+    with pytest.raises(ValueError, match="typed column status is a shared one"):
+        store.RunTable("new", [Column("status", "text")], sqlfiles.queries())
+    with pytest.raises(ValueError, match="not a plain name"):
+        store.RunTable("new", [Column("x; DROP TABLE y", "text")], sqlfiles.queries())
+    with pytest.raises(ValueError, match="does not hold its 9 typed columns"):
+        tables["apify"].records([observation("RUNNING", T0, columns=())])
