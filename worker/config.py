@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -403,8 +403,8 @@ def load(
     if not isinstance(raw_sources, list) or not raw_sources:
         raise fail("sources", "define at least one [[sources]] table")
     # One model per kind, told apart by `kind` (a Union built at run time: no `|` for that).
-    any_kind = Union[tuple(kinds.values())]  # noqa: UP007
-    adapter = TypeAdapter(Annotated[any_kind, Field(discriminator="kind")])
+    any_kind: Any = Union[tuple(kinds.values())]  # noqa: UP007
+    adapter: TypeAdapter[SourceBase] = TypeAdapter(Annotated[any_kind, Field(discriminator="kind")])
     sources: list[SourceBase] = []
     for index, raw in enumerate(raw_sources, 1):
         where = f"sources[{index}]"
@@ -426,7 +426,12 @@ def load(
     )  # fmt: skip
 
 
-def _database_url(in_file: str | None, override: str | None, env: Mapping[str, str], fail):
+def _database_url(
+    in_file: str | None,
+    override: str | None,
+    env: Mapping[str, str],
+    fail: Callable[[str, str], ConfigError],
+) -> tuple[Secret | None, str]:
     for value, origin in (
         (override, "--database-url"),
         (env.get("RUNSYNC_DATABASE_URL"), "RUNSYNC_DATABASE_URL"),
@@ -512,7 +517,7 @@ def _message(error: ErrorDetails, model: type[_Strict], key: str | None) -> str:
     is shown only for a wrong type or a bound; a secret is never an input (it is not a key)."""
     context = error.get("ctx") or {}
     if error["type"] == "runsync":
-        return context["message"]
+        return str(context["message"])
     if error["type"] == "missing" and key is not None:
         kind = _kind(model)
         own = kind is not None and key not in SourceBase.model_fields
