@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from worker import jsontext
 from worker.model import KEPT, Checkpoint, Position, Run
@@ -20,6 +20,41 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 class PageError(Exception):
     """A list answer does not have the documented shape; the pass fails and its checkpoint stays."""
+
+
+W = TypeVar("W")
+
+
+class DownToWatermark(Generic[W]):
+    """The walks of a source whose lists go newest first down to a floor (RakerOne's keyset,
+    GitHub's created ranges): each from a little below where the last one ended (`overlap`, for
+    runs listed late), a head for a walk in flight, and a backfill of one range. A subclass says
+    how to make one of its walks (`_walk`)."""
+
+    overlap: timedelta
+
+    def _walk(self, checkpoint: Checkpoint, **options: Any) -> W:
+        raise NotImplementedError
+
+    def incremental(self, checkpoint: Checkpoint) -> W:
+        floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
+        return self._walk(checkpoint, floor=floor)
+
+    def recent(self, floor: datetime) -> W:
+        return self._walk(Checkpoint(), floor=floor)
+
+    def head(self, checkpoint: Checkpoint) -> W | None:
+        top = walk_top(checkpoint)
+        return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
+
+    def backfill(
+        self,
+        checkpoint: Checkpoint | None,
+        since: datetime | None,
+        until: datetime | None,
+        walk: Position,
+    ) -> W:
+        return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
 
 class Rewindable:

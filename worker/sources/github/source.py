@@ -29,6 +29,7 @@ from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Req
 from worker.ratelimit import Budget, Published
 from worker.sources.common import (
     MAX_CLOCK_SKEW,
+    DownToWatermark,
     InFlight,
     ItemError,
     PageError,
@@ -41,7 +42,6 @@ from worker.sources.common import (
     newest_first_checkpoint,
     parse_time,
     text,
-    walk_top,
 )
 from worker.sources.contract import Paginator
 from worker.sources.github.config import GitHubConfig
@@ -83,7 +83,7 @@ _CREATED = 9  # the index of github_created_at in a Run's columns
 LIMITS = Published(per_token=15.0, budget=Budget())
 
 
-class GitHubSource:
+class GitHubSource(DownToWatermark["CreatedWalk"]):
     upstream = "github"
     partition = None
     refresh = "open_list"
@@ -104,27 +104,6 @@ class GitHubSource:
 
     def _walk(self, checkpoint: Checkpoint, **options: Any) -> CreatedWalk:
         return CreatedWalk(self.list_path, checkpoint, page_size=self.page_size, **options)
-
-    def incremental(self, checkpoint: Checkpoint) -> CreatedWalk:
-        # From a little below the watermark: GitHub's filtered listings can show a run late.
-        floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
-        return self._walk(checkpoint, floor=floor)
-
-    def recent(self, floor: datetime) -> CreatedWalk:
-        return self._walk(Checkpoint(), floor=floor)
-
-    def head(self, checkpoint: Checkpoint) -> CreatedWalk | None:
-        top = walk_top(checkpoint)
-        return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
-
-    def backfill(
-        self,
-        checkpoint: Checkpoint | None,
-        since: datetime | None,
-        until: datetime | None,
-        walk: Position,
-    ) -> CreatedWalk:
-        return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
     def open_walk(self) -> Paginator:
         """Every run open now, whatever its age: a walk per open status (the filter takes one).

@@ -19,6 +19,7 @@ from worker import jsontext
 from worker.model import KEPT, Checkpoint, Column, Page, Position, Rejected, Request, Run
 from worker.ratelimit import Published
 from worker.sources.common import (
+    DownToWatermark,
     InFlight,
     ItemError,
     PageError,
@@ -32,7 +33,6 @@ from worker.sources.common import (
     parse_time,
     start_times,
     text,
-    walk_top,
 )
 from worker.sources.rakerone.config import RakerOneConfig
 
@@ -48,7 +48,7 @@ REMEMBERED_CURSORS = 1000  # enough to catch a cycle, bounded whatever the histo
 LIMITS = Published(per_token=20.0, guessed=True)
 
 
-class RakerOneSource:
+class RakerOneSource(DownToWatermark["KeysetWalk"]):
     upstream = "rakerone"
     refresh = "walks"
     windowed = False  # no time filter: a backfill is one keyset walk
@@ -64,26 +64,6 @@ class RakerOneSource:
         return KeysetWalk(
             self.list_path, checkpoint, self._reader, page_size=self.page_size, **options
         )
-
-    def incremental(self, checkpoint: Checkpoint) -> KeysetWalk:
-        floor = checkpoint.watermark - self.overlap if checkpoint.watermark else None
-        return self._walk(checkpoint, floor=floor)
-
-    def recent(self, floor: datetime) -> KeysetWalk:
-        return self._walk(Checkpoint(), floor=floor)
-
-    def head(self, checkpoint: Checkpoint) -> KeysetWalk | None:
-        top = walk_top(checkpoint)
-        return None if top is None else self._walk(Checkpoint(), floor=top - self.overlap)
-
-    def backfill(
-        self,
-        checkpoint: Checkpoint | None,
-        since: datetime | None,
-        until: datetime | None,
-        walk: Position,
-    ) -> KeysetWalk:
-        return self._walk(checkpoint or Checkpoint(), floor=since, until=until, walk=walk)
 
     def status_walk(self, status: str, floor: datetime | None) -> KeysetWalk:
         """The runs that are in `status` now, newest first, down to `floor`."""
