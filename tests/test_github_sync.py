@@ -74,6 +74,10 @@ def test_a_completed_run_ends_at_its_last_update_and_succeeds_on_success_only():
 
 
 def test_every_field_but_the_id_may_be_missing_or_null():
+    assert (
+        typed(github.read_item(item(8, NOW, run_attempt=0), NOW), github.COLUMNS)["github_attempt"]
+        == 0
+    )  # an attempt number is kept as sent, 0 too
     run = github.read_item({"id": 7, "status": None, "actor": None, "run_attempt": None}, NOW)
     assert isinstance(run, Run)
     assert (run.run_id, run.status, run.is_terminal, run.started_at) == (
@@ -172,6 +176,28 @@ def test_a_page_out_of_creation_order_cuts_the_range_in_two_newer_half_first():
     (older, newer) = w.ranges
     assert newer == (NOW - timedelta(hours=1) + timedelta(seconds=1), NOW)
     assert older == (NOW - timedelta(hours=2), NOW - timedelta(hours=1))
+    assert w.page == 1  # each half from its first page
+
+
+def test_an_open_range_out_of_order_is_cut_below_the_time_of_the_answer():
+    w = walk()
+    pages = ((1, 5), (2, 50), (3, 9))
+    w.advance(listing(*(item(i, NOW - timedelta(minutes=m)) for i, m in pages), total=7), NOW)
+    (older, newer) = w.ranges
+    top = NOW + timedelta(minutes=5)  # the answer's time, and the clock skew allowed
+    assert newer[1] == top and older[0] is None and newer[0] == older[1] + timedelta(seconds=1)
+
+
+def test_a_second_holding_more_than_github_lists_fails_the_walk_and_says_so():
+    w = github.CreatedWalk(
+        "/repos/o/r/actions/runs", Checkpoint(), page_size=100, floor=NOW, until=NOW
+    )
+    full = listing(*(item(i, NOW) for i in range(100)), total=1500)
+    for _ in range(9):  # pages 1 to 9 of that second
+        w.advance(full, NOW)
+    assert w.page == 10
+    with pytest.raises(sources.PageError, match="more than 1000 runs created in the second"):
+        w.advance(full, NOW)
 
 
 def test_a_walk_resumes_from_its_checkpoint():
