@@ -10,6 +10,7 @@ from helpers import interrupted_pass, one_pass, passes
 from rich.console import Console
 
 from worker import console, runtime, sources, store, sync
+from worker import status as state
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -53,7 +54,7 @@ async def status(db, settings) -> list[dict]:
         [s.name for s in settings.sources],
         {s.name: sources.partitions(s) for s in settings.sources},
     )
-    return console.status_records(rows, datetime.now(UTC))
+    return state.records(rows, datetime.now(UTC))
 
 
 def table(records: list[dict], capsys) -> list[str]:
@@ -90,7 +91,7 @@ async def test_per_source_and_per_project(world, raker, sim, db, write_config, c
     )  # fmt: skip
     assert copy["runs_read"] is None and copy["finished_at"] is not None
     assert apify["backfills_in_flight"] == 0
-    assert console._backfill_cell(apify["streams"]) == "done"
+    assert state.backfill_summary(apify["streams"]) == "done"
     assert 5 * 60 <= apify["lag_seconds"] < 6 * 60 and 0 <= apify["last_success_age_seconds"] < 60
     # RakerOne: the source sums its projects; the missing project is listed with its error.
     by_project = {s["project"]: s for s in raker_status["streams"]}
@@ -148,7 +149,7 @@ async def test_backfill_progress_stopped_running_done(world, sim, db, apify_sett
     assert stored >= 20 and backfill["runs_read"] == stored  # windows do not overlap
     assert backfill["runs_planned"] == 200  # the upstream's total when the windows were planned
     assert record["backfills_in_flight"] == 1
-    assert console._backfill_cell(record["streams"]).startswith(
+    assert state.backfill_summary(record["streams"]).startswith(
         f"stopped: {backfill['windows_done']}/5 windows, {stored:,} of 200 runs read"
     )
 
@@ -189,7 +190,7 @@ async def test_rakerone_backfill_without_windows(raker, sim, db, raker_settings)
     assert backfill["state"] == "stopped" and backfill["windows"] is None
     assert backfill["runs_read"] == streams["proj_a"]["runs"] >= 100  # pages of 100
     assert streams["proj_b"]["backfill"] is None
-    assert console._backfill_cell(record["streams"]) == "1 stopped"
+    assert state.backfill_summary(record["streams"]) == "1 stopped"
 
 
 async def test_the_table_shows_an_error_as_text_and_short(db, capsys):
@@ -199,7 +200,7 @@ async def test_the_table_shows_an_error_as_text_and_short(db, capsys):
             "('apify', 'incremental', now(), 'failed', $1)",
             "HTTP 400 [bad cursor] " + "x" * 100 + "\nthe upstream's whole body",
         )
-    (record,) = console.status_records(await db.status(["apify"]), datetime.now(UTC))
+    (record,) = state.records(await db.status(["apify"]), datetime.now(UTC))
 
     lines = table([record], capsys)
 

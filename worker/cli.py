@@ -187,17 +187,17 @@ def _backfill(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: config.Settings, args: argparse.Namespace) -> int:
-    async def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], datetime]:
         async with runtime.open_store(settings, migrate=True) as db:
             partitions = {s.name: sources.partitions(s) for s in settings.sources}
             found = await db.status([s.name for s in settings.sources], partitions)
             # A process renews its row every third of takeover_after: one not seen for a whole
             # takeover_after is gone.
-            return found, await db.processes(settings.takeover_after)
+            return found, await db.processes(settings.takeover_after), await db.now()
 
-    found, processes = asyncio.run(read())
+    found, processes, now = asyncio.run(read())
     only = "processes" if args.processes else ("sources" if args.json else "")
-    console.print_status(found, processes, as_json=args.json, only=only)
+    console.print_status(found, processes, now=now, as_json=args.json, only=only)
     return EXIT_OK
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypedDict
 
 from rich.console import Console, JustifyMethod, OverflowMethod
@@ -23,86 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from worker import status
 from worker.model import Page
-
-
-def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if abs(seconds) >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment else None
-
-
-def _since(moment: datetime | None, now: datetime) -> int | None:
-    return int((now - moment).total_seconds()) if moment else None
-
-
-def _figures(row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """What a source and each of its streams report alike. Lag: now minus the newest run's start."""
-    return {
-        "watermark": _iso(row["watermark"]),
-        "lag_seconds": _since(row["newest_started_at"], now),
-        "newest_started_at": _iso(row["newest_started_at"]),
-        "runs": row["runs"],
-        "open_runs": row["open_runs"],
-        "last_success_at": _iso(row["last_success_at"]),
-        "last_success_age_seconds": _since(row["last_success_at"], now),
-        "last_error_at": _iso(row["last_error_at"]),
-        "last_error_age_seconds": _since(row["last_error_at"], now),
-        "last_error": row["last_error"],
-        # the newest reconcile sweep: when it finished, and the list requests it cost
-        "reconcile_at": _iso(row["reconcile_at"]),
-        "reconcile_age_seconds": _since(row["reconcile_at"], now),
-        "reconcile_requests": row["reconcile_requests"],
-    }
-
-
-def _backfill(row: dict[str, Any]) -> dict[str, Any] | None:
-    """done, running (a process walks it now) or stopped (unfinished: `runsync backfill` resumes
-    it); the windows of a windowed one, and the runs an unfinished one has read so far."""
-    if row["backfill_state"] is None:
-        return None
-    since, until = row["backfill_range"] or (None, None)
-    return {
-        "state": row["backfill_state"],
-        "since": since,
-        "until": until,
-        "windows": row["backfill_windows"],
-        "windows_done": row["backfill_windows_done"],
-        "runs_read": row["backfill_runs_read"],
-        "runs_planned": row["backfill_runs_planned"],
-        "finished_at": _iso(row["backfill_finished_at"]),
-    }
-
-
-def status_records(rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """The status rows as plain JSON values (times in ISO 8601, ages in seconds): what
-    `status --json` prints and the table shows."""
-    return [
-        {
-            "source": row["source"],
-            "configured": row["configured"],
-            **_figures(row, now),
-            "walks_in_flight": row["walks_in_flight"],
-            "backfills_in_flight": row["backfills_in_flight"],
-            "streams": [
-                {
-                    "project": stream["project"],
-                    **_figures(stream, now),
-                    "walk_in_flight": stream["walk_in_flight"],
-                    "backfill": _backfill(stream),
-                }
-                for stream in row["streams"]
-            ],
-        }
-        for row in rows
-    ]
 
 
 def _watermark(value: str | None) -> str:
@@ -114,50 +35,19 @@ def _when(moment: str | None, age: int | None) -> str:
     if moment is None or age is None:
         return "never"
     shape = "%H:%M:%S" if age < 86400 else "%Y-%m-%d"
-    return f"{_age(age)} ago ({datetime.fromisoformat(moment).strftime(shape)})"
-
-
-def _failing(record: dict[str, Any]) -> bool:
-    """Its newest error came after its last success, or it has never succeeded."""
-    success, error = record["last_success_at"], record["last_error_at"]
-    return error is not None and (
-        success is None or datetime.fromisoformat(error) > datetime.fromisoformat(success)
-    )
+    return f"{status.age(age)} ago ({datetime.fromisoformat(moment).strftime(shape)})"
 
 
 def _last_error(record: dict[str, Any], streams: list[dict[str, Any]]) -> Text | str:
     """The newest error, its first line: red while a stream fails, dim once all succeed again."""
     if not record["last_error"]:
         return "-"
-    first_line = (record["last_error"].strip().splitlines() or [""])[0]
-    failing = any(_failing(stream) for stream in streams)
+    line = status.first_line(record["last_error"])
+    failing = any(status.failing(stream) for stream in streams)
     # Text, not markup: an upstream's message may hold [brackets].
     return Text(
-        f"{_age(record['last_error_age_seconds'])} ago: {first_line}", "red" if failing else "dim"
+        f"{status.age(record['last_error_age_seconds'])} ago: {line}", "red" if failing else "dim"
     )
-
-
-def _backfill_cell(streams: list[dict[str, Any]]) -> str:
-    backfills = [s["backfill"] for s in streams if s["backfill"]]
-    if not backfills:
-        return "-"
-    if len(streams) > 1:  # a source's row sums up its projects'
-        states = Counter(b["state"] for b in backfills)
-        return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-    (backfill,) = backfills
-    if backfill["state"] == "done":
-        return "done"
-    done = (
-        f"{backfill['windows_done']}/{backfill['windows']} windows, " if backfill["windows"] else ""
-    )
-    planned = f" of {backfill['runs_planned']:,}" if backfill["runs_planned"] is not None else ""
-    return f"{backfill['state']}: {done}{backfill['runs_read']:,}{planned} runs read"
-
-
-def _reconcile_cell(record: dict[str, Any]) -> str:
-    if record["reconcile_at"] is None:
-        return "-"
-    return f"{_age(record['reconcile_age_seconds'])} ago, {record['reconcile_requests']:,} requests"
 
 
 class _Column(TypedDict, total=False):
@@ -187,13 +77,13 @@ def status_table(records: list[dict[str, Any]]) -> Table:
         table.add_row(
             Text(name),
             _watermark(record["watermark"]),
-            _age(record["lag_seconds"]),
+            status.age(record["lag_seconds"]),
             f"{record['runs']:,}",
             f"{record['open_runs']:,}",
             _when(record["last_success_at"], success),
             _last_error(record, streams),
-            _backfill_cell(streams),
-            _reconcile_cell(record),
+            status.backfill_summary(streams),
+            status.reconcile_summary(record),
         )
 
     for record in records:
@@ -214,8 +104,8 @@ def process_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "process": row["holder"],
-            "started_at": _iso(row["started_at"]),
-            "renewed_at": _iso(row["renewed_at"]),
+            "started_at": status.iso(row["started_at"]),
+            "renewed_at": status.iso(row["renewed_at"]),
             "renewed_age_seconds": row["renewed_age_seconds"],
             "leases": row["leases"],
             **row["figures"],
@@ -238,7 +128,7 @@ def processes_table(records: list[dict[str, Any]]) -> Table:
                    record.get("connection_oldest_wait_seconds", 0))  # fmt: skip
         table.add_row(
             record["process"],
-            f"{_age(record['renewed_age_seconds'])} ago",
+            f"{status.age(record['renewed_age_seconds'])} ago",
             f"{record['leases']}",
             f"{record.get('connections_in_use', '-')}/{record.get('connections_limit', '-')}"
             f" (peak {record.get('connections_peak', '-')})",
@@ -251,10 +141,16 @@ def processes_table(records: list[dict[str, Any]]) -> Table:
 
 
 def print_status(
-    rows: list[dict[str, Any]], processes: list[dict[str, Any]], *, as_json: bool, only: str = ""
+    rows: list[dict[str, Any]],
+    processes: list[dict[str, Any]],
+    *,
+    now: datetime,
+    as_json: bool,
+    only: str = "",
 ) -> None:
-    """The sources, then the processes at work; `only`: "sources" or "processes"."""
-    records = status_records(rows, datetime.now(UTC))
+    """The sources, then the processes at work; `only`: "sources" or "processes". `now`: the
+    database's clock, which the rows' times come from."""
+    records = status.records(rows, now)
     workers = process_records(processes)
     if as_json:
         print(json.dumps(workers if only == "processes" else records, indent=2))

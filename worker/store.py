@@ -382,6 +382,12 @@ class Store:
             )
             return needs
 
+    async def now(self) -> datetime:
+        """The database's clock: what the ages of its timestamps are measured against."""
+        async with self.connection() as conn:
+            moment: datetime = await conn.fetchval("SELECT now()")
+            return moment
+
     async def ping(self) -> None:
         """Raises when the database cannot answer."""
         async with self.connection(wait=5) as conn:
