@@ -381,3 +381,39 @@ SELECT (SELECT max(r.started_at) FROM runsync.runs r
              ORDER BY id DESC LIMIT 1) AS p
          WHERE k.source = $1 AND k.stream = $3
            AND NOT coalesce((k.cursor ->> 'done')::boolean, false)) AS backfill_runs_read;
+
+-- chart_runs_per_day --
+-- The status page's runs per day: the runs started on each UTC day from $1 (a date) on, by
+-- outcome (succeeded, failed: ended otherwise, open), each source's runs added up. The day index
+-- (runs_started_day_idx) bounds the read to the range.
+SELECT day,
+       count(*) FILTER (WHERE is_terminal AND succeeded) AS succeeded,
+       count(*) FILTER (WHERE is_terminal AND NOT coalesce(succeeded, false)) AS failed,
+       count(*) FILTER (WHERE NOT is_terminal) AS open
+FROM runsync.run_facts
+WHERE day >= $1::date
+GROUP BY day
+ORDER BY day;
+
+-- chart_cost_per_day --
+-- The status page's cost: what Apify charged per actor per UTC day from $1 on, in USD (each run
+-- once, however many sources store it: the view's rule).
+SELECT day, actor_id, usage_total_usd
+FROM runsync.cost_per_actor_per_day
+WHERE day >= $1::date
+ORDER BY day, actor_id;
+
+-- chart_durations_per_day --
+-- The status page's durations: the 50th, 90th and 99th percentiles of the finished runs' durations
+-- (seconds) per UTC day of their start from $1 on, over every source.
+SELECT day,
+       count(*) AS finished_runs,
+       percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY duration_seconds) AS seconds
+FROM runsync.run_facts
+WHERE day >= $1::date AND finished_at IS NOT NULL
+GROUP BY day
+ORDER BY day;
+
+-- chart_today --
+-- The database's UTC day: where a chart's range of days ends.
+SELECT (now() AT TIME ZONE 'UTC')::date;

@@ -310,13 +310,27 @@ class _Database(_Strict):
 class _Http(_Strict):
     listen: str = DEFAULT_LISTEN
     unhealthy_after: Duration = parse_duration(DEFAULT_UNHEALTHY_AFTER)
+    status_page: bool = True  # the status page at / on listen (or on status_page_listen)
+    status_page_listen: str | None = None  # the page on an address of its own, not on listen
 
-    @field_validator("listen")
+    @field_validator("listen", "status_page_listen")
     @classmethod
-    def _listen(cls, listen: str) -> str:
-        if not re.fullmatch(r"[^\s:]+:\d{1,5}", listen):
+    def _listen(cls, listen: str | None) -> str | None:
+        if listen is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", listen):
             raise invalid(f"{listen!r} is not host:port")
         return listen
+
+    @model_validator(mode="after")
+    def _page_address(self) -> _Http:
+        if self.status_page_listen is None:
+            return self
+        if not self.status_page:
+            message = "the status page is off (status_page = false): remove this or turn it on"
+            raise invalid(message, key="status_page_listen")
+        if self.status_page_listen == self.listen:
+            message = "is listen itself: leave it out to serve the page on listen"
+            raise invalid(message, key="status_page_listen")
+        return self
 
 
 class _Worker(_Strict):
@@ -346,6 +360,9 @@ class Settings:
     takeover_after: timedelta = timedelta(seconds=30)
     # The most passes this process runs at once, over all its sources; others wait their turn.
     max_passes: int = 32
+    # The status page: served at / on listen, on status_page_listen instead when set, or not at all.
+    status_page: bool = True
+    status_page_listen: str | None = None
 
     def source(self, name: str) -> SourceBase:
         for source in self.sources:
@@ -422,7 +439,7 @@ def load(
     return Settings(
         path, url, origin, Path(top.database.data_dir), top.http.listen, tuple(sources),
         top.http.unhealthy_after, top.database.max_connections, top.database.takeover_after,
-        top.worker.max_passes,
+        top.worker.max_passes, top.http.status_page, top.http.status_page_listen,
     )  # fmt: skip
 
 
@@ -480,7 +497,8 @@ def _explain(
     loc = [str(part) for part in error["loc"]]
     # A table within the table ([database], [http], [worker]): its own model knows its keys.
     nested = model.model_fields[loc[0]].annotation if loc and loc[0] in model.model_fields else None
-    if len(loc) > 1 and isinstance(nested, type) and issubclass(nested, _Strict):
+    within = len(loc) > 1 or error["type"] == "runsync"  # a key of it, or a check of it whole
+    if within and isinstance(nested, type) and issubclass(nested, _Strict):
         return _explain({**error, "loc": tuple(loc[1:])}, nested, _join(where, loc[0]))
     # A check of the whole table names its key in its context.
     key = loc[0] if loc else (error.get("ctx") or {}).get("key")

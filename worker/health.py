@@ -1,5 +1,7 @@
 """The daemon's HTTP endpoint: /healthz (the process is alive), /readyz (it can do its work),
-/metrics (Prometheus text) and POST /webhooks/{kind}/{source} (deliveries, for webhooks.Receiver).
+/metrics (Prometheus text), POST /webhooks/{kind}/{source} (deliveries, for webhooks.Receiver) and
+the status page at / (statuspage.StatusPage), unless the page is off or has a listen address of
+its own (PageServer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from worker.model import Outcome
+from worker.statuspage import BadRange, StatusPage, Unavailable, chart_range
 
 if TYPE_CHECKING:
     from worker.metrics import Metrics
@@ -23,25 +26,24 @@ Check = Callable[[], Awaitable[dict[str, Any] | None]]  # None when ready, else 
 MAX_BODY_BYTES = 1024 * 1024  # a webhook delivery carries one run object: a few kB
 
 
-class HealthServer:
-    def __init__(
-        self,
-        listen: str,
-        readiness: Check,
-        *,
-        metrics: Metrics | None = None,
-        webhooks: Receiver | None = None,
-    ) -> None:
+# The page runs only its own script and style, talks only to its own origin, and is never framed.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class _Server:
+    """An aiohttp application listening on host:port (port 0: a free one, read back after start)."""
+
+    def __init__(self, listen: str, app: web.Application) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
-        self._readiness = readiness
-        self._metrics = metrics
-        self.webhooks = webhooks  # None: deliveries are refused with 503 (starting, stopping)
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._scrape)
-        app.router.add_post("/webhooks/{kind}/{source}", self._webhook)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
@@ -51,6 +53,29 @@ class HealthServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+class HealthServer(_Server):
+    def __init__(
+        self,
+        listen: str,
+        readiness: Check,
+        *,
+        metrics: Metrics | None = None,
+        webhooks: Receiver | None = None,
+        page: StatusPage | None = None,
+    ) -> None:
+        self._readiness = readiness
+        self._metrics = metrics
+        self.webhooks = webhooks  # None: deliveries are refused with 503 (starting, stopping)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._scrape)
+        app.router.add_post("/webhooks/{kind}/{source}", self._webhook)
+        if page is not None:
+            add_page(app, page)
+        super().__init__(listen, app)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -82,6 +107,72 @@ class HealthServer:
             request.match_info["kind"], request.match_info["source"], request.headers, body
         )
         return web.json_response(answer.body, status=answer.status)
+
+
+class PageServer(_Server):
+    """The status page alone, on a listen address of its own ([http] status_page_listen)."""
+
+    def __init__(self, listen: str, page: StatusPage) -> None:
+        app = web.Application()
+        add_page(app, page)
+        super().__init__(listen, app)
+
+
+def add_page(app: web.Application, page: StatusPage) -> None:
+    """The status page's routes: / (the page), /status/sources (its sources' section, which an
+    open page fetches again), /status/charts?days= (the charts' data) and /status/assets/."""
+
+    async def whole(request: web.Request) -> web.Response:
+        try:
+            days = chart_range(request.query.get("days"))
+        except BadRange as error:
+            return _text(str(error), status=400)
+        return _html(await page.page(days))
+
+    async def sources(_request: web.Request) -> web.Response:
+        return _html(await page.sources_fragment())
+
+    async def charts(request: web.Request) -> web.Response:
+        try:
+            data = await page.charts(chart_range(request.query.get("days")))
+        except BadRange as error:
+            return web.json_response({"reason": str(error)}, status=400, headers=_PAGE_HEADERS)
+        except Unavailable as error:
+            return web.json_response({"reason": str(error)}, status=503, headers=_PAGE_HEADERS)
+        return web.json_response(data, headers={**_PAGE_HEADERS, "Cache-Control": "no-store"})
+
+    async def asset(request: web.Request) -> web.Response:
+        found = page.assets.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        # The URL carries the content's digest (?v=): a changed asset has a new URL.
+        cache = "public, max-age=31536000, immutable" if request.query.get("v") else "no-cache"
+        return web.Response(
+            body=found.body,
+            headers={**_PAGE_HEADERS, "Content-Type": found.content_type, "Cache-Control": cache},
+        )
+
+    async def no_icon(_request: web.Request) -> web.Response:
+        return web.Response(status=204)  # browsers ask; the page has none
+
+    app.router.add_get("/", whole)
+    app.router.add_get("/favicon.ico", no_icon)
+    app.router.add_get("/status/sources", sources)
+    app.router.add_get("/status/charts", charts)
+    app.router.add_get("/status/assets/{name}", asset)
+
+
+def _html(body: str) -> web.Response:
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={**_PAGE_HEADERS, "Cache-Control": "no-store"},
+    )
+
+
+def _text(body: str, *, status: int) -> web.Response:
+    return web.Response(text=body, status=status, headers=_PAGE_HEADERS)
 
 
 @dataclass

@@ -26,8 +26,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import cron as crontab
-from worker import health, metrics, runtime, store, sync, webhooks
+from worker import health, metrics, runtime, sources, store, sync, webhooks
 from worker.config import Settings, SourceConfig, format_duration
+from worker.statuspage import StatusPage
 from worker.walk import SourceRuntime
 
 log = structlog.get_logger("runsync.scheduler")
@@ -218,18 +219,42 @@ async def run_daemon(
     stop = stop or asyncio.Event()
     meters = metrics.Metrics()
     starting = _Starting()
-    endpoint = health.HealthServer(settings.listen, starting.readiness, metrics=meters)
+    page = _status_page(settings, starting)
+    own = settings.status_page_listen
+    endpoint = health.HealthServer(
+        settings.listen, starting.readiness, metrics=meters, page=None if own else page
+    )
+    servers: list[health.HealthServer | health.PageServer] = [endpoint]
+    if own is not None and page is not None:  # the page on an address of its own
+        servers.append(health.PageServer(own, page))
     with _stop_on_signals(stop, install_signals):
-        await endpoint.start()
         try:
+            for server in servers:
+                await server.start()
+            if page is not None:
+                shown = servers[-1]
+                log.info("status page", url=f"http://{shown.host}:{shown.port}/")
             async with AsyncExitStack() as stack:
                 rt = await _open_when_reachable(settings, stop, stack, starting)
                 if rt is not None:
+                    if page is not None:
+                        page.store = rt.store
                     await _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout)
         finally:
-            await endpoint.stop()
+            for server in servers:
+                await server.stop()
     log.info("daemon stopped")
     return 0
+
+
+def _status_page(settings: Settings, starting: _Starting) -> StatusPage | None:
+    """The status page ([http] status_page), showing why it has no figures until the database
+    can be used."""
+    if not settings.status_page:
+        return None
+    names = [s.name for s in settings.sources]
+    partitions = {s.name: sources.partitions(s) for s in settings.sources}
+    return StatusPage(names, partitions, waiting=lambda: starting.reason)
 
 
 async def _open_when_reachable(

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -398,6 +398,20 @@ class Store:
         figures (their budgets) and leases (held now)."""
         async with self.connection() as conn:
             return [dict(row) for row in await conn.fetch(self.q["processes"], within)]
+
+    async def charts(self, days: int) -> dict[str, Any]:
+        """The status page's charts over the last `days` UTC days, today included, from the
+        analytics views: first_day and last_day (dates), and rows of runs (day, succeeded, failed,
+        open), cost (day, actor_id, usage_total_usd) and durations (day, finished_runs, seconds:
+        the 50th, 90th and 99th percentiles). One connection, one query after the other."""
+        async with self.connection() as conn:
+            last_day: date = await conn.fetchval(self.q["chart_today"])
+            first_day = last_day - timedelta(days=days - 1)
+            found: dict[str, Any] = {"first_day": first_day, "last_day": last_day}
+            for name in ("runs", "cost", "durations"):
+                rows = await conn.fetch(self.q[f"chart_{name}_per_day"], first_day)
+                found[name] = [dict(row) for row in rows]
+            return found
 
     async def status(
         self, sources: Sequence[str], projects: Mapping[str, Sequence[str]] | None = None

@@ -1,0 +1,250 @@
+"""The status page: where every source stands and what its runs did, for a person with a browser.
+
+Read-only, and safe to face the internet beside the webhooks: it shows what `runsync status`
+shows (names, figures, the first line of errors, which never hold a secret) and the analytics
+views' charts, nothing of the config's secrets or URLs. health.py serves it over HTTP; this module
+only knows what to show, and owns Jinja2. The front end's assets (Chart.js and the page's own
+script and style) ship inside the package: the page loads nothing from elsewhere.
+
+Every figure comes from the database, with the database's clock. However many browsers look, the
+page costs the database one status read per STATUS_TTL and one chart read per range per
+CHART_TTL, on one connection of the process's budget at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import jinja2
+
+from worker import status
+from worker.store import DatabaseError
+
+if TYPE_CHECKING:
+    from worker.store import Store
+
+RANGES = (7, 30, 90)  # the charts' ranges, in days
+DEFAULT_RANGE = 30
+REFRESH_SECONDS = 15  # how often an open page reads the sources again
+STATUS_TTL = 5.0  # seconds a status read answers every page that asks
+CHART_TTL = 60.0  # seconds a range's charts answer every page that asks (days change slowly)
+TOP_ACTORS = 7  # the cost chart's stacks: the actors that cost most over the range, then "other"
+
+_ASSET_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".md": "text/plain; charset=utf-8",
+}
+
+T = TypeVar("T")
+
+
+class Unavailable(Exception):
+    """The page cannot read the database: not yet (starting, waiting for it), or it failed."""
+
+
+class BadRange(ValueError):
+    """A chart range the page does not offer."""
+
+
+def chart_range(text: str | None) -> int:
+    """The days of `?days=`: one of RANGES; DEFAULT_RANGE when not given."""
+    if text is None or text == "":
+        return DEFAULT_RANGE
+    if text.isdigit() and int(text) in RANGES:
+        return int(text)
+    offered = ", ".join(str(days) for days in RANGES)
+    raise BadRange(f"days must be one of {offered}, not {text[:20]!r}")
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    body: bytes
+    content_type: str
+
+    @property
+    def version(self) -> str:
+        """A digest of the content: the assets' URLs carry it, so a browser may keep them forever."""
+        return hashlib.sha256(self.body).hexdigest()[:12]
+
+
+def _assets() -> dict[str, Asset]:
+    found = {}
+    for entry in resources.files(__name__).joinpath("static").iterdir():
+        suffix = entry.name[entry.name.rfind(".") :]
+        if entry.is_file() and suffix in _ASSET_TYPES:
+            found[entry.name] = Asset(entry.name, entry.read_bytes(), _ASSET_TYPES[suffix])
+    return found
+
+
+class _Cached(Generic[T]):
+    """One value, read again at most every `ttl` seconds; callers that come while it is being
+    read wait for that read instead of starting their own. A failed read is not kept."""
+
+    def __init__(self, read: Callable[[], Awaitable[T]], ttl: float, clock: Callable[[], float]):
+        self._read, self._ttl, self._clock = read, ttl, clock
+        self._value: tuple[float, T] | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> T:
+        async with self._lock:
+            if self._value is None or self._clock() - self._value[0] >= self._ttl:
+                self._value = (self._clock(), await self._read())
+            return self._value[1]
+
+
+def _number(value: Decimal | float | int | None) -> float | None:
+    """A figure for JSON: None for a missing or non-finite one (numeric can hold NaN)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def chart_data(found: Mapping[str, Any], days: int) -> dict[str, Any]:
+    """Store.charts's rows as the page's charts: one label per day of the range (days without
+    runs count zero), the runs by outcome, the cost of the TOP_ACTORS costliest actors and the
+    rest as "other", and the durations' percentiles (None on days without finished runs)."""
+    labels = _days(found["first_day"], found["last_day"])
+    index = {day: i for i, day in enumerate(labels)}
+    runs = {key: [0] * len(labels) for key in ("succeeded", "failed", "open")}
+    for row in found["runs"]:
+        for key in runs:
+            runs[key][index[row["day"]]] = row[key]
+    totals: dict[str, float] = {}
+    for row in found["cost"]:
+        actor = row["actor_id"] or "(no actor)"
+        totals[actor] = totals.get(actor, 0.0) + (_number(row["usage_total_usd"]) or 0.0)
+    ranked = sorted(totals, key=lambda actor: (-totals[actor], actor))
+    # A stack called "other" holding one actor would hide a name for nothing.
+    shown = ranked if len(ranked) <= TOP_ACTORS + 1 else ranked[:TOP_ACTORS]
+    cost = {actor: [0.0] * len(labels) for actor in shown}
+    if len(ranked) > len(shown):
+        cost["other"] = [0.0] * len(labels)
+    for row in found["cost"]:
+        actor = row["actor_id"] or "(no actor)"
+        series = cost[actor if actor in shown else "other"]
+        series[index[row["day"]]] += _number(row["usage_total_usd"]) or 0.0
+    durations: dict[str, list[float | None]] = {
+        key: [None] * len(labels) for key in ("p50", "p90", "p99")
+    }
+    for row in found["durations"]:
+        for key, value in zip(("p50", "p90", "p99"), row["seconds"] or (), strict=False):
+            number = _number(value)
+            durations[key][index[row["day"]]] = None if number is None else round(number, 3)
+    return {
+        "days": days,
+        "labels": [day.isoformat() for day in labels],
+        "runs": runs,
+        "cost": {actor: [round(v, 6) for v in series] for actor, series in cost.items()},
+        "durations": durations,
+    }
+
+
+class StatusPage:
+    """What the page shows, rendered; the store is given once the database can be used."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        partitions: Mapping[str, Sequence[str]] | None = None,
+        *,
+        waiting: Callable[[], str] = lambda: "starting",
+        clock: Callable[[], float] = time.monotonic,
+        refresh_seconds: float | None = None,
+        status_ttl: float | None = None,
+        chart_ttl: float | None = None,
+    ) -> None:
+        """`waiting`: why there is no store yet. The intervals default to the module's."""
+        self.sources = list(sources)
+        self.partitions = dict(partitions or {})
+        self.store: Store | None = None  # None until the daemon has its database
+        self.waiting = waiting  # why there is no store yet
+        self._clock = clock
+        self.assets = _assets()
+        self._templates = jinja2.Environment(
+            loader=jinja2.PackageLoader(__name__, "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._templates.filters["age"] = status.age
+        self._templates.filters["first_line"] = status.first_line
+        self._templates.globals.update(
+            failing=status.failing,
+            backfill_summary=status.backfill_summary,
+            reconcile_summary=status.reconcile_summary,
+            asset=self.asset_url,
+            ranges=RANGES,
+            refresh_seconds=REFRESH_SECONDS,
+        )
+        self._status = _Cached(self._read_status, STATUS_TTL, clock)
+        self._charts = {
+            days: _Cached(self._chart_reader(days), CHART_TTL, clock) for days in RANGES
+        }
+
+    def asset_url(self, name: str) -> str:
+        return f"/status/assets/{name}?v={self.assets[name].version}"
+
+    async def _read_status(self) -> tuple[list[dict[str, Any]], datetime]:
+        store = self._ready()
+        try:
+            rows = await store.status(self.sources, self.partitions)
+            now = await store.now()
+        except (*DatabaseError, TimeoutError) as error:
+            raise Unavailable(f"the database did not answer ({type(error).__name__})") from error
+        return status.records(rows, now), now
+
+    def _chart_reader(self, days: int) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def read() -> dict[str, Any]:
+            try:
+                found = await self._ready().charts(days)
+            except (*DatabaseError, TimeoutError) as error:
+                reason = f"the database did not answer ({type(error).__name__})"
+                raise Unavailable(reason) from error
+            return chart_data(found, days)
+
+        return read
+
+    def _ready(self) -> Store:
+        if self.store is None:
+            raise Unavailable(self.waiting())
+        return self.store
+
+    async def _sources_context(self) -> dict[str, Any]:
+        """The sources' part of the page: their records, or why there are none."""
+        try:
+            records, now = await self._status.get()
+        except Unavailable as error:
+            return {"records": None, "problem": str(error), "now": None}
+        failing = [r["source"] for r in records if any(map(status.failing, r["streams"]))]
+        return {"records": records, "problem": None, "now": now, "failing_sources": failing}
+
+    async def page(self, days: int) -> str:
+        """The whole page, its charts over `days`."""
+        context = await self._sources_context()
+        return self._templates.get_template("page.html").render(days=days, **context)
+
+    async def sources_fragment(self) -> str:
+        """The sources' section alone: what an open page fetches every REFRESH_SECONDS."""
+        context = await self._sources_context()
+        return self._templates.get_template("sources.html").render(**context)
+
+    async def charts(self, days: int) -> dict[str, Any]:
+        """The charts' data over `days` (one of RANGES); raises Unavailable without a database."""
+        return await self._charts[days].get()
