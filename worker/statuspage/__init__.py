@@ -14,6 +14,7 @@ CHART_TTL, on one connection of the process's budget at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -88,19 +89,47 @@ def _assets() -> dict[str, Asset]:
 
 
 class _Cached(Generic[T]):
-    """One value, read again at most every `ttl` seconds; callers that come while it is being
-    read wait for that read instead of starting their own. A failed read is not kept."""
+    """One value, read at most once every `ttl` seconds however many ask, and never on an asker's
+    time once there is one: a value older than `ttl` is answered as it is while a read in the
+    background replaces it (stale while revalidating). Only the first read, or the one after a
+    failed read, is waited for; a failed read drops the value, so the next asker waits for a read
+    and learns what fails, instead of being shown old figures as if current."""
 
     def __init__(self, read: Callable[[], Awaitable[T]], ttl: float, clock: Callable[[], float]):
         self._read, self._ttl, self._clock = read, ttl, clock
         self._value: tuple[float, T] | None = None
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
 
     async def get(self) -> T:
-        async with self._lock:
-            if self._value is None or self._clock() - self._value[0] >= self._ttl:
+        if self._value is None:
+            async with self._lock:  # one read, whoever else is waiting for it
+                if self._value is None:
+                    self._value = (self._clock(), await self._read())
+                return self._value[1]
+        if self._clock() - self._value[0] >= self._ttl and self._refresh is None:
+            self._refresh = asyncio.create_task(self._again())
+        return self._value[1]
+
+    def warm(self) -> None:
+        """Reads in the background now, so that the first asker need not wait."""
+        if self._refresh is None:
+            self._refresh = asyncio.create_task(self._again())
+
+    async def _again(self) -> None:
+        try:
+            async with self._lock:
                 self._value = (self._clock(), await self._read())
-            return self._value[1]
+        except Exception:  # the next asker reads again, and is told what fails
+            self._value = None
+        finally:
+            self._refresh = None
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
 
 
 def _number(value: Decimal | float | int | None) -> float | None:
@@ -197,6 +226,18 @@ class StatusPage:
         self._charts = {
             days: _Cached(self._chart_reader(days), CHART_TTL, clock) for days in RANGES
         }
+
+    def attach(self, store: Store) -> None:
+        """The database is there: the page reads from `store`, starting now, in the background."""
+        self.store = store
+        self._status.warm()
+        self._charts[DEFAULT_RANGE].warm()
+
+    async def close(self) -> None:
+        """Stops the reads in the background (before the store closes)."""
+        await self._status.close()
+        for cached in self._charts.values():
+            await cached.close()
 
     def asset_url(self, name: str) -> str:
         return f"/status/assets/{name}?v={self.assets[name].version}"
