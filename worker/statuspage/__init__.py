@@ -38,6 +38,7 @@ DEFAULT_RANGE = 30
 REFRESH_SECONDS = 15  # how often an open page reads the sources again
 STATUS_TTL = 5.0  # seconds a status read answers every page that asks
 CHART_TTL = 60.0  # seconds a range's charts answer every page that asks (days change slowly)
+STALE_TTLS = 3  # a figure up to this many TTLs old is shown while it is read again behind it
 TOP_ACTORS = 7  # the cost chart's stacks: the actors that cost most over the range, then "other"
 
 _ASSET_TYPES = {
@@ -89,11 +90,12 @@ def _assets() -> dict[str, Asset]:
 
 
 class _Cached(Generic[T]):
-    """One value, read at most once every `ttl` seconds however many ask, and never on an asker's
-    time once there is one: a value older than `ttl` is answered as it is while a read in the
-    background replaces it (stale while revalidating). Only the first read, or the one after a
-    failed read, is waited for; a failed read drops the value, so the next asker waits for a read
-    and learns what fails, instead of being shown old figures as if current."""
+    """One value, read at most once every `ttl` seconds however many ask. A value older than
+    `ttl` but younger than STALE_TTLS times it is answered as it is while a read in the background
+    replaces it (stale while revalidating): an open page, which asks every REFRESH_SECONDS, never
+    waits for the database. An older one is not shown as if current: the asker waits for a read,
+    as the first asker does, and everyone who comes meanwhile waits for that same read. A failed
+    read drops the value, so that the next asker is told what fails."""
 
     def __init__(self, read: Callable[[], Awaitable[T]], ttl: float, clock: Callable[[], float]):
         self._read, self._ttl, self._clock = read, ttl, clock
@@ -102,19 +104,14 @@ class _Cached(Generic[T]):
         self._refresh: asyncio.Task[None] | None = None
 
     async def get(self) -> T:
-        if self._value is None:
+        if self._value is None or self._clock() - self._value[0] >= self._ttl * STALE_TTLS:
             async with self._lock:  # one read, whoever else is waiting for it
-                if self._value is None:
+                if self._value is None or self._clock() - self._value[0] >= self._ttl * STALE_TTLS:
                     self._value = (self._clock(), await self._read())
                 return self._value[1]
         if self._clock() - self._value[0] >= self._ttl and self._refresh is None:
             self._refresh = asyncio.create_task(self._again())
         return self._value[1]
-
-    def warm(self) -> None:
-        """Reads in the background now, so that the first asker need not wait."""
-        if self._refresh is None:
-            self._refresh = asyncio.create_task(self._again())
 
     async def _again(self) -> None:
         try:
@@ -228,10 +225,9 @@ class StatusPage:
         }
 
     def attach(self, store: Store) -> None:
-        """The database is there: the page reads from `store`, starting now, in the background."""
+        """The database is there: the page reads from `store` (when a browser first asks; read
+        now, the figures would be those from before the first passes)."""
         self.store = store
-        self._status.warm()
-        self._charts[DEFAULT_RANGE].warm()
 
     async def close(self) -> None:
         """Stops the reads in the background (before the store closes)."""
