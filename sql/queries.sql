@@ -253,23 +253,43 @@ WHERE id = $1 AND outcome = 'running';
 
 -- stream_parts --
 -- The partitions of each source ($1) that the tables know of ('' where a source has one stream).
+-- The runs' partitions are found by skipping through the primary key (source, part, run_id) from
+-- one partition to the next: a few index probes per partition, however many runs each holds.
+WITH RECURSIVE run_parts AS (
+    SELECT first.source, first.part
+    FROM unnest($1::text[]) AS s(name)
+    CROSS JOIN LATERAL (
+        SELECT r.source, r.part FROM runsync.runs r
+        WHERE r.source = s.name ORDER BY r.part LIMIT 1) AS first
+    UNION ALL
+    SELECT later.source, later.part
+    FROM run_parts p
+    CROSS JOIN LATERAL (
+        SELECT r.source, r.part FROM runsync.runs r
+        WHERE r.source = p.source AND r.part > p.part ORDER BY r.part LIMIT 1) AS later
+)
 SELECT DISTINCT source, part FROM runsync.checkpoints WHERE source = ANY($1::text[])
 UNION
-SELECT DISTINCT source, part FROM runsync.runs WHERE source = ANY($1::text[]);
+SELECT source, part FROM run_parts;
 
 -- stream_status --
 -- Per stream of runs of each source ($1; a RakerOne project, or the whole source: part ''): the
 -- incremental checkpoint, run counts, the newest success and failure, where its backfill stands.
 -- $2 to $6, side by side: each source and partition, with the names of its incremental, backfill
 -- and reconcile streams (made by model.Stream: names are compared here, never taken apart).
+-- The counts read indexes only, never the runs' rows: all runs through the primary key (an
+-- index-only scan), the open ones through runs_open_idx, the newest start through runs_started_idx.
 WITH counts AS (
-    SELECT r.source, coalesce(r.project, '') AS part,
-           count(*) AS runs,
-           count(*) FILTER (WHERE NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,
-           max(r.started_at) AS newest_started_at
+    SELECT r.source, r.part, count(*) AS runs
     FROM runsync.runs r
     WHERE r.source = ANY($1::text[])
-    GROUP BY r.source, r.project
+    GROUP BY r.source, r.part
+),
+open AS (
+    SELECT r.source, r.part, count(*) AS open_runs
+    FROM runsync.runs r
+    WHERE r.source = ANY($1::text[]) AND NOT r.is_terminal AND r.gone_at IS NULL
+    GROUP BY r.source, r.part
 ),
 named AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
@@ -280,8 +300,9 @@ SELECT n.source,
        inc.watermark,
        coalesce(inc.cursor ? 'top', false) AS walk_in_flight,
        coalesce(c.runs, 0) AS runs,
-       coalesce(c.open_runs, 0) AS open_runs,
-       c.newest_started_at,
+       coalesce(o.open_runs, 0) AS open_runs,
+       (SELECT max(r.started_at) FROM runsync.runs r
+        WHERE r.source = n.source AND r.part = n.part) AS newest_started_at,
        greatest(last.incremental_success_at, last.backfill_success_at) AS last_success_at,
        failure.finished_at AS last_error_at,
        failure.error AS last_error,
@@ -305,6 +326,7 @@ SELECT n.source,
        sweep.pages AS reconcile_requests
 FROM named n
 LEFT JOIN counts c ON c.source = n.source AND c.part = n.part
+LEFT JOIN open o ON o.source = n.source AND o.part = n.part
 LEFT JOIN runsync.checkpoints inc ON inc.source = n.source AND inc.stream = n.incremental
 LEFT JOIN LATERAL (
     SELECT k.cursor, coalesce((k.cursor ->> 'done')::boolean, false) AS done
