@@ -52,7 +52,7 @@ def page_of(settings, db) -> StatusPage:
 def test_a_range_is_7_30_or_90_days():
     assert chart_range(None) == chart_range("") == 30
     assert [chart_range(days) for days in ("7", "30", "90")] == [7, 30, 90]
-    for wrong in ("5", "365", "-7", "7.0", "abc", " 7", "9" * 400):
+    for wrong in ("5", "365", "-7", "7.0", "abc", " 7", "07", "\u00b2", "\u0667", "9" * 400):
         with pytest.raises(BadRange, match=r"days must be one of 7, 30, 90, not ") as caught:
             chart_range(wrong)
         assert len(str(caught.value)) < 80  # the input is cut short, never echoed whole

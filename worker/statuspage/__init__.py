@@ -62,8 +62,9 @@ def chart_range(text: str | None) -> int:
     """The days of `?days=`: one of RANGES; DEFAULT_RANGE when not given."""
     if text is None or text == "":
         return DEFAULT_RANGE
-    if text.isdigit() and int(text) in RANGES:
-        return int(text)
+    offered_texts = {str(days): days for days in RANGES}
+    if text in offered_texts:
+        return offered_texts[text]
     offered = ", ".join(str(days) for days in RANGES)
     raise BadRange(f"days must be one of {offered}, not {text[:20]!r}")
 
@@ -73,11 +74,8 @@ class Asset:
     name: str
     body: bytes
     content_type: str
-
-    @property
-    def version(self) -> str:
-        """A digest of the content: the assets' URLs carry it, so a browser may keep them forever."""
-        return hashlib.sha256(self.body).hexdigest()[:12]
+    # A digest of the content: the assets' URLs carry it, so a browser may keep them forever.
+    version: str
 
 
 def _assets() -> dict[str, Asset]:
@@ -85,7 +83,9 @@ def _assets() -> dict[str, Asset]:
     for entry in resources.files(__name__).joinpath("static").iterdir():
         suffix = entry.name[entry.name.rfind(".") :]
         if entry.is_file() and suffix in _ASSET_TYPES:
-            found[entry.name] = Asset(entry.name, entry.read_bytes(), _ASSET_TYPES[suffix])
+            body = entry.read_bytes()
+            version = hashlib.sha256(body).hexdigest()[:12]
+            found[entry.name] = Asset(entry.name, body, _ASSET_TYPES[suffix], version)
     return found
 
 
@@ -103,14 +103,18 @@ class _Cached(Generic[T]):
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
 
+    def _older_than(self, ttls: float) -> bool:
+        return self._value is None or self._clock() - self._value[0] >= self._ttl * ttls
+
     async def get(self) -> T:
-        if self._value is None or self._clock() - self._value[0] >= self._ttl * STALE_TTLS:
+        if self._older_than(STALE_TTLS):
             async with self._lock:  # one read, whoever else is waiting for it
-                if self._value is None or self._clock() - self._value[0] >= self._ttl * STALE_TTLS:
+                if self._value is None or self._older_than(STALE_TTLS):
                     self._value = (self._clock(), await self._read())
                 return self._value[1]
-        if self._clock() - self._value[0] >= self._ttl and self._refresh is None:
+        if self._older_than(1) and self._refresh is None:
             self._refresh = asyncio.create_task(self._again())
+        assert self._value is not None
         return self._value[1]
 
     async def _again(self) -> None:
