@@ -144,6 +144,17 @@ async def test_a_read_answers_every_asker_and_a_stale_value_is_read_again_in_the
     await cached.close()
 
 
+def test_the_shipped_chart_library_is_the_published_file_and_every_asset_is_in_the_package():
+    import hashlib
+
+    page = StatusPage(["apify"])
+    version, digest = statuspage.CHART_JS
+    chart = page.assets["chart.umd.min.js"].body
+    assert hashlib.sha256(chart).hexdigest() == digest
+    assert f"Chart.js v{version}" in chart[:100].decode()
+    assert set(page.assets) == {"chart.umd.min.js", "chart.js-LICENSE.md", "page.js", "page.css"}
+
+
 # -- integration: the page on Postgres and the simulator ------------------------------------------
 
 

@@ -6,6 +6,10 @@ views' charts, nothing of the config's secrets or URLs. health.py serves it over
 only knows what to show, and owns Jinja2. The front end's assets (Chart.js and the page's own
 script and style) ship inside the package: the page loads nothing from elsewhere.
 
+static/chart.umd.min.js is Chart.js (MIT, static/chart.js-LICENSE.md) exactly as npm publishes
+it: `npm pack chart.js@VERSION`, then package/dist/chart.umd.min.js and package/LICENSE.md. To
+update it, copy those two and change CHART_JS to the new version and the file's sha256.
+
 Every figure comes from the database, with the database's clock. However many browsers look, the
 page costs the database one status read per STATUS_TTL and one chart read per range per
 CHART_TTL, on one connection of the process's budget at a time.
@@ -39,6 +43,8 @@ REFRESH_SECONDS = 15  # how often an open page reads the sources again
 STATUS_TTL = 5.0  # seconds a status read answers every page that asks
 CHART_TTL = 60.0  # seconds a range's charts answer every page that asks (days change slowly)
 STALE_TTLS = 3  # a figure up to this many TTLs old is shown while it is read again behind it
+# The Chart.js shipped in static/: its version, and the sha256 of the file npm publishes.
+CHART_JS = ("4.6.1", "87364cc2b2a76a6684929e7d6b80b18a897794db38400caff1fcf1791c6925d2")
 TOP_ACTORS = 7  # the cost chart's stacks: the actors that cost most over the range, then "other"
 
 _ASSET_TYPES = {
