@@ -78,7 +78,9 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
                 stream="incremental",
                 outcome="succeeded",
             )
-            return status == 200 and done == 1 and found
+            # The daemon's job records the outcome for /readyz once the stream's sweeps are done.
+            recorded = value(found, "runsync_stream_failing", source="apify", stream="incremental")
+            return status == 200 and done == 1 and recorded is not None and found
 
         scraping = time.time()
         found = await eventually(scraped)
@@ -450,3 +452,31 @@ async def test_backfill_progress_and_open_runs_come_from_the_database(
     assert value(found, "runsync_open_runs", **stream) == 0
     assert value(found, "runsync_oldest_open_run_timestamp_seconds", **stream) is None
     assert value(found, "runsync_runs_updated_total", source="apify", stream="incremental") == 2
+
+
+async def test_the_oldest_open_run_is_the_oldest_start_or_first_sight_of_one_not_started(
+    raker, sim, db, raker_settings
+):
+    settings = raker_settings()
+    (old,) = raker.add_runs("proj_a", 1, status="processing", started_at=T0)
+    raker.add_runs("proj_a", 1, status="queued")  # no start yet: counted from when it is stored
+    raker.add_runs("proj_a", 1, status="completed", started_at=T0 - timedelta(days=1))
+    meters = metrics.Metrics()
+    stream = {"source": "raker", "stream": "incremental/proj_a"}
+    name = "runsync_oldest_open_run_timestamp_seconds"
+
+    await helpers.one_pass(settings, "raker", metrics=meters)
+    found = samples(meters.exposition()[0].decode())
+    assert value(found, name, **stream) == T0.timestamp()
+    assert value(found, "runsync_open_runs", **stream) == 2
+
+    raker.set_status("proj_a", old["id"], "completed")
+    before = datetime.now(UTC)
+    await helpers.one_pass(settings, "raker", metrics=meters)
+    found = samples(meters.exposition()[0].decode())
+    async with db.pool.acquire() as conn:
+        first_seen = await conn.fetchval(
+            "SELECT first_seen_at FROM runsync.runs WHERE started_at IS NULL"
+        )
+    assert first_seen < before and value(found, name, **stream) == first_seen.timestamp()
+    assert value(found, "runsync_open_runs", **stream) == 1
