@@ -389,20 +389,35 @@ UNION
 SELECT DISTINCT source FROM runsync.passes;
 
 -- stream_figures --
--- One stream's figures for the daemon's gauges: newest start, open runs, unfinished backfill.
+-- One stream's figures for the daemon's gauges: newest start, open runs and the oldest of them,
+-- its newest success ($4: the incremental stream), unfinished backfill ($3).
+-- oldest_open_at: the oldest open run's start, or when it was first stored if it has not started.
 -- backfill_runs_read: what the backfill's newest pass has read; null when none is in flight.
+-- backfill_idle_seconds: since the backfill (or one of its windows) last stored a page.
 SELECT (SELECT max(r.started_at) FROM runsync.runs r
          WHERE r.source = $1 AND r.project IS NOT DISTINCT FROM $2::text) AS newest_started_at,
-       (SELECT count(*) FROM runsync.runs r
-         WHERE r.source = $1 AND r.project IS NOT DISTINCT FROM $2::text
-           AND NOT r.is_terminal AND r.gone_at IS NULL) AS open_runs,
+       o.open_runs,
+       o.oldest_open_at,
+       (SELECT p.finished_at FROM runsync.passes p
+         WHERE p.source = $1 AND p.stream >= $4 AND p.stream <= $4 AND p.outcome = 'succeeded'
+         ORDER BY p.stream DESC, p.id DESC LIMIT 1) AS last_success_at,
        (SELECT p.items FROM runsync.checkpoints k
          CROSS JOIN LATERAL (
              SELECT items FROM runsync.passes
              WHERE source = k.source AND stream = k.stream
              ORDER BY id DESC LIMIT 1) AS p
          WHERE k.source = $1 AND k.stream = $3
-           AND NOT coalesce((k.cursor ->> 'done')::boolean, false)) AS backfill_runs_read;
+           AND NOT coalesce((k.cursor ->> 'done')::boolean, false)) AS backfill_runs_read,
+       (SELECT extract(epoch FROM now() - max(w.updated_at))::float8
+          FROM runsync.checkpoints k
+          JOIN runsync.checkpoints w ON w.source = k.source AND w.kind = k.kind AND w.part = k.part
+         WHERE k.source = $1 AND k.stream = $3
+           AND NOT coalesce((k.cursor ->> 'done')::boolean, false)) AS backfill_idle_seconds
+FROM (SELECT count(*) AS open_runs,
+             min(coalesce(r.started_at, r.first_seen_at)) AS oldest_open_at
+        FROM runsync.runs r
+       WHERE r.source = $1 AND r.project IS NOT DISTINCT FROM $2::text
+         AND NOT r.is_terminal AND r.gone_at IS NULL) AS o;
 
 -- chart_runs_per_day --
 -- The status page's runs per day: the runs started on each UTC day from $1 (a date) on, by

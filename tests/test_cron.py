@@ -229,3 +229,29 @@ def test_sources_on_one_interval_tick_at_phases_spread_over_it_the_same_in_every
     assert all(
         (b - a) % timedelta(seconds=30) == timedelta(0) for a, b in zip(firsts, again, strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("expression", "longest"),
+    [
+        ("* * * * *", timedelta(minutes=1)),
+        ("*/15 * * * *", timedelta(minutes=15)),
+        ("0 9,17 * * *", timedelta(hours=16)),
+        ("0 9 * * 1-5", timedelta(days=3)),  # Friday to Monday
+        ("*/5 9-17 * * 1-5", timedelta(days=2, hours=15, minutes=5)),  # Friday 17:55 to Monday 9:00
+        ("@monthly", timedelta(days=31)),
+        ("@yearly", timedelta(days=366)),
+        ("0 0 29 2 *", timedelta(days=4 * 365 + 1)),
+        ("0 0 1 * mon", timedelta(days=7)),  # either day field: every Monday, and every 1st
+    ],
+)
+def test_a_schedules_longest_interval_is_its_longest_gap_between_fire_times(expression, longest):
+    assert scheduler.longest_interval(source(expression), FRIDAY.date()) == longest
+
+
+def test_an_interval_schedules_longest_interval_is_its_interval():
+    every = SourceConfig(
+        name="apify", kind="apify", token_env="APIFY_TOKEN", token=Secret("t"),
+        base_url="https://api.apify.com", every=timedelta(minutes=7),
+    )  # fmt: skip
+    assert scheduler.longest_interval(every, FRIDAY.date()) == timedelta(minutes=7)

@@ -78,7 +78,9 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
                 stream="incremental",
                 outcome="succeeded",
             )
-            return status == 200 and done == 1 and found
+            # The daemon's job records the outcome for /readyz once the stream's sweeps are done.
+            recorded = value(found, "runsync_stream_failing", source="apify", stream="incremental")
+            return status == 200 and done == 1 and recorded is not None and found
 
         scraping = time.time()
         found = await eventually(scraped)
@@ -132,6 +134,23 @@ async def test_the_daemon_serves_health_readiness_and_metrics(
         assert spawned <= last_success <= scraped_by
         assert value(found, "runsync_pass_duration_seconds_count", **stream) == 1
         assert value(found, "runsync_pass_duration_seconds_count", **copy) == 1
+        # What the alert rules (deploy/prometheus) compare against: the schedule, the threshold
+        # of /readyz, the daemon's start, and the stream's success as the database records it.
+        assert value(found, "runsync_stream_interval_seconds", **stream) == 3600
+        assert value(found, "runsync_unhealthy_after_seconds") == 15 * 60
+        assert spawned <= value(found, "runsync_daemon_start_timestamp_seconds") <= scraped_by
+        assert value(found, "runsync_stream_failing", **stream) == 0
+        assert value(found, "runsync_stream_failing_since_timestamp_seconds", **stream) is None
+        async with db.pool.acquire() as conn:
+            succeeded = await conn.fetchval(
+                "SELECT finished_at FROM runsync.passes WHERE stream = 'incremental'"
+            )
+        stored_success = value(found, "runsync_stream_last_success_timestamp_seconds", **stream)
+        assert stored_success == succeeded.timestamp()
+        oldest_open = min(row["started_at"] for row in rows.values() if not row["is_terminal"])
+        assert value(found, "runsync_oldest_open_run_timestamp_seconds", **stream) == (
+            oldest_open.timestamp()
+        )
         assert await get(port, "/readyz") == (200, '{"status": "ok"}')
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -218,6 +237,51 @@ def test_skipped_and_interrupted_passes_change_nothing():
     outcomes.record("good", "incremental", "skipped")
     clock.advance(3600)
     assert [f["source"] for f in outcomes.failing()] == ["apify"]
+
+
+def test_the_metrics_say_which_streams_fail_since_when_as_readyz_judges():
+    clock = Clock(T0)
+    outcomes = health.PassOutcomes(timedelta(seconds=60), clock=clock)
+    meters = metrics.Metrics()
+    meters.outcomes(outcomes)
+    found = samples(meters.exposition()[0].decode())
+    assert value(found, "runsync_unhealthy_after_seconds") == 60
+    assert value(found, "runsync_daemon_start_timestamp_seconds") == T0.timestamp()
+    assert not [name for name, _ in found if name.startswith("runsync_stream_failing")]
+
+    outcomes.record("apify", "incremental", "succeeded")  # at T0
+    clock.advance(30)
+    outcomes.record("apify", "incremental", "failed", "HTTP 500")
+    outcomes.record("raker", "incremental/proj_a", "failed", "HTTP 401")  # never succeeded
+    outcomes.record("raker", "incremental/proj_b", "skipped")
+    found = samples(meters.exposition()[0].decode())
+    failing = {
+        dict(labels)["stream"]: count
+        for (name, labels), count in found.items()
+        if name == "runsync_stream_failing"
+    }
+    assert failing == {"incremental": 1, "incremental/proj_a": 1, "incremental/proj_b": 0}
+    since = "runsync_stream_failing_since_timestamp_seconds"
+    # Since the last success, or the daemon's start: what /readyz counts from.
+    assert value(found, since, source="apify", stream="incremental") == T0.timestamp()
+    assert value(found, since, source="raker", stream="incremental/proj_a") == T0.timestamp()
+    assert value(found, since, source="raker", stream="incremental/proj_b") is None
+
+    clock.advance(30)
+    outcomes.record("apify", "incremental", "succeeded")
+    found = samples(meters.exposition()[0].decode())
+    assert value(found, "runsync_stream_failing", source="apify", stream="incremental") == 0
+    assert value(found, since, source="apify", stream="incremental") is None
+
+
+def test_a_streams_schedule_is_exported_as_its_longest_interval():
+    meters = metrics.Metrics()
+    meters.schedule("apify", "incremental", timedelta(minutes=5))
+    meters.schedule("raker", "incremental/proj_a", timedelta(days=3))
+    found = samples(meters.exposition()[0].decode())
+    name = "runsync_stream_interval_seconds"
+    assert value(found, name, source="apify", stream="incremental") == 300
+    assert value(found, name, source="raker", stream="incremental/proj_a") == 3 * 86400
 
 
 async def test_readyz_names_a_source_failing_longer_than_the_threshold(
@@ -352,20 +416,67 @@ async def test_backfill_progress_and_open_runs_come_from_the_database(
             await sync.run_pass(rt.stream("apify"), rt.store, metrics=meters)
         return samples(meters.exposition()[0].decode())
 
+    async with db.pool.acquire() as conn:  # the interrupted backfill stored its last page 2h ago
+        await conn.execute(
+            "UPDATE runsync.checkpoints SET updated_at = now() - interval '2 hours'"
+            " WHERE kind = 'backfill'"
+        )
     found = await incremental_pass()
     async with db.pool.acquire() as conn:
         read = await conn.fetchval(
             "SELECT items FROM runsync.passes WHERE stream = 'backfill' ORDER BY id DESC LIMIT 1"
         )
+        succeeded = await conn.fetchval(
+            "SELECT finished_at FROM runsync.passes WHERE stream = 'incremental'"
+            " AND outcome = 'succeeded' ORDER BY id DESC LIMIT 1"
+        )
     assert 0 < read < 100  # interrupted midway
-    assert value(found, "runsync_backfill_runs_read", source="apify", stream="backfill") == read
-    assert value(found, "runsync_open_runs", source="apify", stream="incremental") == 2
+    backfill = {"source": "apify", "stream": "backfill"}
+    assert value(found, "runsync_backfill_runs_read", **backfill) == read
+    assert 7200 <= value(found, "runsync_backfill_idle_seconds", **backfill) < 7200 + 60
+    stream = {"source": "apify", "stream": "incremental"}
+    assert value(found, "runsync_open_runs", **stream) == 2
+    oldest_open = (T0 + timedelta(days=1)).timestamp()
+    assert value(found, "runsync_oldest_open_run_timestamp_seconds", **stream) == oldest_open
+    assert value(found, "runsync_stream_last_success_timestamp_seconds", **stream) == (
+        succeeded.timestamp()
+    )
 
     async with runtime.open_runtime(settings, ["apify"]) as rt:
         finished = await sync.run_pass(rt.stream("apify"), rt.store, stream=sync.BACKFILL)
     assert finished.outcome == "succeeded"
     world.finish_open()  # the next pass reads the two runs again: two updates
     found = await incremental_pass()
-    assert value(found, "runsync_backfill_runs_read", source="apify", stream="backfill") is None
-    assert value(found, "runsync_open_runs", source="apify", stream="incremental") == 0
+    assert value(found, "runsync_backfill_runs_read", **backfill) is None
+    assert value(found, "runsync_backfill_idle_seconds", **backfill) is None
+    assert value(found, "runsync_open_runs", **stream) == 0
+    assert value(found, "runsync_oldest_open_run_timestamp_seconds", **stream) is None
     assert value(found, "runsync_runs_updated_total", source="apify", stream="incremental") == 2
+
+
+async def test_the_oldest_open_run_is_the_oldest_start_or_first_sight_of_one_not_started(
+    raker, sim, db, raker_settings
+):
+    settings = raker_settings()
+    (old,) = raker.add_runs("proj_a", 1, status="processing", started_at=T0)
+    raker.add_runs("proj_a", 1, status="queued")  # no start yet: counted from when it is stored
+    raker.add_runs("proj_a", 1, status="completed", started_at=T0 - timedelta(days=1))
+    meters = metrics.Metrics()
+    stream = {"source": "raker", "stream": "incremental/proj_a"}
+    name = "runsync_oldest_open_run_timestamp_seconds"
+
+    await helpers.one_pass(settings, "raker", metrics=meters)
+    found = samples(meters.exposition()[0].decode())
+    assert value(found, name, **stream) == T0.timestamp()
+    assert value(found, "runsync_open_runs", **stream) == 2
+
+    raker.set_status("proj_a", old["id"], "completed")
+    before = datetime.now(UTC)
+    await helpers.one_pass(settings, "raker", metrics=meters)
+    found = samples(meters.exposition()[0].decode())
+    async with db.pool.acquire() as conn:
+        first_seen = await conn.fetchval(
+            "SELECT first_seen_at FROM runsync.runs WHERE started_at IS NULL"
+        )
+    assert first_seen < before and value(found, name, **stream) == first_seen.timestamp()
+    assert value(found, "runsync_open_runs", **stream) == 1

@@ -13,6 +13,7 @@ finds the fire time before a tick with it.
 from __future__ import annotations
 
 import calendar
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -39,6 +40,8 @@ _FIELDS: tuple[_Spec, ...] = (
 _FORM = "minute hour day-of-month month day-of-week, e.g. '*/15 9-17 * * 1-5', or a macro"
 # Every day and weekday comes round within the 400 years of the Gregorian cycle.
 _SEARCH_DAYS = 366 * 401
+# The years longest_gap looks over: long enough for a 29 February to come round twice.
+GAP_YEARS = 8
 
 
 class CronError(ValueError):
@@ -97,6 +100,27 @@ class Cron:
     def previous_before(self, moment: datetime) -> datetime:
         """The last fire time strictly before `moment`."""
         return self.latest_at_or_before(moment - timedelta(microseconds=1))
+
+    def longest_gap(self, start: date) -> timedelta:
+        """The longest time between two fire times in a row, over the GAP_YEARS from `start`: the
+        schedule's interval, for the daemon's alerts ('0 9 * * 1-5' has gaps of a day and of three
+        days). Every matching day fires at the same times of day, so it steps by day, not by fire
+        time. A schedule that fires on fewer than two days of those years: all of them."""
+        times = [timedelta(hours=h, minutes=m) for h in self.hours for m in self.minutes]
+        span = timedelta(days=round(365.25 * GAP_YEARS))
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        matching = [
+            day
+            for day in (start + timedelta(days=n) for n in range(span.days))
+            if self.day_matches(day)
+        ]
+        if len(matching) < 2:
+            return span
+        gaps += [
+            timedelta(days=(later - earlier).days) - times[-1] + times[0]
+            for earlier, later in itertools.pairwise(matching)
+        ]
+        return max(gaps)
 
 
 def _longest(month: int) -> int:

@@ -208,6 +208,15 @@ class PassOutcomes:
         elif outcome == Outcome.FAILED:
             state.failed, state.error = True, error
 
+    def streams(self) -> list[tuple[str, str, datetime | None]]:
+        """Each stream a pass has been recorded for (source, stream), and while its newest pass
+        that ran to an end failed, since when it counts as failing (its last success, or the
+        start); None while that pass succeeded. For the daemon's metrics."""
+        return [
+            (source, stream, (state.last_success or self.started_at) if state.failed else None)
+            for (source, stream), state in sorted(self._streams.items())
+        ]
+
     def failing(self, now: datetime | None = None) -> list[dict[str, Any]]:
         now = now or self.clock()
         found = []

@@ -8,9 +8,10 @@ webhook delivery. Nothing here touches the database: a scrape only reads what wa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -27,6 +28,7 @@ from worker.model import Outcome
 
 if TYPE_CHECKING:  # the budgets and results are read, not made, here: no import at run time
     from worker.budget import Passes
+    from worker.health import PassOutcomes
     from worker.store import Connections, Written
     from worker.walk import PassResult
 
@@ -94,6 +96,30 @@ class Metrics:
             "Runs read so far by the newest pass of a backfill that has not finished",
             stream,
         )
+        self.backfill_idle = gauge(
+            "backfill_idle_seconds",
+            "How long a backfill that has not finished had gone without storing a page, as of "
+            "the stream's last pass",
+            stream,
+        )
+        self.stored_success = gauge(
+            "stream_last_success_timestamp_seconds",
+            "When a pass of the stream last succeeded, in any process (the database's record, "
+            "read at the end of each pass; unix time)",
+            stream,
+        )
+        self.oldest_open = gauge(
+            "oldest_open_run_timestamp_seconds",
+            "When the stream's oldest open run started (or, not started yet, was first stored), "
+            "as of its last pass (unix time)",
+            stream,
+        )
+        self.interval = gauge(
+            "stream_interval_seconds",
+            "The longest time the stream's schedule leaves between two passes: its every, or "
+            "its cron's longest gap",
+            stream,
+        )
         self.webhooks = counter(
             "webhook_deliveries",
             "Webhook deliveries by outcome: stored, unchanged, quarantined, out_of_scope, "
@@ -128,21 +154,38 @@ class Metrics:
         *,
         newest_started_at: datetime | None,
         open_runs: int,
+        oldest_open_at: datetime | None,
+        last_success_at: datetime | None,
         backfill: str,
         backfill_runs_read: int | None,
+        backfill_idle_seconds: float | None,
     ) -> None:
         """What the database said at the end of a pass; lag keeps growing until the next one."""
         self.open_runs.labels(source, stream).set(open_runs)
         if newest_started_at is not None:
             newest = newest_started_at.timestamp()
             self.lag.labels(source, stream).set_function(lambda: max(time.time() - newest, 0.0))
+        _set_or_remove(self.oldest_open, (source, stream), oldest_open_at)
+        if last_success_at is not None:
+            self.stored_success.labels(source, stream).set(last_success_at.timestamp())
         shown = self._backfills.setdefault(source, set())
         if backfill_runs_read is not None:
             self.backfill_runs.labels(source, backfill).set(backfill_runs_read)
+            self.backfill_idle.labels(source, backfill).set(backfill_idle_seconds or 0.0)
             shown.add(backfill)
-        elif backfill in shown:
-            self.backfill_runs.remove(source, backfill)  # finished: no longer in flight
+        elif backfill in shown:  # finished: no longer in flight
+            self.backfill_runs.remove(source, backfill)
+            self.backfill_idle.remove(source, backfill)
             shown.discard(backfill)
+
+    def schedule(self, source: str, stream: str, interval: timedelta) -> None:
+        """A stream's schedule: the longest time it leaves between two passes."""
+        self.interval.labels(source, stream).set(interval.total_seconds())
+
+    def outcomes(self, outcomes: PassOutcomes) -> None:
+        """What /readyz judges by (a health.PassOutcomes), read at each scrape: which streams
+        fail and since when, the threshold, and the daemon's start."""
+        self.registry.register(_Outcomes(outcomes))
 
     def budgets(self, connections: Connections, passes: Passes) -> None:
         """The process's budgets (a store.Connections, a budget.Passes), read at each scrape."""
@@ -160,6 +203,15 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text a scrape gets, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _set_or_remove(gauge: Gauge, labels: tuple[str, ...], moment: datetime | None) -> None:
+    """A time on a gauge's series (unix time), or the series gone when there is none."""
+    if moment is not None:
+        gauge.labels(*labels).set(moment.timestamp())
+    else:
+        with contextlib.suppress(KeyError):  # prometheus_client before 0.21 raised it
+            gauge.remove(*labels)
 
 
 class UpstreamObserver:
@@ -226,3 +278,41 @@ class _Budgets:
         for kind, name, text, figure in self.FIGURES:
             value = figure(self.connections, self.passes)
             yield family[kind](f"runsync_{name}", text, value=value)
+
+
+class _Outcomes:
+    """The streams' failures as /readyz judges them (a health.PassOutcomes), at the scrape."""
+
+    def __init__(self, outcomes: PassOutcomes) -> None:
+        self.outcomes = outcomes
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = self.outcomes
+        yield GaugeMetricFamily(
+            "runsync_unhealthy_after_seconds",
+            "How long a stream may fail before /readyz says so ([http] unhealthy_after)",
+            value=outcomes.threshold.total_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "runsync_daemon_start_timestamp_seconds",
+            "When the daemon began its passes (unix time); /readyz counts a stream that has "
+            "not succeeded since as failing from then",
+            value=outcomes.started_at.timestamp(),
+        )
+        failing = GaugeMetricFamily(
+            "runsync_stream_failing",
+            "1 while the stream's newest pass that ran to an end (in this process) failed, else 0",
+            labels=["source", "stream"],
+        )
+        since = GaugeMetricFamily(
+            "runsync_stream_failing_since_timestamp_seconds",
+            "While the stream fails: its last success in this process, or the daemon's start "
+            "(unix time); /readyz fails once this is older than unhealthy_after",
+            labels=["source", "stream"],
+        )
+        for source, stream, failing_since in outcomes.streams():
+            failing.add_metric([source, stream], 0.0 if failing_since is None else 1.0)
+            if failing_since is not None:
+                since.add_metric([source, stream], failing_since.timestamp())
+        yield failing
+        yield since

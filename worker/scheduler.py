@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
 import structlog
@@ -69,6 +69,14 @@ def _interval(config: SourceConfig) -> timedelta:
     """The interval of a source without cron (config gives every such source one)."""
     assert config.every is not None, f"source {config.name} has neither every nor cron"
     return config.every
+
+
+def longest_interval(config: SourceConfig, today: date) -> timedelta:
+    """The longest time the schedule leaves between two passes: its interval, or its cron's
+    longest gap (the daemon exports it, for an alert on a stream without a recent success)."""
+    if config.cron:
+        return crontab.parse(config.cron).longest_gap(today)
+    return _interval(config)
 
 
 class _PhasedInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 has no types
@@ -294,6 +302,11 @@ async def _serve(
     for name, client in clients.items():
         client.observer = meters.upstream(name)  # a source's streams share its client
     meters.budgets(rt.store.connections, rt.passes)
+    meters.outcomes(outcomes)
+    today = outcomes.started_at.date()
+    for stream in (stream for streams in rt.streams.values() for stream in streams):
+        interval = longest_interval(stream.config, today)
+        meters.schedule(stream.name, stream.stream(sync.INCREMENTAL), interval)
 
     async def job(config: SourceConfig) -> None:
         if stop.is_set():

@@ -476,11 +476,14 @@ class Store:
         return records
 
     async def stream_figures(
-        self, source: str, project: str | None, backfill_stream: str
+        self, source: str, project: str | None, backfill_stream: str, stream: str
     ) -> dict[str, Any]:
-        """newest_started_at, open_runs and backfill_runs_read (None: no backfill in flight)."""
+        """newest_started_at, open_runs, oldest_open_at, last_success_at (of `stream`),
+        backfill_runs_read and backfill_idle_seconds (None: no backfill in flight)."""
         async with self.connection(wait=5) as conn:
-            row = await conn.fetchrow(self.q["stream_figures"], source, project, backfill_stream)
+            row = await conn.fetchrow(
+                self.q["stream_figures"], source, project, backfill_stream, stream
+            )
         assert row is not None  # a SELECT of subqueries alone: always one row
         return dict(row)
 

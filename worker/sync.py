@@ -183,16 +183,17 @@ async def _pass(
 
 
 async def _measure(runtime: SourceRuntime, db: store.Store, metrics: Metrics) -> None:
-    """The stream's figures only the database knows (lag, open runs, a backfill in flight)."""
-    backfill_stream = runtime.stream(BACKFILL)
+    """The stream's figures only the database knows (lag, open runs, its last success in any
+    process, a backfill in flight)."""
+    backfill_stream, stream = runtime.stream(BACKFILL), runtime.stream(INCREMENTAL)
     try:
-        figures = await db.stream_figures(runtime.name, runtime.source.partition, backfill_stream)
+        figures = await db.stream_figures(
+            runtime.name, runtime.source.partition, backfill_stream, stream
+        )
     except (*store.DatabaseError, TimeoutError) as error:
         log.debug("stream figures unavailable", source=runtime.name, error=str(error))
         return  # the gauges keep what the last pass read
-    metrics.stream_figures(
-        runtime.name, runtime.stream(INCREMENTAL), backfill=backfill_stream, **figures
-    )
+    metrics.stream_figures(runtime.name, stream, backfill=backfill_stream, **figures)
 
 
 def _skipped(result: PassResult, reason: str) -> PassResult:
