@@ -17,9 +17,7 @@ from helpers import (
 
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
-from worker.simulator import Simulator
-from worker.simulator.github import GitHubWorld
-from worker.simulator.github_hooks import workflow_run_delivery
+from worker.simulator import GitHubWorld, Simulator, workflow_run_delivery
 from worker.sources import github
 from worker.sources.common import isoformat
 

@@ -18,17 +18,6 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from worker.simulator.apify import (
-    ALL_STATUSES,
-    KNOWN_ORIGINS,
-    OPEN_STATUSES,
-    TERMINAL_STATUSES,
-    UNKNOWN_ORIGIN,
-    USERNAME,
-    ApifyEndpoints,
-    ApifyWorld,
-    RateLimiter,
-)
 from worker.simulator.faults import (
     FAULT_KINDS,
     STATUS_FAULTS,
@@ -41,20 +30,30 @@ from worker.simulator.faults import (
     truncated,
     wrong_types,
 )
-from worker.simulator.github import (
+from worker.sources.apify.simulator import (
+    ALL_STATUSES,
+    KNOWN_ORIGINS,
+    OPEN_STATUSES,
+    TERMINAL_STATUSES,
+    UNKNOWN_ORIGIN,
+    USERNAME,
+    ApifyEndpoints,
+    ApifyWorld,
+    RateLimiter,
+)
+from worker.sources.github.simulator import (
     GITHUB_CONCLUSIONS,
     GITHUB_OPEN,
     GITHUB_STATUSES,
+    Delivery,
+    GitHubEndpoints,
     GitHubWorld,
     RateBudget,
-)
-from worker.simulator.github_api import GitHubEndpoints, created_bounds
-from worker.simulator.github_hooks import (
-    Delivery,
+    created_bounds,
     signature_256,
     workflow_run_delivery,
 )
-from worker.simulator.rakerone import (
+from worker.sources.rakerone.simulator import (
     RAKER_OPEN,
     RAKER_QUEUED,
     RAKER_TERMINAL,

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, web
 
-from worker.simulator.github import (
+from worker.simulator.seconds import seconds as _seconds
+from worker.sources.github.simulator.hooks import workflow_run_delivery
+from worker.sources.github.simulator.world import (
     API_VERSIONS,
     GITHUB_CONCLUSIONS,
     GITHUB_STATUSES,
@@ -29,8 +31,6 @@ from worker.simulator.github import (
     _Run,
     _Workflow,
 )
-from worker.simulator.github_hooks import workflow_run_delivery
-from worker.simulator.seconds import seconds as _seconds
 
 _DOCS = "https://docs.github.com/rest"
 # The query parameters that make a listing a "search" capped at the result cap.
