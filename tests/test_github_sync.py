@@ -17,9 +17,10 @@ from helpers import (
 
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
-from worker.simulator import GitHubWorld, Simulator, workflow_run_delivery
+from worker.simulator import Simulator
 from worker.sources import github
 from worker.sources.common import isoformat
+from worker.sources.github.simulator import GitHubWorld, workflow_run_delivery
 
 REPO = "octo/app"
 SECRET = "whsec-0123456789abcdef0123"
@@ -221,7 +222,7 @@ def hub():
 
 @pytest.fixture
 async def hub_sim(hub):
-    served = Simulator(github=hub, token=TOKEN)
+    served = Simulator(hub, token=TOKEN)
     await served.start()
     yield served
     await served.stop()

@@ -122,7 +122,8 @@ class Upstreams:
     """The simulated accounts and projects behind the sources, and what each source should hold."""
 
     def __init__(self, plan: list[dict[str, str]], runs: int, seed: int) -> None:
-        from worker.simulator import ApifyWorld, RakerWorld
+        from worker.sources.apify.simulator import ApifyWorld
+        from worker.sources.rakerone.simulator import RakerWorld
 
         self.rng = random.Random(seed)
         self.plan = {source["name"]: source for source in plan}
@@ -193,7 +194,7 @@ async def serve(count: int, runs: int, latency_ms: float, seed: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     apify_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    simulators.append(Simulator(None, rakerone=upstreams.raker, token=TOKEN, latency=latency))
+    simulators.append(Simulator(upstreams.raker, token=TOKEN, latency=latency))
     raker_url = await simulators[-1].start("127.0.0.1", 0)
     for name, source in upstreams.plan.items():
         source["base_url"] = f"{apify_url}/{name}" if source["kind"] == "apify" else raker_url

@@ -21,10 +21,13 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.simulator.seconds import iso as _iso
 from worker.simulator.seconds import seconds as _seconds
+
+if TYPE_CHECKING:  # named in annotations only
+    from worker.sources.github.simulator.api import GitHubEndpoints
 
 # The webhook schemas' enums; the REST schema has none, so both are open sets.
 GITHUB_STATUSES = ("requested", "queued", "pending", "waiting", "in_progress", "completed")
@@ -288,6 +291,12 @@ class GitHubWorld:
         for full_name in repos or {}:
             self._create(full_name)
         self._generate(dict(repos or {}), span, open_share)
+
+    def endpoints(self) -> GitHubEndpoints:
+        """Its HTTP endpoints (api.py), as worker.simulator.Simulator serves them."""
+        from worker.sources.github.simulator.api import GitHubEndpoints  # api.py imports this
+
+        return GitHubEndpoints(self)
 
     # --- building ---------------------------------------------------------------------------
 
