@@ -4,8 +4,8 @@ It follows upstream-docs/github-actions-workflow-runs.md: page-numbered listings
 with `total_count` and a Link header, the search-syntax `created` filter, the 1,000-result cap on
 filtered listings, re-runs that keep the run's id, ETags and free 304s, an hourly request budget
 with GitHub's rate-limit headers and answers, and GitHub's error bodies. Everything it generates
-is deterministic given the seed (and the clock it is given). worker.simulator.github_api serves
-it over HTTP; worker.simulator.github_hooks builds `workflow_run` webhook deliveries from it.
+is deterministic given the seed (and the clock it is given). api.py serves it over HTTP (through
+worker.simulator.Simulator); hooks.py builds `workflow_run` webhook deliveries from it.
 
 Where the docs are silent the simulator chooses, and says so where it does (look for "Chosen").
 """
