@@ -132,8 +132,8 @@ class Simulator:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Counts routed requests, applies an upstream's rate limit, adds latency, enforces the
-        token and injects faults. An upstream's own budget (GitHub's hourly one) is spent by its
-        endpoints, after the token is checked: a 401 is not the token's request."""
+        token and injects faults. A budget an upstream's endpoints keep (an hourly one) is spent
+        by them, after the token is checked: a 401 is not the token's request."""
         upstream = not request.path.startswith(_CONTROLS)
         unrouted = request.match_info.http_exception
         if unrouted is None:
