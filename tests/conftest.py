@@ -15,7 +15,11 @@ import asyncpg
 import pytest
 from helpers import GITHUB_BUDGET, REPO, TOKEN
 
-from worker import config, database, simulator, sources, store
+from worker import config, database, sources, store
+from worker.simulator import Simulator
+from worker.sources.apify.simulator import ApifyWorld
+from worker.sources.github.simulator import GitHubWorld
+from worker.sources.rakerone.simulator import RakerWorld
 
 TEMPLATE = "runsync_test_template"
 
@@ -94,12 +98,12 @@ async def db(database_url):
 
 @pytest.fixture
 def world():
-    return simulator.ApifyWorld(runs=0, seed=7)
+    return ApifyWorld(runs=0, seed=7)
 
 
 @pytest.fixture
 def raker():
-    return simulator.RakerWorld(projects={"proj_a": 0, "proj_b": 0}, seed=5, max_limit=100)
+    return RakerWorld(projects={"proj_a": 0, "proj_b": 0}, seed=5, max_limit=100)
 
 
 @pytest.fixture
@@ -107,12 +111,12 @@ def hub():
     """A GitHub repository with no runs yet (REPO), and a budget no test comes near: runsync
     paces GitHub by the budget its answers state, so with a large one a test goes at GitHub's
     own cap (15 requests a second), not at a personal token's 5,000 an hour."""
-    return simulator.GitHubWorld(repos={REPO: 0}, seed=11, rate_limit=GITHUB_BUDGET)
+    return GitHubWorld(repos={REPO: 0}, seed=11, rate_limit=GITHUB_BUDGET)
 
 
 @pytest.fixture
 async def sim(world, raker, hub):
-    served = simulator.Simulator(world, rakerone=raker, github=hub, token=TOKEN)
+    served = Simulator(world, raker, hub, token=TOKEN)
     await served.start()
     yield served
     await served.stop()

@@ -151,7 +151,7 @@ def assert_matches_upstream(stored: dict[str, dict], items: list[dict]) -> None:
     """Exactly the upstream's runs, each with the upstream's current list fields: in raw, and in
     every typed column (status, is_terminal, times, ids, usage, RakerOne's fields). A field the
     item omits is not compared (a list item that omits one says nothing of it)."""
-    from worker.simulator import TERMINAL_STATUSES
+    from worker.sources.apify.simulator import TERMINAL_STATUSES
 
     truth = {item["id"]: item for item in items}
     missing, extra = truth.keys() - stored.keys(), stored.keys() - truth.keys()

@@ -35,8 +35,9 @@ from helpers import (
     stored_runs,
 )
 
-from worker.simulator import Faults, GitHubWorld
+from worker.simulator import Faults
 from worker.sources import apify
+from worker.sources.github.simulator import GitHubWorld
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 SEED = os.environ.get("RUNSYNC_CRASH_SEED")

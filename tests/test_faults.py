@@ -38,7 +38,8 @@ from helpers import (
 )
 
 from worker import observability, scheduler
-from worker.simulator import FAULT_KINDS, Faults, GitHubWorld
+from worker.simulator import FAULT_KINDS, Faults
+from worker.sources.github.simulator import GitHubWorld
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)  # fixed times: the same seed replays the same faults
 DEFAULT_SEEDS = "3,6"

@@ -18,10 +18,9 @@ from helpers import (
 from worker import runtime, sources, sync, webhooks
 from worker.model import Checkpoint, Rejected, Run, typed
 from worker.simulator import Simulator
-from worker.simulator.github import GitHubWorld
-from worker.simulator.github_hooks import workflow_run_delivery
 from worker.sources import github
 from worker.sources.common import isoformat
+from worker.sources.github.simulator import GitHubWorld, workflow_run_delivery
 
 REPO = "octo/app"
 SECRET = "whsec-0123456789abcdef0123"
@@ -223,7 +222,7 @@ def hub():
 
 @pytest.fixture
 async def hub_sim(hub):
-    served = Simulator(github=hub, token=TOKEN)
+    served = Simulator(hub, token=TOKEN)
     await served.start()
     yield served
     await served.stop()

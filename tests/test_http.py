@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from worker import http, ratelimit
-from worker.simulator import GitHubWorld, Simulator
+from worker.simulator import Simulator
+from worker.sources.github.simulator import GitHubWorld
 
 TOKEN = "tok-SECRET-9f8e"
 FAST = http.Backoff(retries=4, base=0.01, cap=0.05, budget=5.0)
@@ -251,7 +252,7 @@ class WorldClock:
 async def github():
     clock = WorldClock()
     world = GitHubWorld({"octo/app": 40}, seed=7, anchor=ANCHOR, clock=clock)
-    sim = Simulator(github=world, token=SIM_TOKEN)
+    sim = Simulator(world, token=SIM_TOKEN)
     await sim.start()
     yield world, sim, clock
     await sim.stop()

@@ -105,22 +105,13 @@ from hypothesis.stateful import (
 )
 
 from worker import http, runtime, sources, store, sync, webhooks
-from worker.simulator import (
-    GITHUB_OPEN,
-    OPEN_STATUSES,
-    RAKER_OPEN,
-    RAKER_TERMINAL,
-    TERMINAL_STATUSES,
-    ApifyWorld,
-    Faults,
-    GitHubWorld,
-    RakerWorld,
-    Simulator,
-    workflow_run_delivery,
-)
+from worker.simulator import Faults, Simulator
 from worker.sources import apify as apify_source
 from worker.sources import github as github_source
+from worker.sources.apify.simulator import OPEN_STATUSES, TERMINAL_STATUSES, ApifyWorld
 from worker.sources.contract import Answer
+from worker.sources.github.simulator import GITHUB_OPEN, GitHubWorld, workflow_run_delivery
+from worker.sources.rakerone.simulator import RAKER_OPEN, RAKER_TERMINAL, RakerWorld
 
 pytestmark = pytest.mark.model
 
@@ -377,7 +368,7 @@ class RunsyncModel(RuleBasedStateMachine):
             rate_limit=GITHUB_BUDGET, clock=lambda: time.time_ns() // 1_000_000 + 1000,
         )  # fmt: skip
         self.task = self.world.tasks[0]["id"]
-        self.sim = Simulator(self.world, rakerone=self.raker, github=self.hub, token=TOKEN)
+        self.sim = Simulator(self.world, self.raker, self.hub, token=TOKEN)
         self.sim.requests = self.tripwire
         await self.sim.start()
         # The sweep's lookback reaches back to the model's first run (its clock starts at T0).

@@ -13,7 +13,8 @@ from aiohttp import web
 from helpers import REPO, config_toml, eventually, free_port, source_toml, spawn
 
 from worker import http
-from worker.simulator import Simulator, workflow_run_delivery
+from worker.simulator import Simulator
+from worker.sources.github.simulator import workflow_run_delivery
 
 APIFY_SECRET = "apify_api_S3CRETa1b2c3"
 RAKER_SECRET = "raker_S3CRETd4e5f6"
@@ -32,7 +33,7 @@ SECRETS = (
 async def sim_with_secret(world, raker):
     world.add_runs(30, status="RUNNING")
     raker.add_runs("proj_a", 20, status="processing")
-    served = Simulator(world, rakerone=raker, token=APIFY_SECRET)
+    served = Simulator(world, raker, token=APIFY_SECRET)
     await served.start()
     yield served
     await served.stop()
@@ -43,7 +44,7 @@ async def github_with_secret(hub):
     """GitHub on a simulator of its own, which takes its own token."""
     hub.add_runs(REPO, 20, status="completed", created_at=hub.now())
     hub.add_runs(REPO, 5, status="in_progress", created_at=hub.now())
-    served = Simulator(github=hub, token=GITHUB_SECRET)
+    served = Simulator(hub, token=GITHUB_SECRET)
     await served.start()
     yield served
     await served.stop()

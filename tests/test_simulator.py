@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from worker.simulator import (
+from worker.simulator import Simulator, serve
+from worker.sources import demo_worlds
+from worker.sources.apify.simulator import (
     KNOWN_ORIGINS,
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     UNKNOWN_ORIGIN,
     ApifyWorld,
-    Simulator,
-    serve,
 )
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -398,7 +398,7 @@ async def test_serve_runs_until_cancelled() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = asyncio.create_task(serve(host="127.0.0.1", port=port, runs=5, seed=1, token="t"))
+    server = asyncio.create_task(serve(demo_worlds(5, 1), host="127.0.0.1", port=port, token="t"))
     headers = {"Authorization": "Bearer t"}
     async with aiohttp.ClientSession(headers=headers) as session:
         for _ in range(100):

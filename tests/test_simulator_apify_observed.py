@@ -13,15 +13,14 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from worker.simulator import (
+from worker.simulator import Faults, Simulator
+from worker.sources.apify.simulator import (
     KNOWN_ORIGINS,
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     UNKNOWN_ORIGIN,
     ApifyWorld,
-    Faults,
     RateLimiter,
-    Simulator,
 )
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -17,15 +17,11 @@ import aiohttp
 import pytest
 from helpers import eventually
 
-from worker.simulator import (
-    FAULT_KINDS,
-    ApifyWorld,
-    Faults,
-    GitHubWorld,
-    RakerWorld,
-    Simulator,
-    serve,
-)
+from worker.simulator import FAULT_KINDS, Faults, Simulator, serve
+from worker.sources import demo_worlds
+from worker.sources.apify.simulator import ApifyWorld
+from worker.sources.github.simulator import GitHubWorld
+from worker.sources.rakerone.simulator import RakerWorld
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TOKEN = "fault-token"
@@ -63,7 +59,7 @@ async def simulated(
     faults: Faults | None = None, latency: float = 0.0, client_timeout: float = 5.0
 ) -> AsyncIterator[tuple[Simulator, aiohttp.ClientSession]]:
     sim = Simulator(
-        apify_world(), rakerone=raker_world(), github=github_world(), token=TOKEN,
+        apify_world(), raker_world(), github_world(), token=TOKEN,
         faults=faults, latency=latency,
     )  # fmt: skip
     await sim.start()
@@ -78,11 +74,9 @@ async def simulated(
 
 def path_of(route: str, sim: Simulator) -> str:
     if route == "apify-run":
-        assert sim.apify is not None
-        return f"/v2/actor-runs/{sim.apify.list_items()[0]['id']}"
+        return f"/v2/actor-runs/{sim.world(ApifyWorld).list_items()[0]['id']}"
     if route == "github-run":
-        assert sim.github is not None
-        return f"/repos/octo/app/actions/runs/{sim.github.runs('octo/app')[0]['id']}"
+        return f"/repos/octo/app/actions/runs/{sim.world(GitHubWorld).runs('octo/app')[0]['id']}"
     return {"apify-list": APIFY_LIST, "rakerone-list": RAKER_LIST, "github-list": GITHUB_LIST}[
         route
     ]
@@ -415,10 +409,9 @@ async def test_serve_passes_faults_and_latency_through() -> None:
         port = probe.getsockname()[1]
     server = asyncio.create_task(
         serve(
+            demo_worlds(6, 1),
             host="127.0.0.1",
             port=port,
-            runs=6,
-            seed=1,
             token="t",
             fault_rate=1.0,
             fault_kinds=("502",),
@@ -449,4 +442,4 @@ async def test_serve_passes_faults_and_latency_through() -> None:
 
 async def test_serve_refuses_unknown_fault_kinds() -> None:
     with pytest.raises(ValueError, match="teapot"):
-        await serve(host="127.0.0.1", port=0, runs=1, seed=1, token="t", fault_kinds=["teapot"])
+        await serve(demo_worlds(1, 1), host="127.0.0.1", port=0, token="t", fault_kinds=["teapot"])

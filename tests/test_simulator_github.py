@@ -16,17 +16,16 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from worker.simulator import (
+from worker.simulator import Faults, Simulator
+from worker.sources.apify.simulator import ApifyWorld
+from worker.sources.github.simulator import (
     GITHUB_OPEN,
-    ApifyWorld,
-    Faults,
     GitHubWorld,
-    RakerWorld,
-    Simulator,
     created_bounds,
     signature_256,
     workflow_run_delivery,
 )
+from worker.sources.rakerone.simulator import RakerWorld
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TOKEN = "test-token"
@@ -79,7 +78,7 @@ def world(clock: Clock) -> GitHubWorld:
 
 
 async def serving(world: GitHubWorld, **options: object) -> Simulator:
-    simulator = Simulator(github=world, token=TOKEN, **options)  # type: ignore[arg-type]
+    simulator = Simulator(world, token=TOKEN, **options)  # type: ignore[arg-type]
     await simulator.start()
     return simulator
 
@@ -732,10 +731,8 @@ def test_same_seed_gives_the_same_world(clock: Clock) -> None:
 
 
 async def test_routes_exist_only_for_the_worlds_given(world: GitHubWorld) -> None:
-    everything = Simulator(
-        ApifyWorld(runs=3), rakerone=RakerWorld(projects={"p": 3}), github=world, token="t"
-    )
-    without = Simulator(ApifyWorld(runs=3), rakerone=RakerWorld(projects={"p": 3}), token="t")
+    everything = Simulator(ApifyWorld(runs=3), RakerWorld(projects={"p": 3}), world, token="t")
+    without = Simulator(ApifyWorld(runs=3), RakerWorld(projects={"p": 3}), token="t")
     paths = (RUNS.format("octo/app"), "/api/projects/p/action-runs", "/v2/actor-runs")
     for sim, statuses in ((everything, [200, 200, 200]), (without, [404, 200, 200])):
         base = await sim.start()

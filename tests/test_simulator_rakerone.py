@@ -14,14 +14,10 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from worker.simulator import (
-    RAKER_OPEN,
-    RAKER_TERMINAL,
-    ApifyWorld,
-    RakerWorld,
-    Simulator,
-    serve,
-)
+from worker.simulator import Simulator, serve
+from worker.sources import demo_worlds
+from worker.sources.apify.simulator import ApifyWorld
+from worker.sources.rakerone.simulator import RAKER_OPEN, RAKER_TERMINAL, RakerWorld
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TOKEN = "test-token"
@@ -54,7 +50,7 @@ def world() -> RakerWorld:
 
 @pytest.fixture
 async def sim(world: RakerWorld) -> AsyncIterator[Simulator]:
-    simulator = Simulator(rakerone=world, token=TOKEN)
+    simulator = Simulator(world, token=TOKEN)
     await simulator.start()
     yield simulator
     await simulator.stop()
@@ -146,7 +142,7 @@ async def test_limit_defaults_to_and_is_clamped_to_the_maximum(
 
 async def test_a_smaller_server_maximum_clamps_too() -> None:
     world = RakerWorld(projects={"p": 30}, seed=2, max_limit=8)
-    sim = Simulator(rakerone=world, token=TOKEN)
+    sim = Simulator(world, token=TOKEN)
     await sim.start()
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -408,7 +404,7 @@ async def test_raw_items_are_listed_but_not_in_the_truth(
 
 
 async def test_controls_add_runs_and_finish_open_ones_over_http(world: RakerWorld) -> None:
-    sim = Simulator(rakerone=world, token="t")
+    sim = Simulator(world, token="t")
     base = await sim.start()
     try:
         async with aiohttp.ClientSession(base, headers={"Authorization": "Bearer t"}) as client:
@@ -443,8 +439,8 @@ async def test_controls_add_runs_and_finish_open_ones_over_http(world: RakerWorl
 
 async def test_routes_exist_only_for_the_worlds_given() -> None:
     apify_only = Simulator(ApifyWorld(runs=3), token="t")
-    raker_only = Simulator(rakerone=RakerWorld(projects={"p": 3}), token="t")
-    both = Simulator(ApifyWorld(runs=3), rakerone=RakerWorld(projects={"p": 3}), token="t")
+    raker_only = Simulator(RakerWorld(projects={"p": 3}), token="t")
+    both = Simulator(ApifyWorld(runs=3), RakerWorld(projects={"p": 3}), token="t")
     expected = {
         apify_only: (404, 200),
         raker_only: (200, 404),
@@ -467,7 +463,7 @@ async def test_serve_runs_both_upstreams_until_cancelled() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = asyncio.create_task(serve(host="127.0.0.1", port=port, runs=10, seed=1, token="t"))
+    server = asyncio.create_task(serve(demo_worlds(10, 1), host="127.0.0.1", port=port, token="t"))
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession(base, headers={"Authorization": "Bearer t"}) as session:
         for _ in range(100):

@@ -14,7 +14,8 @@ from itertools import pairwise
 import aiohttp
 import pytest
 
-from worker.simulator import RAKER_OPEN, RAKER_QUEUED, RAKER_TERMINAL, RakerWorld, Simulator
+from worker.simulator import Simulator
+from worker.sources.rakerone.simulator import RAKER_OPEN, RAKER_QUEUED, RAKER_TERMINAL, RakerWorld
 
 ANCHOR = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ANCHOR_MS = int(ANCHOR.timestamp() * 1000)
@@ -41,7 +42,7 @@ def iso(moment: datetime) -> str:
 
 @asynccontextmanager
 async def served(world: RakerWorld) -> AsyncIterator[aiohttp.ClientSession]:
-    sim = Simulator(rakerone=world, token=TOKEN)
+    sim = Simulator(world, token=TOKEN)
     await sim.start()
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"}

@@ -241,16 +241,17 @@ def _simulate(args: argparse.Namespace) -> int:
     kinds = tuple(args.fault_kinds.split(",")) if args.fault_kinds else simulator.FAULT_KINDS
     faults = f", {args.fault_rate:.0%} faults (seed {args.fault_seed})" if args.fault_rate else ""
     latency = f", {args.latency * 1000:g} ms latency" if args.latency else ""
-    print(f"simulated Apify, RakerOne and GitHub on http://{args.host}:{args.port} "
-          f"(token {args.token!r}, seed {args.seed}): {args.runs} Apify runs, RakerOne projects "
-          f"proj_alpha and proj_beta with {args.runs // 2} runs each, GitHub repository "
-          f"{simulator.DEMO_REPOSITORY} with {args.runs // 2} workflow runs{faults}{latency}; "
-          "Ctrl-C stops it", flush=True)  # fmt: skip
+    demos = sources.demos()
+    names = [demo.name for demo in demos]
+    named = " and ".join(filter(None, (", ".join(names[:-1]), *names[-1:])))  # A, B and C
+    holds = ", ".join(demo.holds(args.runs) for demo in demos)
+    print(f"simulated {named} on http://{args.host}:{args.port} (token {args.token!r}, seed "
+          f"{args.seed}): {holds}{faults}{latency}; Ctrl-C stops it", flush=True)  # fmt: skip
     try:
         asyncio.run(simulator.serve(
-            host=args.host, port=args.port, runs=args.runs, seed=args.seed, token=args.token,
-            fault_rate=args.fault_rate, fault_kinds=kinds, fault_seed=args.fault_seed,
-            latency=args.latency,
+            sources.demo_worlds(args.runs, args.seed), host=args.host, port=args.port,
+            token=args.token, fault_rate=args.fault_rate, fault_kinds=kinds,
+            fault_seed=args.fault_seed, latency=args.latency,
         ))  # fmt: skip
     except KeyboardInterrupt:
         pass

@@ -75,7 +75,8 @@ COPY_COLUMNS = (
 
 def serve(runs: int, latency_ms: float, port: int) -> None:
     """The simulated Apify API, in this process, until killed."""
-    from worker.simulator import ApifyWorld, Simulator
+    from worker.simulator import Simulator
+    from worker.sources.apify.simulator import ApifyWorld
 
     async def main() -> None:
         # A few open runs, as in a quiet account: the incremental pass reads each one again.
@@ -220,8 +221,8 @@ def bench_dlt(server: str, base_url: str, runs: int, work: Path) -> dict[str, fl
 
 def parsed_runs(runs: int) -> list:
     """The simulator's runs, read as runsync reads them: built beforehand, untimed."""
-    from worker.simulator import ApifyWorld
     from worker.sources.apify import read_item
+    from worker.sources.apify.simulator import ApifyWorld
 
     now = datetime.now(UTC)
     return [read_item(item, now) for item in ApifyWorld(runs=runs, seed=SEED).list_items()]

@@ -16,12 +16,12 @@ database on it.
 
 Upstreams: `runsync simulate` serves one Apify account (3 to 5 actors, 2 to 4 tasks) and two
 RakerOne projects, too few distinct scopes for a thousand sources. So this script serves the
-simulator's own worlds (worker.simulator) from a process of its own (`bench_scale.py serve`,
-seeded): two thirds of the sources are Apify, each on an account of its own (an ApifyWorld behind
-its own path prefix, so each has its own rate limits) and following in turn the whole account, one
-actor or one task; one third are RakerOne sources of one project each, all projects in one
-RakerWorld on one token. Every source's scope holds --runs-per-source runs to begin with (2% of
-Apify's and 5% of RakerOne's still open); every answer waits --latency ms.
+simulator's own worlds (ApifyWorld, RakerWorld, on worker.simulator's server) from a process of its
+own (`bench_scale.py serve`, seeded): two thirds of the sources are Apify, each on an account of its
+own (an ApifyWorld behind its own path prefix, so each has its own rate limits) and following in
+turn the whole account, one actor or one task; one third are RakerOne sources of one project each,
+all projects in one RakerWorld on one token. Every source's scope holds --runs-per-source runs to
+begin with (2% of Apify's and 5% of RakerOne's still open); every answer waits --latency ms.
 
 What a scenario measures, with --replicas `runsync run` daemons on the same config (each with its
 own `[http] listen` port, and an application_name in its database URL, which asyncpg passes on,
@@ -122,7 +122,8 @@ class Upstreams:
     """The simulated accounts and projects behind the sources, and what each source should hold."""
 
     def __init__(self, plan: list[dict[str, str]], runs: int, seed: int) -> None:
-        from worker.simulator import ApifyWorld, RakerWorld
+        from worker.sources.apify.simulator import ApifyWorld
+        from worker.sources.rakerone.simulator import RakerWorld
 
         self.rng = random.Random(seed)
         self.plan = {source["name"]: source for source in plan}
@@ -193,7 +194,7 @@ async def serve(count: int, runs: int, latency_ms: float, seed: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     apify_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    simulators.append(Simulator(None, rakerone=upstreams.raker, token=TOKEN, latency=latency))
+    simulators.append(Simulator(upstreams.raker, token=TOKEN, latency=latency))
     raker_url = await simulators[-1].start("127.0.0.1", 0)
     for name, source in upstreams.plan.items():
         source["base_url"] = f"{apify_url}/{name}" if source["kind"] == "apify" else raker_url

@@ -1,34 +1,25 @@
-"""Simulated upstreams (Apify API v2, RakerOne, GitHub Actions) served by aiohttp on loopback.
+"""Simulated upstreams served by aiohttp on loopback; used by tests, demos and benchmarks.
 
-Used by tests, demos and benchmarks. Each upstream is an in-memory world (apify.ApifyWorld,
-rakerone.RakerWorld, github.GitHubWorld) plus its endpoints; the Simulator serves the worlds it is given, optionally
-slowed down (latency) and with seeded, replayable faults (faults.Faults). Apify's answers also go
-through the world's per-resource rate limit (apify.RateLimiter) and carry X-RateLimit-Limit;
-GitHub's spend the world's hourly budget (github.RateBudget) and carry its x-ratelimit-* headers.
-github_hooks builds the `workflow_run` webhook deliveries GitHub would send.
+Each upstream's simulation lives in its package (worker/sources/<kind>/simulator.py, or a
+subpackage): an in-memory world and its endpoints (contract.World, contract.Endpoints). The
+Simulator serves the worlds it is given, optionally slowed down (latency) and with seeded,
+replayable faults (faults.Faults), and answers each request in the dialect of the upstream whose
+path it is. `serve` runs one until cancelled (`runsync simulate` gives it every registered
+upstream's demo world). Nothing here names an upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from worker.simulator.apify import (
-    ALL_STATUSES,
-    KNOWN_ORIGINS,
-    OPEN_STATUSES,
-    TERMINAL_STATUSES,
-    UNKNOWN_ORIGIN,
-    USERNAME,
-    ApifyEndpoints,
-    ApifyWorld,
-    RateLimiter,
-)
+from worker.simulator.contract import Endpoints, Mistyping, Route, World, dialect
 from worker.simulator.faults import (
     FAULT_KINDS,
     STATUS_FAULTS,
@@ -41,92 +32,38 @@ from worker.simulator.faults import (
     truncated,
     wrong_types,
 )
-from worker.simulator.github import (
-    GITHUB_CONCLUSIONS,
-    GITHUB_OPEN,
-    GITHUB_STATUSES,
-    GitHubWorld,
-    RateBudget,
-)
-from worker.simulator.github_api import GitHubEndpoints, created_bounds
-from worker.simulator.github_hooks import (
-    Delivery,
-    signature_256,
-    workflow_run_delivery,
-)
-from worker.simulator.rakerone import (
-    RAKER_OPEN,
-    RAKER_QUEUED,
-    RAKER_TERMINAL,
-    RakerEndpoints,
-    RakerWorld,
-)
 
 __all__ = [
-    "ALL_STATUSES",
     "FAULT_KINDS",
-    "GITHUB_CONCLUSIONS",
-    "GITHUB_OPEN",
-    "GITHUB_STATUSES",
-    "KNOWN_ORIGINS",
-    "OPEN_STATUSES",
-    "RAKER_OPEN",
-    "RAKER_QUEUED",
-    "RAKER_TERMINAL",
-    "TERMINAL_STATUSES",
-    "UNKNOWN_ORIGIN",
-    "USERNAME",
-    "ApifyWorld",
-    "Delivery",
+    "Endpoints",
     "Faults",
-    "GitHubWorld",
-    "RakerWorld",
-    "RateBudget",
-    "RateLimiter",
+    "Mistyping",
+    "Route",
     "Simulator",
-    "created_bounds",
+    "World",
     "serve",
-    "signature_256",
-    "workflow_run_delivery",
 ]
-
-
-_Endpoints = ApifyEndpoints | RakerEndpoints | GitHubEndpoints
-
-
-def _dialect(path: str) -> type[_Endpoints]:
-    """The upstream whose error format answers for `path` (Apify's, unless RakerOne's or
-    GitHub's own)."""
-    if path.startswith(GitHubEndpoints.paths):
-        return GitHubEndpoints
-    return RakerEndpoints if path.startswith(RakerEndpoints.paths) else ApifyEndpoints
-
-
-DEMO_REPOSITORY = "octo-org/octo-app"  # `runsync simulate`'s GitHub repository
 
 # The demo controls' paths: never slowed down or faulted, so tests can always shape the world.
 _CONTROLS = "/_simulator/"
 
+W = TypeVar("W", bound=World)
+
 
 class Simulator:
-    """Serves an ApifyWorld, a RakerWorld and/or a GitHubWorld over HTTP, like their real APIs
-    (reads only)."""
+    """Serves upstreams' worlds over HTTP, like their real APIs (reads only), one world an
+    upstream."""
 
     def __init__(
         self,
-        apify: ApifyWorld | None = None,
-        *,
-        rakerone: RakerWorld | None = None,
-        github: GitHubWorld | None = None,
+        *worlds: World,
         token: str = "sim-token",
         faults: Faults | None = None,
         latency: float = 0.0,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must not be negative, got {latency!r}")
-        self.apify = apify
-        self.rakerone = rakerone
-        self.github = github
+        self.worlds = worlds
         self.token = token
         self.faults = faults
         self.latency = latency
@@ -136,20 +73,30 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._guard])
         self.app.on_response_prepare.append(self._stamp)
-        self._apify = ApifyEndpoints(apify) if apify is not None else None
-        self._rakerone = RakerEndpoints(rakerone) if rakerone is not None else None
-        self._github = GitHubEndpoints(github) if github is not None else None
-        for upstream in (self._apify, self._rakerone, self._github):
-            for method, path, handler, name in upstream.routes() if upstream else ():
+        # The served upstreams' endpoints, by their class (which is their dialect).
+        self._served: dict[type[Endpoints], Endpoints] = {}
+        for world in worlds:
+            endpoints = world.endpoints()
+            if type(endpoints) in self._served:
+                raise ValueError(f"two worlds of one upstream ({type(world).__name__})")
+            self._served[type(endpoints)] = endpoints
+            for method, path, handler, name in endpoints.routes():
                 self.app.router.add_route(method, path, handler, name=name)
         self.app.router.add_get(
             "/_simulator/requests", self._request_counts, name="control.requests"
         )
 
+    def world(self, kind: type[W]) -> W:
+        """The served world of that type."""
+        for world in self.worlds:
+            if isinstance(world, kind):
+                return world
+        raise KeyError(f"no {kind.__name__} is served")
+
     async def _request_counts(self, _request: web.Request) -> web.Response:
-        """The requests answered so far, by endpoint, and the 429s of Apify's rate limit: what a
-        benchmark in another process reads."""
-        refused = self._apify.world.rate_limiter.refused_total if self._apify else 0
+        """The requests answered so far, by endpoint, and those an upstream's rate limit refused
+        before its API saw them (Endpoints.throttled): what a benchmark in another process reads."""
+        refused = sum(endpoints.rate_limited for endpoints in self._served.values())
         return web.json_response({"requests": dict(self.requests), "rate_limited": refused})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -168,58 +115,54 @@ class Simulator:
             await self._runner.cleanup()
             self._runner = None
 
-    def _endpoints(self, path: str) -> _Endpoints | None:
+    def _endpoints(self, path: str) -> Endpoints | None:
         """The served upstream whose dialect answers for `path`, if it is served."""
-        dialect = _dialect(path)
-        if dialect is GitHubEndpoints:
-            return self._github
-        return self._rakerone if dialect is RakerEndpoints else self._apify
-
-    def _authorized(self, request: web.Request, endpoints: _Endpoints) -> bool:
-        """Whether the request carries the token the way its upstream takes one."""
-        if isinstance(endpoints, GitHubEndpoints):
-            return endpoints.authorized(request, self.token)
-        return request.headers.get("Authorization") == f"Bearer {self.token}"
+        kind = dialect(path)
+        return None if kind is None else self._served.get(kind)
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Apify's answers (all but the controls') carry X-RateLimit-Limit, GitHub's its
-        x-ratelimit-* headers, errors included."""
-        path = request.path
-        if path.startswith(_CONTROLS):
+        """An upstream's answers (all but the controls') carry what its answers carry, errors
+        included."""
+        if request.path.startswith(_CONTROLS):
             return
-        dialect = _dialect(path)
-        if self._apify is not None and dialect is ApifyEndpoints:
-            self._apify.stamp(response)
-        if self._github is not None and dialect is GitHubEndpoints:
-            self._github.stamp(response)
+        endpoints = self._endpoints(request.path)
+        if endpoints is not None:
+            endpoints.stamp(response)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Counts routed requests, applies Apify's rate limit, adds latency, enforces the bearer
-        token and injects faults. GitHub's budget is spent by its endpoints, after the token is
-        checked: a 401 is not the token's request."""
+        """Counts routed requests, applies an upstream's rate limit, adds latency, enforces the
+        token and injects faults. A budget an upstream's endpoints keep (an hourly one) is spent
+        by them, after the token is checked: a 401 is not the token's request."""
         upstream = not request.path.startswith(_CONTROLS)
         unrouted = request.match_info.http_exception
         if unrouted is None:
             self.requests[request.match_info.route.name or ""] += 1
         endpoints = self._endpoints(request.path)
-        if upstream and unrouted is None and isinstance(endpoints, ApifyEndpoints):
+        if upstream and unrouted is None and endpoints is not None:
             refused = endpoints.throttled(request)  # the limiter answers before the API does
             if refused is not None:
                 return refused
         if upstream and self.latency > 0:
             await self._pause(self.latency)
         if unrouted is not None:
-            return _dialect(request.path).unrouted(unrouted)
-        assert endpoints is not None  # a route exists only for an upstream that is served
-        if not self._authorized(request, endpoints):
+            kind = dialect(request.path)
+            if kind is None:
+                raise unrouted
+            return kind.unrouted(unrouted)
+        if endpoints is None:
+            # Only the simulator's own route, when the default upstream is not served.
+            if request.headers.get("Authorization") != f"Bearer {self.token}":
+                raise web.HTTPUnauthorized()
+            return await handler(request)
+        if not endpoints.authorized(request, self.token):
             return endpoints.unauthorized(request)
         if upstream and self.faults is not None:
-            return await self._faulty(request, handler, self.faults)
+            return await self._faulty(request, handler, self.faults, endpoints)
         return await handler(request)
 
     async def _faulty(
-        self, request: web.Request, handler: Handler, faults: Faults
+        self, request: web.Request, handler: Handler, faults: Faults, endpoints: Endpoints
     ) -> web.StreamResponse:
         """The answer to an upstream request, spoilt as the faults decide."""
         kind, draw = faults.draw(request_key(request))
@@ -227,7 +170,7 @@ class Simulator:
             return await handler(request)
         if kind in STATUS_FAULTS:  # a rate limiter or proxy answers before the API does
             faults.injected[kind] += 1
-            response: web.StreamResponse = _dialect(request.path).failure(STATUS_FAULTS[kind])
+            response: web.StreamResponse = endpoints.failure(STATUS_FAULTS[kind])
             if kind == "429-retry-after":
                 response.headers["Retry-After"] = f"{faults.retry_after:g}"
             return response
@@ -243,7 +186,7 @@ class Simulator:
         if body is None:
             return response
         if kind == "wrong-types":
-            spoilt = wrong_types(body, draw)
+            spoilt = wrong_types(body, draw, endpoints)
             if spoilt is None:  # an error or an empty page has no items to mistype
                 return response
             faults.injected[kind] += 1
@@ -260,31 +203,23 @@ class Simulator:
 
 
 async def serve(
+    worlds: Iterable[Callable[[], World]],
     *,
     host: str,
     port: int,
-    runs: int,
-    seed: int,
     token: str,
     fault_rate: float = 0.0,
     fault_kinds: Iterable[str] = FAULT_KINDS,
     fault_seed: int = 0,
     latency: float = 0.0,
 ) -> None:
-    """Runs a Simulator of every upstream over freshly generated worlds until cancelled."""
+    """Runs a Simulator of the worlds `worlds` make until cancelled (`runsync simulate` gives it
+    every registered upstream's demo: worker.sources.demo_worlds)."""
     faults = Faults(fault_rate, fault_kinds, seed=fault_seed)  # built anyway: rejects bad kinds
     # Generating in a thread keeps the loop responsive.
-    apify = await asyncio.to_thread(ApifyWorld, runs=runs, seed=seed)
-    projects = {"proj_alpha": runs // 2, "proj_beta": runs // 2}
-    rakerone = await asyncio.to_thread(RakerWorld, projects=projects, seed=seed)
-    github = await asyncio.to_thread(GitHubWorld, {DEMO_REPOSITORY: runs // 2}, seed=seed)
+    made = [await asyncio.to_thread(make) for make in worlds]
     simulator = Simulator(
-        apify,
-        rakerone=rakerone,
-        github=github,
-        token=token,
-        faults=faults if fault_rate > 0 else None,
-        latency=latency,
+        *made, token=token, faults=faults if fault_rate > 0 else None, latency=latency
     )
     await simulator.start(host, port)
     try:

@@ -12,12 +12,15 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from aiohttp import web
+
+if TYPE_CHECKING:  # named in annotations only
+    from worker.simulator.contract import Endpoints
 
 FAULT_KINDS = (
     "429",
@@ -93,50 +96,40 @@ def bad_json(body: bytes) -> bytes:
     return body[: len(body) // 2] + _HTML_TAIL
 
 
-def wrong_types(body: bytes, draw: int) -> bytes | None:
-    """The page with about a third of its items mistyped, or None if it has no items to spoil."""
+def wrong_types(body: bytes, draw: int, endpoints: Endpoints) -> bytes | None:
+    """The answer with about a third of its runs mistyped, or None if it has none to spoil. The
+    upstream's endpoints say where its runs are and which of their fields may be spoilt, how."""
     try:
         page = json.loads(body)
     except ValueError:
         return None
-    items = _items(page)
+    items = endpoints.items(page)
     if not items:
         return None
+    mistypable = endpoints.mistypable
     rng = random.Random(draw)
     for index in rng.sample(range(len(items)), max(1, round(len(items) / 3))):
         item = items[index]
-        fields = [name for name in ("id", "startedAt", "created_at", "status") if name in item]
+        fields = [name for name in mistypable if name in item]
         if fields:
             name = rng.choice(fields)
-            item[name] = _MISTYPED[name](item[name], rng)
+            item[name] = mistypable[name](item[name], rng)
     return json.dumps(page, separators=(",", ":")).encode()
 
 
-def _items(page: object) -> list[dict[str, Any]]:
-    """The run objects of an Apify page or single run, of a RakerOne page, or of a GitHub page
-    or single run (a run object itself, the only answer with an id at its top)."""
-    if not isinstance(page, dict):
-        return []
-    data = page.get("data")
-    if isinstance(data, dict):
-        listed = data.get("items")
-        return [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else [data]
-    runs = page.get("runs", page.get("workflow_runs"))
-    if isinstance(runs, list):
-        return [i for i in runs if isinstance(i, dict)]
-    return [page] if "id" in page else []
+# Mistypings (contract.Mistyping) an upstream's endpoints pick from for their fields.
 
 
-def _mistyped_id(value: object, rng: random.Random) -> object:
-    """A string id (Apify's, RakerOne's) as a number; a number (GitHub's) as a list, since
-    another number would be another run's id, not a wrong type."""
+def mistyped_id(value: object, rng: random.Random) -> object:
+    """A string id as a number; a number id as a list, since another number would be another
+    run's id, not a wrong type."""
     if isinstance(value, str):
         return rng.randrange(1, 2**31)
     return [value]
 
 
-def _epoch_ms(value: object, rng: random.Random) -> int:
-    # Epoch milliseconds are the classic wrong type for a timestamp.
+def epoch_ms(value: object, rng: random.Random) -> int:
+    """A timestamp as epoch milliseconds, the classic wrong type for one."""
     if isinstance(value, str):
         try:
             return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
@@ -145,12 +138,9 @@ def _epoch_ms(value: object, rng: random.Random) -> int:
     return rng.randrange(1_500_000_000_000, 1_800_000_000_000)
 
 
-_MISTYPED: dict[str, Callable[[object, random.Random], object]] = {
-    "id": _mistyped_id,
-    "startedAt": _epoch_ms,
-    "created_at": _epoch_ms,  # GitHub's
-    "status": lambda value, rng: [value],
-}
+def listed(value: object, _rng: random.Random) -> object:
+    """The value in a list (a status, say)."""
+    return [value]
 
 
 def body_of(response: web.StreamResponse) -> bytes | None:

@@ -1,4 +1,4 @@
-"""Whole-second times, as the RakerOne and GitHub worlds keep and write them."""
+"""Whole-second times, for the worlds of upstreams that keep and write times to the second."""
 
 from __future__ import annotations
 
@@ -16,5 +16,5 @@ def seconds(moment: datetime) -> int:
 
 
 def iso(at: int) -> str:
-    """ISO 8601 UTC with Z, to the second (2024-06-10T15:22:30Z): RakerOne's and GitHub's."""
+    """ISO 8601 UTC with Z, to the second (2024-06-10T15:22:30Z)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

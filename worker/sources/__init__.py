@@ -5,15 +5,20 @@ contract (worker/sources/contract.py). Adding one: docs/adding-an-upstream.md.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import config
 from worker.config import SourceBase
 from worker.model import Column
 from worker.ratelimit import Published
 from worker.sources import apify, github, rakerone
-from worker.sources.contract import Hooks, PageError, Paginator, Source, Upstream
+from worker.sources.contract import Demo, Hooks, PageError, Paginator, Source, Upstream
+
+if TYPE_CHECKING:  # named in annotations only: the simulator is imported when a demo is made
+    from worker.simulator import World
 
 __all__ = [
     "UPSTREAMS",
@@ -22,6 +27,8 @@ __all__ = [
     "Source",
     "build",
     "columns",
+    "demo_worlds",
+    "demos",
     "limits",
     "load_settings",
     "partitions",
@@ -83,3 +90,14 @@ def webhooks(config: SourceBase, client: Any = None) -> Hooks | None:
 def columns() -> dict[str, tuple[Column, ...]]:
     """Each upstream's typed columns of runsync.runs, for the store's writes."""
     return {kind: u.columns for kind, u in UPSTREAMS.items()}
+
+
+def demos() -> list[Demo]:
+    """What `runsync simulate` serves: the demo of every registered upstream that has one."""
+    return [u.demo for u in UPSTREAMS.values() if u.demo is not None]
+
+
+def demo_worlds(runs: int, seed: int) -> list[Callable[[], World]]:
+    """The demos' worlds of `runs` runs from `seed`, each made (and its simulator imported)
+    when called: worker.simulator.serve makes them."""
+    return [partial(demo.world, runs, seed) for demo in demos()]

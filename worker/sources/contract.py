@@ -4,7 +4,8 @@ An upstream is a package under worker/sources/ that exports an `Upstream` (its r
 worker/sources/__init__.py): how a configured source becomes streams of runs (`Source`), the
 walks of its lists (`Paginator`: no I/O, they say the next request and read the answer), how its
 open runs are read again, whether its backfill can be cut into time windows, its published
-request limits, and the typed columns its runs fill. docs/adding-an-upstream.md walks through it.
+request limits, the typed columns its runs fill, and the demo world `runsync simulate` serves of
+it (`Demo`). docs/adding-an-upstream.md walks through it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from worker.sources.common import PageError
 
 if TYPE_CHECKING:  # named in annotations only
     from worker.http import Client
+    from worker.simulator import World
 
 __all__ = [
-    "Answer", "ByWalks", "Delivery", "Hooks", "OpenList", "PageError", "Paginator", "Refused",
-    "Source", "Upstream", "Windowed", "ignored",
+    "Answer", "ByWalks", "Delivery", "Demo", "Hooks", "OpenList", "PageError", "Paginator",
+    "Refused", "Source", "Upstream", "Windowed", "ignored",
 ]  # fmt: skip
 
 
@@ -190,6 +192,17 @@ class Hooks(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Demo:
+    """What `runsync simulate` serves of an upstream (worker.simulator.serve)."""
+
+    name: str  # the upstream, as the banner names it: "GitHub"
+    # (runs, seed) -> the world to serve, its simulator (aiohttp's server and all) imported only
+    # when it is called, so the daemon never loads it.
+    world: Callable[[int, int], World]
+    holds: Callable[[int], str]  # (runs) -> what that world holds, for the banner
+
+
 ConfigT = TypeVar("ConfigT", bound=SourceBase)  # an upstream's model of its sources' keys
 
 
@@ -208,3 +221,4 @@ class Upstream(Generic[ConfigT]):
     webhooks: Callable[[ConfigT, Client | None], Hooks] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request
     conditional: bool = False  # it answers If-None-Match with a 304 (which costs no budget)
+    demo: Demo | None = None  # its simulated world for `runsync simulate`; None: it has none

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from worker.sources.apify.config import BASE_URL, ApifyConfig
 from worker.sources.apify.source import (
     COLUMNS,
@@ -17,7 +19,10 @@ from worker.sources.apify.source import (
     scope_request,
 )
 from worker.sources.apify.webhooks import ApifyHooks
-from worker.sources.contract import Source, Upstream
+from worker.sources.contract import Demo, Source, Upstream
+
+if TYPE_CHECKING:  # named in annotations only
+    from worker.simulator import World
 
 __all__ = [
     "COLUMNS", "LIMITS", "OPEN_STATUSES", "SETTLE", "TERMINAL_STATUSES", "UPSTREAM", "ApifyConfig",
@@ -30,6 +35,12 @@ def _streams(config: ApifyConfig) -> list[Source]:
     return [ApifySource(config)]  # one stream: the user's, the actor's or the task's runs
 
 
+def _demo_world(runs: int, seed: int) -> World:
+    from worker.sources.apify.simulator import ApifyWorld  # only when a demo is served
+
+    return ApifyWorld(runs=runs, seed=seed)
+
+
 UPSTREAM = Upstream(
     kind="apify",
     base_url=BASE_URL,
@@ -38,4 +49,5 @@ UPSTREAM = Upstream(
     limits=LIMITS,
     columns=COLUMNS,
     webhooks=ApifyHooks,
+    demo=Demo("Apify", _demo_world, lambda runs: f"{runs} Apify runs"),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from worker.sources.contract import Source, Upstream
+from typing import TYPE_CHECKING
+
+from worker.sources.contract import Demo, Source, Upstream
 from worker.sources.github.config import BASE_URL, GitHubConfig
 from worker.sources.github.source import (
     COLUMNS,
@@ -14,6 +16,9 @@ from worker.sources.github.source import (
 )
 from worker.sources.github.webhooks import GitHubHooks, signature
 
+if TYPE_CHECKING:  # named in annotations only
+    from worker.simulator import World
+
 __all__ = [
     "COLUMNS", "LIMITS", "OPEN_STATUSES", "UPSTREAM", "CreatedWalk", "GitHubConfig", "GitHubHooks",
     "GitHubSource", "read_item", "signature",
@@ -22,6 +27,19 @@ __all__ = [
 
 def _streams(config: GitHubConfig) -> list[Source]:
     return [GitHubSource(config)]
+
+
+DEMO_REPOSITORY = "octo-org/octo-app"  # `runsync simulate`'s repository
+
+
+def _demo_world(runs: int, seed: int) -> World:
+    from worker.sources.github.simulator import GitHubWorld  # only when a demo is served
+
+    return GitHubWorld({DEMO_REPOSITORY: runs // 2}, seed=seed)
+
+
+def _demo_holds(runs: int) -> str:
+    return f"GitHub repository {DEMO_REPOSITORY} with {runs // 2} workflow runs"
 
 
 UPSTREAM = Upstream(
@@ -34,4 +52,5 @@ UPSTREAM = Upstream(
     webhooks=GitHubHooks,
     headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"},
     conditional=True,
+    demo=Demo("GitHub", _demo_world, _demo_holds),
 )

@@ -33,10 +33,12 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from itertools import accumulate
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
+from worker.simulator.contract import Endpoints, Mistyping
+from worker.simulator.faults import epoch_ms, listed, mistyped_id
 from worker.simulator.seconds import iso as _iso
 from worker.simulator.seconds import seconds as _seconds
 
@@ -437,6 +439,10 @@ class RakerWorld:
 
     # The public API used by tests and demos to shape the world.
 
+    def endpoints(self) -> RakerEndpoints:
+        """Its HTTP endpoints, as worker.simulator.Simulator serves them."""
+        return RakerEndpoints(self)
+
     def now(self) -> datetime:
         """The world's clock as a datetime (UTC, whole seconds, as RakerOne's times are)."""
         return datetime.fromtimestamp(self._now(), UTC)
@@ -677,11 +683,16 @@ def _answering_rejections(handler: _Handler) -> _Handler:
     return answer
 
 
-class RakerEndpoints:
+class RakerEndpoints(Endpoints):
     """RakerOne's list of action runs and the demo controls, served over a RakerWorld."""
 
     # Paths whose errors (401, unrouted) answer in RakerOne's error format.
     paths = ("/api/", "/_simulator/rakerone/")
+    mistypable: ClassVar[Mapping[str, Mistyping]] = {
+        "id": mistyped_id,
+        "startedAt": epoch_ms,
+        "status": listed,
+    }
 
     def __init__(self, world: RakerWorld) -> None:
         self.world = world
@@ -714,6 +725,12 @@ class RakerEndpoints:
     def failure(status: int) -> web.Response:
         """An injected rate-limit or server error (worker.simulator.faults)."""
         return _error(status, _FAILURES[status])
+
+    @staticmethod
+    def items(answer: object) -> list[dict[str, Any]]:
+        """The runs of a page."""
+        runs = answer.get("runs") if isinstance(answer, dict) else None
+        return [i for i in runs if isinstance(i, dict)] if isinstance(runs, list) else []
 
     def _existing(self, request: web.Request) -> str:
         project = request.match_info["projectId"]

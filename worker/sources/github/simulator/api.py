@@ -15,12 +15,16 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, web
 
-from worker.simulator.github import (
+from worker.simulator.contract import Endpoints, Mistyping
+from worker.simulator.faults import epoch_ms, listed, mistyped_id
+from worker.simulator.seconds import seconds as _seconds
+from worker.sources.github.simulator.hooks import workflow_run_delivery
+from worker.sources.github.simulator.world import (
     API_VERSIONS,
     GITHUB_CONCLUSIONS,
     GITHUB_STATUSES,
@@ -29,8 +33,6 @@ from worker.simulator.github import (
     _Run,
     _Workflow,
 )
-from worker.simulator.github_hooks import workflow_run_delivery
-from worker.simulator.seconds import seconds as _seconds
 
 _DOCS = "https://docs.github.com/rest"
 # The query parameters that make a listing a "search" capped at the result cap.
@@ -211,11 +213,16 @@ def _link(request: web.Request, page: int, last: int) -> str | None:
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class GitHubEndpoints:
+class GitHubEndpoints(Endpoints):
     """GitHub's workflow-run endpoints (GET only) over a GitHubWorld, metered by its budget."""
 
     # Paths whose errors (401, unrouted) answer in GitHub's error format.
     paths = ("/repos/", "/_simulator/github/")
+    mistypable: ClassVar[Mapping[str, Mistyping]] = {
+        "id": mistyped_id,
+        "created_at": epoch_ms,
+        "status": listed,
+    }
 
     def __init__(self, world: GitHubWorld) -> None:
         self.world = world
@@ -275,6 +282,17 @@ class GitHubEndpoints:
         budget = self.world.anonymous if response.status == 401 else self.world.budget
         response.headers.update(budget.headers())
         response.headers["x-github-api-version-selected"] = API_VERSIONS[0]
+
+    @staticmethod
+    def items(answer: object) -> list[dict[str, Any]]:
+        """The runs of a listing (workflow_runs), or the run itself (the only answer with an id
+        at its top)."""
+        if not isinstance(answer, dict):
+            return []
+        runs = answer.get("workflow_runs")
+        if isinstance(runs, list):
+            return [i for i in runs if isinstance(i, dict)]
+        return [answer] if "id" in answer else []
 
     def _metered(self, handler: _Handler) -> _Handler:
         """Refuses requests over a rate limit, turns rejections into error bodies, and spends the

@@ -24,9 +24,12 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, wraps
 from itertools import accumulate, islice
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
+
+from worker.simulator.contract import Endpoints, Mistyping
+from worker.simulator.faults import epoch_ms, listed, mistyped_id
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"})
 OPEN_STATUSES = frozenset({"READY", "RUNNING", "TIMING-OUT", "ABORTING"})
@@ -644,6 +647,10 @@ class ApifyWorld:
 
     # The public API used by tests and demos to shape the world.
 
+    def endpoints(self) -> ApifyEndpoints:
+        """Its HTTP endpoints, as worker.simulator.Simulator serves them."""
+        return ApifyEndpoints(self)
+
     def now(self) -> datetime:
         """The world's clock as a datetime (UTC, millisecond precision)."""
         return _EPOCH + timedelta(milliseconds=self._clock())
@@ -901,8 +908,16 @@ def _answering_invalid_input(handler: _Handler) -> _Handler:
     return answer
 
 
-class ApifyEndpoints:
+class ApifyEndpoints(Endpoints):
     """Apify's run endpoints (GET only) and the demo controls, served over an ApifyWorld."""
+
+    paths = ("/v2/", "/_simulator/apify/")
+    default = True  # Apify's error format answers for the paths no upstream claims
+    mistypable: ClassVar[Mapping[str, Mistyping]] = {
+        "id": mistyped_id,
+        "startedAt": epoch_ms,
+        "status": listed,
+    }
 
     def __init__(self, world: ApifyWorld) -> None:
         self.world = world
@@ -977,11 +992,25 @@ class ApifyEndpoints:
         message = f"You have exceeded the rate limit of {limiter.limit} requests per second"
         return _error(429, "rate-limit-exceeded", message)
 
+    @property
+    def rate_limited(self) -> int:
+        """The 429s of the world's rate limit."""
+        return self.world.rate_limiter.refused_total
+
     def stamp(self, response: web.StreamResponse) -> None:
         """Adds X-RateLimit-Limit, which every answer of the real API carries."""
         limit = self.world.rate_limiter.limit
         if limit is not None and self.world.stamp_rate_limit:
             response.headers["X-RateLimit-Limit"] = str(limit)
+
+    @staticmethod
+    def items(answer: object) -> list[dict[str, Any]]:
+        """The runs of a page (data.items) or the single run (data)."""
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, dict):
+            return []
+        runs = data.get("items")
+        return [i for i in runs if isinstance(i, dict)] if isinstance(runs, list) else [data]
 
     def _forbidden(self, *refs: str | None) -> bool:
         return not self.world.forbidden.isdisjoint(ref for ref in refs if ref)

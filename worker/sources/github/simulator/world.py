@@ -4,8 +4,8 @@ It follows upstream-docs/github-actions-workflow-runs.md: page-numbered listings
 with `total_count` and a Link header, the search-syntax `created` filter, the 1,000-result cap on
 filtered listings, re-runs that keep the run's id, ETags and free 304s, an hourly request budget
 with GitHub's rate-limit headers and answers, and GitHub's error bodies. Everything it generates
-is deterministic given the seed (and the clock it is given). worker.simulator.github_api serves
-it over HTTP; worker.simulator.github_hooks builds `workflow_run` webhook deliveries from it.
+is deterministic given the seed (and the clock it is given). api.py serves it over HTTP (through
+worker.simulator.Simulator); hooks.py builds `workflow_run` webhook deliveries from it.
 
 Where the docs are silent the simulator chooses, and says so where it does (look for "Chosen").
 """
@@ -21,10 +21,13 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.simulator.seconds import iso as _iso
 from worker.simulator.seconds import seconds as _seconds
+
+if TYPE_CHECKING:  # named in annotations only
+    from worker.sources.github.simulator.api import GitHubEndpoints
 
 # The webhook schemas' enums; the REST schema has none, so both are open sets.
 GITHUB_STATUSES = ("requested", "queued", "pending", "waiting", "in_progress", "completed")
@@ -288,6 +291,12 @@ class GitHubWorld:
         for full_name in repos or {}:
             self._create(full_name)
         self._generate(dict(repos or {}), span, open_share)
+
+    def endpoints(self) -> GitHubEndpoints:
+        """Its HTTP endpoints (api.py), as worker.simulator.Simulator serves them."""
+        from worker.sources.github.simulator.api import GitHubEndpoints  # api.py imports this
+
+        return GitHubEndpoints(self)
 
     # --- building ---------------------------------------------------------------------------
 

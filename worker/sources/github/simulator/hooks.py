@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from worker.simulator.github import GitHubWorld
+from worker.sources.github.simulator.world import GitHubWorld
 
 WORKFLOW_RUN_ACTIONS = ("requested", "in_progress", "completed")
 HOOK_ID = 480_112_233  # X-GitHub-Hook-ID of the simulated repository webhook
