@@ -420,7 +420,7 @@ FROM (SELECT count(*) AS open_runs,
          AND NOT r.is_terminal AND r.gone_at IS NULL) AS o;
 
 -- chart_runs_per_day --
--- The status page's runs per day: the runs started on each UTC day from $1 (a date) on, by
+-- The status page's runs per day: the runs started on each UTC day from $1 to $2 (dates), by
 -- outcome (succeeded, failed: ended otherwise, open), each source's runs added up. The day index
 -- (runs_started_day_idx) bounds the read to the range.
 SELECT day,
@@ -428,26 +428,26 @@ SELECT day,
        count(*) FILTER (WHERE is_terminal AND NOT coalesce(succeeded, false)) AS failed,
        count(*) FILTER (WHERE NOT is_terminal) AS open
 FROM runsync.run_facts
-WHERE day >= $1::date
+WHERE day BETWEEN $1::date AND $2::date
 GROUP BY day
 ORDER BY day;
 
 -- chart_cost_per_day --
--- The status page's cost: what Apify charged per actor per UTC day from $1 on, in USD (each run
+-- The status page's cost: what Apify charged per actor per UTC day from $1 to $2, in USD (each run
 -- once, however many sources store it: the view's rule).
 SELECT day, actor_id, usage_total_usd
 FROM runsync.cost_per_actor_per_day
-WHERE day >= $1::date
+WHERE day BETWEEN $1::date AND $2::date
 ORDER BY day, actor_id;
 
 -- chart_durations_per_day --
 -- The status page's durations: the 50th, 90th and 99th percentiles of the finished runs' durations
--- (seconds) per UTC day of their start from $1 on, over every source.
+-- (seconds) per UTC day of their start from $1 to $2, over every source.
 SELECT day,
        count(*) AS finished_runs,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY duration_seconds) AS seconds
 FROM runsync.run_facts
-WHERE day >= $1::date AND finished_at IS NOT NULL
+WHERE day BETWEEN $1::date AND $2::date AND finished_at IS NOT NULL
 GROUP BY day
 ORDER BY day;
 

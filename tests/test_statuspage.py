@@ -253,6 +253,35 @@ async def test_the_charts_count_runs_by_outcome_and_day_against_the_upstream(
     assert got["durations"]["p50"][29] is None  # today's only run is open
 
 
+async def test_the_charts_follow_the_databases_day_when_it_changes_between_their_two_reads(
+    sim, world, db, apify_settings
+):
+    """The older days and the recent ones are read apart: when midnight falls between the two
+    reads, the part read the day before is read again, and the range ends on the new day."""
+    world.add_runs(2, status="SUCCEEDED", started_at=NOW - timedelta(days=3))
+    await one_pass(apify_settings())
+    page = page_of(apify_settings(), db)
+    today = [TODAY]
+
+    async def database_today():
+        return today[0]
+
+    db.today = database_today  # the database's clock, moved by the test
+    before = await page.charts(7)
+    assert before["labels"][-1] == TODAY.isoformat() and sum(before["runs"]["succeeded"]) == 2
+    today[0] = TODAY + timedelta(days=1)
+    page._recent.forget()  # the recent days are read again first, on the new day
+    after = await page.charts(7)
+    assert after["labels"][0] == (TODAY - timedelta(days=5)).isoformat()
+    assert after["labels"][-1] == (TODAY + timedelta(days=1)).isoformat()
+    assert len(after["labels"]) == 7 and sum(after["runs"]["succeeded"]) == 2
+    today[0] = TODAY + timedelta(days=2)
+    page._history[7].forget()  # now the older days first: the recent ones are read again
+    latest = await page.charts(7)
+    assert latest["labels"][-1] == (TODAY + timedelta(days=2)).isoformat()
+    assert sum(latest["runs"]["succeeded"]) == 2  # 3 days before TODAY: still in the week
+
+
 async def test_what_upstreams_and_errors_say_is_shown_as_text_never_as_markup(
     sim, world, db, apify_settings
 ):

@@ -399,19 +399,23 @@ class Store:
         async with self.connection() as conn:
             return [dict(row) for row in await conn.fetch(self.q["processes"], within)]
 
-    async def charts(self, days: int) -> dict[str, Any]:
-        """The status page's charts over the last `days` UTC days, today included, from the
-        analytics views: first_day and last_day (dates), and rows of runs (day, succeeded, failed,
-        open), cost (day, actor_id, usage_total_usd) and durations (day, finished_runs, seconds:
-        the 50th, 90th and 99th percentiles). One connection, one query after the other."""
+    async def today(self) -> date:
+        """The database's UTC day: where the status page's charts end."""
         async with self.connection() as conn:
-            last_day: date = await conn.fetchval(self.q["chart_today"])
-            first_day = last_day - timedelta(days=days - 1)
-            found: dict[str, Any] = {"first_day": first_day, "last_day": last_day}
+            day: date = await conn.fetchval(self.q["chart_today"])
+            return day
+
+    async def charts(self, first_day: date, last_day: date) -> dict[str, Any]:
+        """The status page's charts' rows for the UTC days first_day to last_day, from the
+        analytics views: runs (day, succeeded, failed, open), cost (day, actor_id,
+        usage_total_usd) and durations (day, finished_runs, seconds: the 50th, 90th and 99th
+        percentiles). One connection, one query after the other."""
+        found: dict[str, Any] = {"first_day": first_day, "last_day": last_day}
+        async with self.connection() as conn:
             for name in ("runs", "cost", "durations"):
-                rows = await conn.fetch(self.q[f"chart_{name}_per_day"], first_day)
+                rows = await conn.fetch(self.q[f"chart_{name}_per_day"], first_day, last_day)
                 found[name] = [dict(row) for row in rows]
-            return found
+        return found
 
     async def status(
         self, sources: Sequence[str], projects: Mapping[str, Sequence[str]] | None = None
