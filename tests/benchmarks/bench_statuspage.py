@@ -22,6 +22,9 @@ the real store, over loopback), and timed from a client's side, request to last 
   every refresh gets).
 For each of `/` (the page: the sources' table), `/status/sources` (what an open page fetches every
 15 s) and `/status/charts?days=7|30|90`, the median and the worst of --samples samples, in ms.
+Then the reads the page makes in the background while someone looks, timed on their own: the last
+two days' charts (every minute), the older days of the 90-day range (every 10 minutes) and the
+sources' status (every 5 seconds).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +134,22 @@ async def measure(url: str, source_count: int, samples: int) -> dict[str, dict[s
                         found[path]["warm"].append(await timed(client, base + path))
                     finally:
                         await server.stop()
+        # What the page reads in the background while someone looks: the last two days (every
+        # minute), a range's older days (every 10 minutes), the sources (every 5 s).
+        today = await store.today()
+        reads = {
+            "the last 2 days' charts": lambda: store.charts(today - timedelta(days=1), today),
+            "the older 88 days' charts (90-day range)": lambda: store.charts(
+                today - timedelta(days=89), today - timedelta(days=2)
+            ),
+            "the sources' status": lambda: store.status(names),
+        }
+        for label, read in reads.items():
+            found[label] = {"cold": [], "warm": []}
+            for _ in range(samples):
+                started = time.perf_counter()
+                await read()
+                found[label]["cold"].append((time.perf_counter() - started) * 1000)
     finally:
         await store.close()
     return found
@@ -149,10 +169,11 @@ def report(
     ]
     for path, times in found.items():
         cells = [
-            f"{statistics.median(times[kind]):.0f} / {max(times[kind]):.0f}"
+            f"{statistics.median(times[kind]):.0f} / {max(times[kind]):.0f}" if times[kind] else "-"
             for kind in ("cold", "warm")
         ]
-        lines.append(f"| `{path}` | {cells[0]} | {cells[1]} |")
+        shown = f"`{path}`" if path.startswith("/") else f"read: {path}"
+        lines.append(f"| {shown} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
