@@ -412,3 +412,40 @@ def test_load_knows_only_the_kinds_it_is_given(tmp_path):
     # With no other kind that has it, a key of GitHub's is simply unknown.
     with pytest.raises(config.ConfigError, match=r"sources\.apify\.repository: unknown key"):
         config.load(path, kinds={"apify": ApifyConfig}, env={"APIFY_TOKEN": "t"})
+
+
+@pytest.mark.parametrize(
+    ("http", "shown"),
+    [
+        ("", "status page: http://127.0.0.1:9464/"),
+        ("status_page = false\n", "status page: off"),
+        ('status_page_listen = "10.0.0.5:9470"\n', "status page: http://10.0.0.5:9470/"),
+    ],
+)
+def test_check_config_says_where_the_status_page_is(tmp_path, monkeypatch, capsys, http, shown):
+    path = tmp_path / "runsync.toml"
+    path.write_text(f"[http]\n{http}" + GOOD)
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    monkeypatch.delenv("RUNSYNC_DATABASE_URL", raising=False)
+
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    assert shown in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("http", "message"),
+    [
+        ('status_page = false\nstatus_page_listen = "127.0.0.1:9470"\n',
+         "http.status_page_listen: the status page is off (status_page = false)"),
+        ('status_page_listen = "127.0.0.1:9464"\n', "http.status_page_listen: is listen itself"),
+        ('status_page_listen = "9470"\n', "http.status_page_listen: '9470' is not host:port"),
+        ('status_page = "yes"\n', "http.status_page: must be a bool, not 'yes'"),
+    ],
+)  # fmt: skip
+def test_a_wrong_status_page_setting_is_named(tmp_path, monkeypatch, capsys, http, message):
+    path = tmp_path / "runsync.toml"
+    path.write_text(f"[http]\n{http}" + GOOD)
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    assert message in capsys.readouterr().err

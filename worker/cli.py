@@ -220,6 +220,10 @@ def _check_config(settings: config.Settings, _args: argparse.Namespace) -> int:
         url = config.redact_url(settings.database_url.reveal())
         print(f"database: {url} (from {settings.database_url_origin}), reachable")
     print(f"http: {settings.listen}")
+    if not settings.status_page:
+        print("status page: off")
+    else:
+        print(f"status page: http://{settings.status_page_listen or settings.listen}/")
     now = datetime.now(UTC)
     for source in settings.sources:
         paths = ", ".join(source.base_url + stream.list_path for stream in sources.build(source))
