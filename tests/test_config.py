@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import textwrap
 from datetime import datetime, timedelta
 
@@ -448,4 +449,22 @@ def test_a_wrong_status_page_setting_is_named(tmp_path, monkeypatch, capsys, htt
     monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
 
     assert cli.main(["--config", str(path), "check-config"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["listen", "status_page_listen"])
+def test_an_address_in_use_is_named_and_exits_2(tmp_path, monkeypatch, capsys, key):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    other = "" if key == "listen" else 'listen = "127.0.0.1:0"\n'
+    path = tmp_path / "runsync.toml"
+    path.write_text(f'[http]\n{other}{key} = "127.0.0.1:{port}"\n' + GOOD)
+    monkeypatch.setenv("APIFY_TOKEN", "apify_api_SECRET123")
+    try:
+        assert cli.main(["--config", str(path), "run"]) == 2
+    finally:
+        taken.close()
+    message = f"cannot listen on 127.0.0.1:{port} ([http] {key}): "
     assert message in capsys.readouterr().err

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from worker import config, console, database, observability, runtime, scheduler, sources
+from worker import config, console, database, health, observability, runtime, scheduler, sources
 from worker.model import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         observability.redact(settings.secrets())
         return _COMMANDS[args.command](settings, args)
-    except config.ConfigError as error:
+    except (config.ConfigError, health.ListenError) as error:
         console.error(str(error))
         return EXIT_USAGE
     except runtime.DatabaseUnavailable as error:

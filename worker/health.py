@@ -38,17 +38,30 @@ _PAGE_HEADERS = {
 }
 
 
-class _Server:
-    """An aiohttp application listening on host:port (port 0: a free one, read back after start)."""
+class ListenError(Exception):
+    """An address the daemon was told to listen on cannot be had (in use, not this host's)."""
 
-    def __init__(self, listen: str, app: web.Application) -> None:
+
+class _Server:
+    """An aiohttp application listening on host:port (port 0: a free one, read back after start).
+    `key`: the config key that gave the address, for the message when it cannot be had."""
+
+    def __init__(self, listen: str, app: web.Application, key: str) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
+        self.key = key
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError as error:
+            await self._runner.cleanup()
+            reason = error.strerror or str(error)
+            raise ListenError(
+                f"cannot listen on {self.host}:{self.port} ({self.key}): {reason}"
+            ) from None
         self.port = self._runner.addresses[0][1]  # the one picked, when listen said port 0
 
     async def stop(self) -> None:
@@ -75,7 +88,7 @@ class HealthServer(_Server):
         app.router.add_post("/webhooks/{kind}/{source}", self._webhook)
         if page is not None:
             add_page(app, page)
-        super().__init__(listen, app)
+        super().__init__(listen, app, "[http] listen")
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -115,7 +128,7 @@ class PageServer(_Server):
     def __init__(self, listen: str, page: StatusPage) -> None:
         app = web.Application()
         add_page(app, page)
-        super().__init__(listen, app)
+        super().__init__(listen, app, "[http] status_page_listen")
 
 
 def add_page(app: web.Application, page: StatusPage) -> None:

@@ -235,10 +235,12 @@ async def run_daemon(
     servers: list[health.HealthServer | health.PageServer] = [endpoint]
     if own is not None and page is not None:  # the page on an address of its own
         servers.append(health.PageServer(own, page))
+    started: list[health.HealthServer | health.PageServer] = []
     with _stop_on_signals(stop, install_signals):
         try:
             for server in servers:
                 await server.start()
+                started.append(server)
             if page is not None:
                 shown = servers[-1]
                 log.info("status page", url=f"http://{shown.host}:{shown.port}/")
@@ -250,7 +252,7 @@ async def run_daemon(
                         stack.push_async_callback(page.close)  # before the store closes
                     await _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout)
         finally:
-            for server in servers:
+            for server in started:
                 await server.stop()
     log.info("daemon stopped")
     return 0
