@@ -268,7 +268,9 @@ class StatusPage:
             await cached.close()
 
     def asset_url(self, name: str) -> str:
-        return f"/status/assets/{name}?v={self.assets[name].version}"
+        # Relative, as every URL the page uses: it works behind a proxy that serves it under a
+        # path of its own (https://example.com/runsync/).
+        return f"status/assets/{name}?v={self.assets[name].version}"
 
     async def _read_status(self) -> tuple[list[dict[str, Any]], datetime]:
         store = self._ready()

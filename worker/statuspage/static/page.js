@@ -17,7 +17,7 @@
 
   async function refreshSources() {
     try {
-      const answer = await fetch("/status/sources", { cache: "no-store" });
+      const answer = await fetch("status/sources", { cache: "no-store" });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
       document.getElementById("sources").innerHTML = await answer.text();
       showConnection(null);
@@ -95,7 +95,7 @@
   async function refreshCharts() {
     const problem = document.getElementById("charts-problem");
     try {
-      const answer = await fetch("/status/charts?days=" + days, { cache: "no-store" });
+      const answer = await fetch("status/charts?days=" + days, { cache: "no-store" });
       const data = await answer.json();
       if (!answer.ok) throw new Error(data.reason || "HTTP " + answer.status);
       render(data);
