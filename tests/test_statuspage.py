@@ -378,3 +378,17 @@ async def test_the_page_can_be_switched_off_or_served_on_its_own_address(
     finally:
         stop.set()
         assert await asyncio.wait_for(daemon, 15) == 0
+
+
+async def test_the_chart_queries_filter_the_runs_through_the_start_day_index(db):
+    """A range's read is bounded by the index on the runs' start day (runs_started_day_idx), not
+    by the whole table: with sequential scans priced out, every chart query's plan uses it."""
+    first, last = TODAY - timedelta(days=6), TODAY
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        for name in ("chart_runs_per_day", "chart_cost_per_day", "chart_durations_per_day"):
+            plan = "\n".join(
+                row[0] for row in await conn.fetch(f"EXPLAIN {db.q[name]}", first, last)
+            )
+            assert "runs_started_day_idx" in plan, (name, plan)
+            assert "Seq Scan on runs" not in plan, (name, plan)
