@@ -200,6 +200,23 @@ WHERE source = $1
   AND gone_at IS NULL
   AND observed_at < $3;
 
+-- unlisted_runs --
+-- Runs of one project of a source started in [$3, $4), not marked gone, that a complete listing
+-- of that range did not show ($5): each may be deleted upstream, or only missing from the
+-- listing, so it is read by id (worker/refresh.py unlisted). At most $7 of them, in an order
+-- that changes with $6 (the pass): runs the listing keeps omitting while they still exist do not
+-- hold up the others sweep after sweep. `suspects`: how many there are in all.
+SELECT r.run_id, count(*) OVER () AS suspects
+FROM runsync.runs r
+WHERE r.source = $1
+  AND r.project IS NOT DISTINCT FROM $2
+  AND r.started_at >= $3
+  AND r.started_at < $4
+  AND r.gone_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM unnest($5::text[]) AS s(run_id) WHERE s.run_id = r.run_id)
+ORDER BY md5(r.run_id || ':' || $6::text)
+LIMIT $7;
+
 -- mark_gone --
 -- Notes runs of one project of a source that the upstream no longer has, so they are not read
 -- again.

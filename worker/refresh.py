@@ -36,6 +36,9 @@ from worker.walk import PAGE_READS, Pass, SourceRuntime, log_rejected, walk_page
 log = structlog.get_logger("runsync.refresh")
 
 BATCH = 200  # open runs read one by one per transaction
+# Runs a reconcile sweep did not list, read by id at most this many a sweep (one request each);
+# the rest wait for the next sweep.
+UNLISTED = 200
 
 
 STRATEGIES = ("open_list", "walks")  # what a source's `refresh` may say
@@ -89,6 +92,34 @@ async def one_by_one(state: Pass, run_ids: list[str]) -> None:
         log_rejected(rejected)
         if gone:
             log.info("runs gone upstream", count=len(gone), example=gone[0])
+
+
+async def unlisted(state: Pass, listed: set[str], since: datetime, until: datetime) -> None:
+    """After a reconcile sweep that listed every run started in its range: the stored runs of
+    the stream started in [since, until) that it did not list, and not marked gone yet, read by
+    id (at most UNLISTED a sweep, the rest at the next one). A listing that leaves a run out
+    proves nothing (it may lag, skip an item when others are deleted during the walk, or place a
+    re-run by another time than its start): only a 404 of the single-run endpoint marks a run
+    gone; one found is stored as it is now. Runs with no start time are in no range: while open
+    they are read again anyway.
+
+    Only where the upstream has a single-run endpoint (refresh = "open_list": Apify, GitHub).
+    RakerOne has none: a finished run deleted there stays stored, not marked gone (its refresh
+    marks open runs gone once a complete walk of the list passes them).
+    """
+    source = state.runtime.source
+    if source.refresh != "open_list":
+        return
+    suspects, total = await state.lease.unlisted_runs(
+        source.partition, since, until, listed, state.pass_id, UNLISTED
+    )
+    if not suspects:
+        return
+    log.info(
+        "runs the sweep did not list; reading them by id",
+        suspects=total, reading=len(suspects), left_for_next_sweep=total - len(suspects),
+    )  # fmt: skip
+    await one_by_one(state, suspects)
 
 
 async def _read_run(runtime: SourceRuntime, run_id: str) -> Run | Rejected | None:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -680,6 +680,22 @@ class Lease:
         """Runs read just as they finished, due to be read once more."""
         rows = await self._fetch("due_rechecks", self.source, project, observed_before)
         return [row["run_id"] for row in rows]
+
+    async def unlisted_runs(
+        self,
+        project: str | None,
+        since: datetime,
+        until: datetime,
+        listed: Collection[str],
+        salt: int,
+        limit: int,
+    ) -> tuple[list[str], int]:
+        """Up to `limit` runs of a project started in [since, until), not marked gone, that are
+        not in `listed`, in an order that `salt` shuffles; and how many such runs there are."""
+        rows = await self._fetch(
+            "unlisted_runs", self.source, project, since, until, list(listed), str(salt), limit
+        )
+        return [row["run_id"] for row in rows], (rows[0]["suspects"] if rows else 0)
 
     async def open_snapshot(
         self, project: str | None, observed_before: datetime

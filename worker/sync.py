@@ -318,9 +318,22 @@ async def _reconcile(state: Pass) -> None:
 
     Polling reads runs stored as open and runs open now; a run that finished, was resurrected and
     finished again between two passes is neither. This sweep, on its own schedule, is how such a
-    change reaches the table. Its cost: one request per page of runs in the lookback."""
-    floor = await state.lease.database_now() - state.runtime.config.reconcile_lookback
-    await walk_pages(state, state.runtime.source.recent(floor), checkpointed=False)
+    change reaches the table. Its cost: one request per page of runs in the lookback.
+
+    A sweep that listed its whole range then reads by id the stored runs started in it that it
+    did not list (refresh.unlisted): a finished run deleted upstream is marked gone that way. The
+    range they are taken from is the swept one less the overlap at each end: a run started at the
+    floor's instant, or just before the sweep began and not yet visible, is not a suspect."""
+    config = state.runtime.config
+    now = await state.lease.database_now()
+    floor = now - config.reconcile_lookback
+    listed: set[str] = set()
+    complete = await walk_pages(
+        state, state.runtime.source.recent(floor), checkpointed=False,
+        observe=lambda runs: listed.update(run.run_id for run in runs),
+    )  # fmt: skip
+    if complete and not state.stopping:
+        await refresh.unlisted(state, listed, floor + config.overlap, now - config.overlap)
 
 
 async def _backfill(state: Pass, asked: Asked) -> None:

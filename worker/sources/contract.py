@@ -65,6 +65,8 @@ class Source(Protocol):
     list_path: str  # its list of runs, relative to the base URL (check-config shows it)
     # How runs stored as open are read again (worker/refresh.py): "open_list" (one list of every
     # open status, then a single-run endpoint) or "walks" (one status per filter, no such endpoint).
+    # "open_list" also lets the reconcile sweep read by id the runs it did not list (a 404 marks
+    # them gone: refresh.unlisted).
     refresh: str
 
     @property
