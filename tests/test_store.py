@@ -121,6 +121,17 @@ async def test_a_lease_the_process_could_not_give_back_is_its_own_to_take_again(
         await owner.close()
 
 
+def test_a_connection_a_restart_left_half_way_counts_as_a_database_failure():
+    """Seen in CI: after the server restarted, the lease's release met asyncpg's
+    InternalClientError ("cannot switch to state 12; another operation (2) is in progress") on a
+    connection the restart had cut mid-operation. Not counted as the database's failure, it
+    crashed the pass and the process forgot its own lease, so the daemon skipped its stream for
+    takeover_after. It is a lost connection like the others: the pass fails, the lease is kept
+    to be taken again at once (the test above, for a connection refused)."""
+    error = asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+    assert isinstance(error, store.DatabaseError)
+
+
 async def test_a_write_holds_its_lease_until_it_commits(database_url, db):
     """A taker waits for a write in flight: the write's transaction holds the lease row (FOR KEY
     SHARE), so the lease cannot change hands between the write's check and its commit."""

@@ -51,7 +51,16 @@ class LeaseLost(Exception):
     """Another process took the stream over (this one had not renewed its lease in time)."""
 
 
-DatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, LeaseLost)
+# What a read or write that failed on the database's side raises. asyncpg's InternalClientError
+# ("cannot switch to state ...; another operation is in progress") comes from a connection the
+# server's restart left half-way through an operation: the connection is lost, as with the others.
+DatabaseError = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    LeaseLost,
+)
 
 # What may pass by itself: the server down, starting or stopping, out of connections, or out of
 # reach. Anything else (a wrong password, user or database name; a migration refused) is a
@@ -367,11 +376,14 @@ class Store:
             try:
                 async with self.connection(wait=10) as conn:
                     await conn.execute(self.q["release_lease"], token)
-            except (*DatabaseError, TimeoutError) as error:
-                # Others wait for it to expire; this process takes it again at once.
+            except Exception as error:
+                # Others wait for it to expire; this process takes it again at once, whatever
+                # kept it from giving the lease back.
                 self._unreleased[(source, stream)] = token
                 log.warning("could not give back a lease; it expires by itself",
                             source=source, stream=stream, error=str(error))  # fmt: skip
+                if not isinstance(error, (*DatabaseError, TimeoutError)):
+                    raise
 
     async def needs_first_copy(self, source: str, incremental: str, backfill: str) -> bool:
         """Whether an incremental stream has never run and no finished backfill of the whole
