@@ -248,7 +248,7 @@ async def run_daemon(
                 rt = await _open_when_reachable(settings, stop, stack, starting)
                 if rt is not None:
                     if page is not None:
-                        page.attach(rt.store)
+                        page.store = rt.store
                         stack.push_async_callback(page.close)  # before the store closes
                     await _serve(settings, rt, stop, meters, starting, endpoint, drain_timeout)
         finally:

@@ -67,6 +67,10 @@ class Unavailable(Exception):
     """The page cannot read the database: not yet (starting, waiting for it), or it failed."""
 
 
+def _unanswered(error: BaseException) -> Unavailable:
+    return Unavailable(f"the database did not answer ({type(error).__name__})")
+
+
 class BadRange(ValueError):
     """A chart range the page does not offer."""
 
@@ -122,7 +126,7 @@ class _Cached(Generic[T]):
     async def get(self) -> T:
         if self._older_than(STALE_TTLS):
             async with self._lock:  # one read, whoever else is waiting for it
-                if self._value is None or self._older_than(STALE_TTLS):
+                if self._value is None or self._older_than(STALE_TTLS):  # None: for mypy
                     self._value = (self._clock(), await self._read())
                 return self._value[1]
         if self._older_than(1) and self._refresh is None:
@@ -224,7 +228,9 @@ class StatusPage:
         """`waiting`: why there is no store yet. The intervals default to the module's."""
         self.sources = list(sources)
         self.partitions = dict(partitions or {})
-        self.store: Store | None = None  # None until the daemon has its database
+        # None until the daemon has its database; read when a browser first asks (read at once,
+        # the figures would be those from before the first passes).
+        self.store: Store | None = None
         self.waiting = waiting  # why there is no store yet
         self._clock = clock
         self.assets = _assets()
@@ -255,11 +261,6 @@ class StatusPage:
             for days in RANGES
         }
 
-    def attach(self, store: Store) -> None:
-        """The database is there: the page reads from `store` (when a browser first asks; read
-        now, the figures would be those from before the first passes)."""
-        self.store = store
-
     async def close(self) -> None:
         """Stops the reads in the background (before the store closes)."""
         await self._status.close()
@@ -278,7 +279,7 @@ class StatusPage:
             rows = await store.status(self.sources, self.partitions)
             now = await store.now()
         except (*DatabaseError, TimeoutError) as error:
-            raise Unavailable(f"the database did not answer ({type(error).__name__})") from error
+            raise _unanswered(error) from error
         return status.records(rows, now), now
 
     def _days_reader(
@@ -292,8 +293,7 @@ class StatusPage:
                 first, last = span(await store.today())
                 return await store.charts(first, last)
             except (*DatabaseError, TimeoutError) as error:
-                reason = f"the database did not answer ({type(error).__name__})"
-                raise Unavailable(reason) from error
+                raise _unanswered(error) from error
 
         return read
 
