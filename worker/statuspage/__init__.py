@@ -12,8 +12,8 @@ update it, copy those two and change CHART_JS to the new version and the file's 
 
 Every figure comes from the database, with the database's clock. However many browsers look, the
 page costs the database one status read per STATUS_TTL, one read of the charts' recent days per
-CHART_TTL and one of a range's older days per HISTORY_TTL, on one connection of the process's
-budget at a time.
+CHART_TTL and one of a range's older days per HISTORY_TTL, each read on one connection of the
+process's budget (so at most one per kind of figure at once, within [database] max_connections).
 """
 
 from __future__ import annotations
